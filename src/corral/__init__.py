@@ -1,0 +1,15 @@
+"""corral: run research campaigns with one durable ledger of what happened to every unit."""
+
+__version__ = "0.1.0"
+
+from corral.errors import CorralError, SpecError  # noqa: E402
+
+
+def open(campaign: str = "corral.yaml", overrides: list[str] | None = None, **kwargs):  # noqa: A001
+    """Open a campaign file: ``corral.open("corral.yaml").status()``."""
+    from corral.api import Campaign
+
+    return Campaign.load(campaign, overrides or [], **kwargs)
+
+
+__all__ = ["CorralError", "SpecError", "open", "__version__"]

@@ -1,0 +1,158 @@
+"""The contract between the engine and an execution engine (local processes, SLURM, batch APIs).
+
+A backend never touches the ledger. The engine hands it tasks to submit and asks it what became of
+submissions; the backend answers with plain records. Every method may be called again after a
+crash with the same arguments, so each must be safe to repeat.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from corral.spec.models import Stage
+from corral.states import Outcome
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task as a backend sees it."""
+
+    task_id: int
+    key: str            # file names and custom ids: "t<task_id>"
+    stage: str
+    item_idx: int
+    item_id: str
+    item_key: str
+    params: dict[str, Any]
+    attempt: int        # 1 for the first attempt
+
+
+@dataclass
+class StageContext:
+    """What a backend needs to know about the stage it submits for."""
+
+    name: str
+    spec: Stage
+    run_id: str
+    root: Path          # the campaign file's folder
+    run_dir: Path       # <workdir>/runs/<run_id>
+    ledger_url: str
+
+
+@dataclass
+class SubmissionRecord:
+    """A submission as stored in the ledger."""
+
+    id: int
+    stage: str
+    idempotency_key: str
+    remote_id: str | None
+    state: str
+    created_at: float
+    submitted_at: float | None
+    task_count: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Handle:
+    """What a backend returns after submitting: the remote id and anything it needs to find it again."""
+
+    remote_id: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskResult:
+    """What became of one task."""
+
+    task_id: int
+    outcome: Outcome
+    result: Any = None
+    error_class: str | None = None
+    error_message: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    host: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost: float | None = None
+    info: dict[str, Any] | None = None
+
+
+@dataclass
+class PollResult:
+    """The state of one submission, plus what finished since the last poll.
+
+    ``finished`` is true when the remote side will report nothing more for this submission: the
+    engine then treats any of its tasks without a result as lost (not started) or, if
+    ``started_task_ids`` lists them, as failed with ``lost_error_class``.
+    """
+
+    running: bool = False
+    finished: bool = False
+    results: list[TaskResult] = field(default_factory=list)
+    started_task_ids: set[int] = field(default_factory=set)
+    started_at: dict[int, float] = field(default_factory=dict)
+    lost_error_class: str = "worker_lost"
+    lost_message: str = "the worker stopped without reporting a result"
+    info: dict[str, Any] | None = None
+
+
+class CapacityError(Exception):
+    """The backend refused a submission for lack of capacity or a rate limit: try again later."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Backend(ABC):
+    """One execution engine. Subclasses live one per file in this package."""
+
+    kind: str = "abstract"
+    #: seconds between polls while this backend has work in flight
+    poll_interval: float = 1.0
+
+    def __init__(self, name: str, settings: Any, *, log: Callable[[str], None] | None = None):
+        self.name = name
+        self.settings = settings
+        self.log = log or (lambda message: None)
+
+    @abstractmethod
+    def plan(self, stage: StageContext, ready: int, in_flight: list[SubmissionRecord],
+             all_in_flight: list[SubmissionRecord]) -> list[int]:
+        """Sizes of the submissions to make now from ``ready`` tasks (empty when full).
+
+        ``in_flight`` are this stage's open submissions on this backend, ``all_in_flight`` those of
+        every stage on this backend (they share its capacity).
+        """
+
+    @abstractmethod
+    def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> Handle:
+        """Start ``tasks`` remotely. Raise CapacityError when refused for capacity."""
+
+    @abstractmethod
+    def find(self, stage: StageContext, submission: SubmissionRecord) -> Handle | None:
+        """After a crash between writing a submission and recording its remote id: find it by its
+        idempotency key, or return None if it was never created."""
+
+    @abstractmethod
+    def poll(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> dict[int, PollResult]:
+        """What became of these submissions (of any stage) since the last poll, with as few remote
+        calls as possible: one call for all of them, never one per submission or task."""
+
+    @abstractmethod
+    def cancel(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> None:
+        """Ask the remote side to stop these submissions; their results still come through poll."""
+
+    def interrupt(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord],
+                  grace: float) -> None:
+        """The controller is stopping (SIGINT/SIGTERM). Backends whose work lives and dies with this
+        machine stop it gracefully; remote backends leave their work running to adopt later."""
+
+    def close(self) -> None:
+        """Release resources held by this backend object."""

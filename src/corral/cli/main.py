@@ -1,0 +1,328 @@
+"""``corral``: every command takes the campaign file first (default ./corral.yaml), then overrides."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from corral.cli import output
+from corral.cli.args import split_args
+from corral.cli.output import err, print_json, when
+from corral.errors import CorralError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run research campaigns from one campaign file, with one durable ledger.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+ARGS = typer.Argument(None, help="[CAMPAIGN.yaml] [key=value overrides...]", show_default=False)
+LEDGER = typer.Option(None, "--ledger", help="Ledger URL or SQLite path (default: CORRAL_LEDGER, the file's "
+                      "ledger:, or .corral/ledger.db beside the campaign file).")
+RUN_ID = typer.Option(None, "--run-id", help="Act on this run (default: the newest run of the campaign).")
+JSON = typer.Option(False, "--json", help="Print JSON on stdout.")
+
+
+def _campaign(args: list[str] | None, ledger: str | None, positional: int = 0):
+    from corral.api import Campaign
+
+    path, overrides, others = split_args(args, positional=positional)
+    if len(others) > positional:
+        raise CorralError(f"unexpected arguments {others[positional:]}: overrides look like key=value")
+    return Campaign.load(path, overrides, ledger=ledger), others
+
+
+def _selection(limit: int | None, shard: str | None):
+    from corral.engine.runs import Selection
+
+    if limit is not None and limit < 1:
+        raise CorralError("--limit must be at least 1")
+    return Selection(limit=limit, shard=Selection.parse_shard(shard))
+
+
+@app.command()
+def init(directory: Path = typer.Argument(Path("."), help="Folder for the new campaign."),
+         force: bool = typer.Option(False, "--force", help="Overwrite existing files.")) -> None:
+    """Write a starter corral.yaml and tasks.py."""
+    from corral.cli.starter import write_starter
+
+    written = write_starter(directory, force=force)
+    for path in written:
+        err.print(f"wrote {path}")
+    err.print(f"next: corral check {directory / 'corral.yaml'} && corral run {directory / 'corral.yaml'}")
+
+
+@app.command()
+def check(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, as_json: bool = JSON,
+          limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items."),
+          shard: Optional[str] = typer.Option(None, "--shard", help="Only shard I of N (I/N).")) -> None:
+    """Validate the campaign and print the plan: items, tasks per stage, what would run."""
+    campaign, _ = _campaign(args, ledger)
+    plan = campaign.check(_selection(limit, shard))
+    if as_json:
+        print_json(plan)
+        return
+    output.out.print(f"campaign [bold]{plan['name']}[/bold] ({plan['campaign']})", highlight=False)
+    output.out.print(f"items: {plan['items']}   tasks: {plan['tasks']}   ledger: {plan['ledger']}", highlight=False)
+    rows = [{"stage": name, "per": s["per"], "tasks": s["tasks"], "needs": ",".join(s["needs"]) or "-",
+             "backend": s["backend"], s["kind"]: s["action"]} for name, s in plan["stages"].items()]
+    output.out.print(output.table([{**r, "action": r.get("call") or r.get("run")} for r in rows],
+                                  ["stage", "per", "tasks", "needs", "backend", "action"]))
+    if plan["resumes"]:
+        output.out.print(f"`corral run` would continue run {plan['resumes']}", highlight=False)
+    else:
+        output.out.print("`corral run` would start a new run", highlight=False)
+
+
+@app.command()
+def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run and exit."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N items (smoke runs)."),
+        shard: Optional[str] = typer.Option(None, "--shard", help="Only items whose stable hash is in shard I of N."),
+        new: bool = typer.Option(False, "--new", help="Start a new run even if one with this config exists."),
+        force: bool = typer.Option(False, "--force", help="Continue --run-id even if its config differs."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display.")) -> None:
+    """Run the campaign until every task is done, failed or cancelled (resumes an unfinished run)."""
+    campaign, _ = _campaign(args, ledger)
+    selection = _selection(limit, shard)
+    if dry_run:
+        plan = campaign.check(selection)
+        print_json(plan)
+        return
+    the_run, created = campaign.start(selection, new=new, run_id=run_id, force=force)
+    err.print(f"{'started' if created else 'continuing'} run [bold]{the_run.id}[/bold]", highlight=False)
+    from corral.cli.progress import RunProgress
+    from corral.engine import SystemClock
+
+    clock = SystemClock()
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        err.print(f"\n{signal.Signals(signum).name}: stopping; running tasks will run again next time "
+                  "(again to stop at once)")
+        stop.set()
+        clock.wake()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with RunProgress(the_run, live=None if not quiet else False, every=10.0 if not quiet else 1e9) as progress:
+            report = the_run.run(clock=clock, on_tick=progress.update, should_stop=stop.is_set)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    status = the_run.status()
+    _print_summary(status)
+    if stop.is_set() and not report.finished:
+        raise typer.Exit(130)
+    if status["run"]["status"] != "finished":
+        raise typer.Exit(1)
+
+
+@app.command()
+def tick(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
+         limit: Optional[int] = typer.Option(None, "--limit"), shard: Optional[str] = typer.Option(None, "--shard"),
+         as_json: bool = JSON) -> None:
+    """One pass (poll, collect, plan, submit) and exit: for cron."""
+    campaign, _ = _campaign(args, ledger)
+    the_run, created = campaign.start(_selection(limit, shard), run_id=run_id)
+    report = the_run.tick()
+    data = {"run_id": the_run.id, "created": created, "locked": report.locked, "submitted": report.submitted,
+            "submitted_tasks": report.submitted_tasks, "completed": report.completed, "failed": report.failed,
+            "in_flight": report.in_flight, "status": report.status, "errors": report.errors}
+    if as_json:
+        print_json(data)
+    elif report.locked:
+        err.print(f"run {the_run.id}: another controller is ticking; nothing done")
+    else:
+        err.print(f"run {the_run.id}: submitted {report.submitted_tasks} tasks in {report.submitted} submissions, "
+                  f"recorded {report.completed} done and {report.failed} failed; {report.status}", highlight=False)
+
+
+@app.command()
+def status(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
+           as_json: bool = JSON,
+           submissions: bool = typer.Option(False, "--submissions", help="List in-flight submissions.")) -> None:
+    """Where a run stands: tasks per stage and state."""
+    campaign, _ = _campaign(args, ledger)
+    the_run = campaign.run(run_id)
+    data = the_run.status()
+    if submissions:
+        data["submissions"] = the_run.submissions(open_only=True)
+    if as_json:
+        print_json(data)
+        return
+    _print_summary(data, to=output.out)
+    if submissions:
+        rows = [{"id": s["id"], "stage": s["stage"], "backend": s["backend"], "state": s["state"],
+                 "remote_id": s["remote_id"], "tasks": s["task_count"], "submitted": when(s["submitted_at"])}
+                for s in data["submissions"]]
+        output.out.print(output.table(rows, ["id", "stage", "backend", "state", "remote_id", "tasks", "submitted"],
+                                      title="in-flight submissions"))
+
+
+def _print_summary(data, to=None) -> None:
+    console = to or err
+    run = data["run"]
+    console.print(f"run [bold]{run['id']}[/bold]: {run['status']} ({data['progress']:.1%} of "
+                  f"{data['totals']['total']} tasks finished)", highlight=False)
+    rows = []
+    for stage, states in data["stages"].items():
+        rows.append({"stage": stage, **{k: v for k, v in states.items()}})
+    columns = ["stage", "total", "done", "failed", "cancelled", "running", "queued", "pending", "waiting"]
+    console.print(output.table(rows, columns))
+
+
+@app.command()
+def retry(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
+          stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
+          error_class: Optional[str] = typer.Option(None, "--error-class", help="Only failures of this class."),
+          cancelled: bool = typer.Option(False, "--cancelled", help="Also tasks cancelled by the user.")) -> None:
+    """Send failed tasks back to pending with fresh attempts; then `corral run` or `tick`."""
+    campaign, _ = _campaign(args, ledger)
+    the_run = campaign.run(run_id)
+    _check_stage(campaign, stage)
+    engine = the_run.engine()
+    count = engine.retry(stage=stage, error_class=error_class, include_cancelled=cancelled)
+    engine.close()
+    err.print(f"{count} tasks of run {the_run.id} will run again")
+
+
+@app.command()
+def cancel(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
+           stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage.")) -> None:
+    """Cancel the unfinished tasks of a run (outputs and logs are kept)."""
+    campaign, _ = _campaign(args, ledger)
+    the_run = campaign.run(run_id)
+    _check_stage(campaign, stage)
+    engine = the_run.engine()
+    count = engine.cancel(stage=stage)
+    engine.close()
+    err.print(f"cancelled {count} tasks of run {the_run.id}")
+
+
+def _check_stage(campaign, stage: str | None) -> None:
+    if stage is not None and stage not in campaign.spec.stages:
+        from corral.errors import SpecError
+
+        raise SpecError(f"no stage {stage!r}", file=str(campaign.loaded.path), key="--stage",
+                        expected="one of " + ", ".join(campaign.spec.stages))
+
+
+@app.command()
+def logs(args: Optional[List[str]] = typer.Argument(None, help="[CAMPAIGN.yaml] TASK [overrides...]"),
+         ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
+         stage: Optional[str] = typer.Option(None, "--stage", help="The stage, when TASK is an item key."),
+         all_attempts: bool = typer.Option(False, "--all", help="Every attempt, not only the last.")) -> None:
+    """Show a task's record and its log (TASK: a task id like t42, or an item key)."""
+    campaign, others = _campaign(args, ledger, positional=1)
+    if not others:
+        raise CorralError("which task? give a task id (t42) or an item key")
+    the_run = campaign.run(run_id)
+    task = the_run.task(others[0], stage=stage)
+    output.out.print(f"task t{task['id']} stage={task['stage']} item={task['key']} state={task['state']} "
+                     f"attempts={task['attempts']}", highlight=False)
+    if task["error_class"]:
+        output.out.print(f"error ({task['error_class']}): {task['error_message']}", highlight=False)
+    files = the_run.log_files(task)
+    if not files:
+        output.out.print("(no log output)")
+        return
+    for path in files if all_attempts else files[-1:]:
+        output.out.print(f"--- {path}", highlight=False)
+        sys.stdout.write(path.read_text(errors="replace"))
+        sys.stdout.flush()
+
+
+@app.command()
+def export(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
+           fmt: str = typer.Option("jsonl", "--format", "-f", help="json | jsonl | csv"),
+           out_file: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+           stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
+           state: Optional[str] = typer.Option(None, "--state", help="Only tasks in this state, e.g. done.")) -> None:
+    """Item parameters + result fields + metadata, one record per item and stage."""
+    if fmt not in ("json", "jsonl", "csv"):
+        raise CorralError(f"--format {fmt!r} is not one of json, jsonl, csv")
+    campaign, _ = _campaign(args, ledger)
+    _check_stage(campaign, stage)
+    the_run = campaign.run(run_id)
+    records = the_run.records(stage=stage, states=[state] if state else None)
+    if out_file is None:
+        count = output.write_records(records, fmt, sys.stdout)
+    else:
+        tmp = out_file.with_name(f".{out_file.name}.tmp")
+        with open(tmp, "w", newline="") as handle:
+            count = output.write_records(records, fmt, handle)
+        tmp.replace(out_file)
+    err.print(f"exported {count} records of run {the_run.id}")
+
+
+@app.command()
+def runs(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, as_json: bool = JSON,
+         all_campaigns: bool = typer.Option(False, "--all", help="Runs of every campaign in this ledger.")) -> None:
+    """The runs in the ledger (the registry)."""
+    campaign, _ = _campaign(args, ledger)
+    rows = campaign.runs(all_campaigns=all_campaigns)
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        row["created"] = when(row["created_at"])
+    output.out.print(output.table(rows, ["id", "status", "created", "items", "tasks", "done", "failed",
+                                         "code_revision", "host"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="corral", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except CorralError as exc:
+        from rich.text import Text
+
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        # typer's command-line parsing errors (usage errors) know how to show themselves.
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            return 2
+        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
+            return exc.exit_code
+        if type(exc).__name__ == "Abort":
+            err.print("aborted")
+            return 130
+        return _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> int:
+    """Never show a traceback to a user: keep it in a file and say where."""
+    from rich.text import Text
+
+    log = Path(".corral") / "crash.log"
+    try:
+        log.parent.mkdir(exist_ok=True)
+        log.write_text(traceback.format_exc())
+        where = f" (details in {log})"
+    except OSError:
+        where = ""
+    err.print(Text.assemble(("internal error: ", "bold red"), f"{type(exc).__name__}: {exc}{where}"))
+    return 3
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,425 @@
+"""The engine: one ``tick`` = reconcile -> poll -> collect -> release -> plan -> submit.
+
+A tick is idempotent and safe to run from cron, a loop or several machines: it holds the run's
+tick lock for its whole duration and skips (or waits) when another controller holds it.
+Every submission row is written, with its idempotency key, before the backend is called.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import select, update
+
+from corral.backends import Backend, make_backend
+from corral.backends.base import CapacityError, StageContext, SubmissionRecord, TaskSpec
+from corral.engine.clock import Clock, SystemClock
+from corral.engine.record import Changes, Recorder
+from corral.errors import CorralError
+from corral.ledger import Ledger, dumps, loads, schema, task_key
+from corral.spec import LoadedCampaign
+from corral.states import OPEN_SUBMISSIONS, TaskState
+
+ACTIVE = ("waiting", "pending", "queued", "running")
+
+
+@dataclass
+class TickReport:
+    locked: bool = False
+    submitted: int = 0
+    submitted_tasks: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    requeued: int = 0
+    in_flight: int = 0
+    finished: bool = False
+    status: str = "active"
+    next_wake: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.submitted or self.completed or self.failed or self.retried or self.requeued)
+
+
+class Engine:
+    def __init__(self, campaign: LoadedCampaign, ledger: Ledger, run_id: str, *, clock: Clock | None = None,
+                 log: Callable[[str], None] | None = None, backends: dict[str, Backend] | None = None):
+        self.campaign = campaign
+        self.ledger = ledger
+        self.run_id = run_id
+        self.clock = clock or SystemClock()
+        self.log = log or (lambda message: None)
+        spec = campaign.spec
+        self.order = campaign.stage_order()
+        self.run_dir = campaign.root / spec.workdir / "runs" / run_id
+        self.stages: dict[str, StageContext] = {
+            name: StageContext(name=name, spec=stage, run_id=run_id, root=campaign.root, run_dir=self.run_dir,
+                               ledger_url=ledger.url)
+            for name, stage in spec.stages.items()}
+        self.backends: dict[str, Backend] = backends or {}
+        for name, settings in campaign.backends.items():
+            if name not in self.backends and any(s.backend == name for s in spec.stages.values()):
+                self.backends[name] = make_backend(name, settings, log=self.log)
+        self.recorder = Recorder(run_id, spec.stages, self.order, log=self.log)
+
+    # -- the tick ------------------------------------------------------------------
+
+    def tick(self, *, wait_for_lock: bool = False) -> TickReport:
+        report = TickReport()
+        with self.ledger.tick_lock(self.run_id, wait=wait_for_lock) as got:
+            if not got:
+                report.locked = True
+                return report
+            self._reconcile(report)
+            self._poll(report)
+            self._plan_and_submit(report)
+            self._finish(report)
+        return report
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            backend.close()
+
+    # -- reconcile --------------------------------------------------------------------
+
+    def _open_submissions(self) -> list[SubmissionRecord]:
+        with self.ledger.read() as conn:
+            rows = self.ledger.open_submissions(conn, self.run_id)
+        return [_record(row) for row in rows]
+
+    def _reconcile(self, report: TickReport) -> None:
+        """Submissions written but not confirmed (a crash between the row and the backend call)."""
+        for sub in self._open_submissions():
+            if sub.state != "submitting":
+                continue
+            backend = self.backends.get(self._backend_of(sub))
+            stage = self.stages.get(sub.stage)
+            if backend is None or stage is None:
+                continue
+            handle = backend.find(stage, sub)
+            if handle is not None:
+                self._confirm(sub.id, handle.remote_id, handle.info, adopted=True)
+                self.log(f"submission {sub.id} ({sub.stage}) adopted after a restart: {handle.remote_id}")
+                continue
+            with self.ledger.read() as conn:
+                rows = self.ledger.submission_task_rows(conn, sub.id)
+            rows = [r for r in rows if r["state"] in ("queued", "running")]
+            if not rows:
+                with self.ledger.write() as conn:
+                    self.ledger.update_submission(conn, sub.id, state="cancelled", finished_at=self.clock.now())
+                continue
+            self.log(f"submission {sub.id} ({sub.stage}) was never sent; sending it now")
+            self._send(stage, backend, sub, [self._task_spec(sub.stage, r) for r in rows], report)
+
+    # -- poll and collect --------------------------------------------------------------------
+
+    def _poll(self, report: TickReport) -> None:
+        open_subs = [s for s in self._open_submissions() if s.state != "submitting"]
+        by_backend: dict[str, list[SubmissionRecord]] = {}
+        for sub in open_subs:
+            by_backend.setdefault(self._backend_of(sub), []).append(sub)
+        now = self.clock.now()
+        changes = Changes()
+        polls = {}
+        for name, subs in by_backend.items():
+            backend = self.backends.get(name)
+            if backend is None:
+                continue
+            try:
+                polls.update(backend.poll(self.stages, subs))
+            except CorralError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a backend outage must not stop the controller
+                report.errors.append(f"polling backend {name!r} failed: {exc}")
+                self.log(f"error: polling backend {name!r} failed: {exc!r}")
+        if not polls:
+            report.in_flight = len(open_subs)
+            return
+        with self.ledger.write() as conn:
+            for sub in open_subs:
+                poll = polls.get(sub.id)
+                if poll is None:
+                    continue
+                self.recorder.mark_started(conn, poll.started_at or {t: now for t in poll.started_task_ids})
+                self.recorder.apply(conn, poll.results, sub.id, now, changes)
+                if poll.finished:
+                    self.recorder.lose(conn, sub.id, now, poll.lost_error_class, poll.lost_message, changes)
+                    self.ledger.update_submission(conn, sub.id, state="finished", finished_at=now)
+                    changes.events.append({"at": now, "run_id": self.run_id, "kind": "submission",
+                                           "stage": sub.stage, "submission_id": sub.id, "to_state": "finished"})
+                elif poll.running and sub.state == "submitted":
+                    self.ledger.update_submission(conn, sub.id, state="running")
+                if poll.info:
+                    self.ledger.update_submission(conn, sub.id, info={**sub.info, **poll.info})
+            self.recorder.release(conn, changes, now)
+            self.ledger.add_events(conn, changes.events)
+        report.completed += changes.completed
+        report.failed += changes.failed
+        report.retried += changes.retried
+        report.requeued += changes.requeued
+        report.in_flight = sum(1 for s in open_subs if not (polls.get(s.id) and polls[s.id].finished))
+        if changes.any:
+            self.log(f"collected: {changes.completed} done, {changes.failed} failed, {changes.retried} to retry, "
+                     f"{changes.requeued} to run again")
+
+    # -- plan and submit ------------------------------------------------------------------------
+
+    def _plan_and_submit(self, report: TickReport) -> None:
+        open_subs = self._open_submissions()
+        for name in reversed(self.order):
+            stage = self.stages[name]
+            backend = self.backends[stage.spec.backend]
+            now = self.clock.now()
+            with self.ledger.read() as conn:
+                ready = self.ledger.count_ready(conn, self.run_id, name, now)
+                if not ready:
+                    continue
+                groups = self._batch_groups(conn, stage, ready, now)
+            if groups == 0:
+                continue
+            backend_subs = [s for s in open_subs if self._backend_of(s) == stage.spec.backend]
+            stage_subs = [s for s in backend_subs if s.stage == name]
+            sizes = backend.plan(stage, groups if stage.spec.per != "item" else ready, stage_subs, backend_subs)
+            if stage.spec.per == "batch":
+                sizes = [stage.spec.size or ready] * len(sizes)
+            elif stage.spec.per == "all":
+                sizes = sizes[:1]
+                sizes = [1] if sizes else []
+            for size in sizes:
+                sub = self._queue(stage, size)
+                if sub is None:
+                    break
+                record, tasks = sub
+                ok = self._send(stage, backend, record, tasks, report)
+                open_subs.append(record)
+                if not ok:
+                    break
+
+    def _batch_groups(self, conn, stage: StageContext, ready: int, now: float) -> int:
+        """How many submissions a stage may make now. ``per: batch`` holds back a partial batch
+        until ``every`` has passed since its oldest item was ready, or nothing more can arrive."""
+        spec = stage.spec
+        if spec.per != "batch":
+            return ready
+        size = spec.size or ready
+        full = ready // size
+        if ready % size == 0:
+            return full
+        oldest = self.ledger.oldest_ready_at(conn, self.run_id, stage.name)
+        waited = oldest is not None and spec.every is not None and now - oldest >= spec.every
+        upstream_open = self.ledger.any_in_states(conn, self.run_id, spec.needs, ACTIVE) or \
+            self.ledger.any_in_states(conn, self.run_id, [stage.name], ("waiting",))
+        if spec.size is None:
+            return 1 if waited or not upstream_open else 0
+        return full + (1 if waited or not upstream_open else 0)
+
+    def _queue(self, stage: StageContext, size: int) -> tuple[SubmissionRecord, list[TaskSpec]] | None:
+        """Write the submission row and move its tasks to queued, before any backend call."""
+        now = self.clock.now()
+        key = f"corral-{uuid.uuid4().hex[:20]}"
+        with self.ledger.write() as conn:
+            rows = self.ledger.ready_tasks(conn, self.run_id, stage.name, now, size)
+            if not rows:
+                return None
+            sub_id = self.ledger.insert_submission(conn, {
+                "run_id": self.run_id, "stage": stage.name, "backend": stage.spec.backend,
+                "idempotency_key": key, "state": "submitting", "created_at": now, "task_count": len(rows),
+                "info": dumps({})})
+            ids = [r["id"] for r in rows]
+            for start in range(0, len(ids), 900):
+                conn.execute(update(schema.tasks).where(schema.tasks.c.id.in_(ids[start:start + 900]),
+                                                        schema.tasks.c.state == "pending")
+                             .values(state="queued", submission_id=sub_id, queued_at=now, not_before=None))
+        record = SubmissionRecord(id=sub_id, stage=stage.name, idempotency_key=key, remote_id=None,
+                                  state="submitting", created_at=now, submitted_at=None, task_count=len(rows))
+        return record, [self._task_spec(stage.name, r) for r in rows]
+
+    def _send(self, stage: StageContext, backend: Backend, sub: SubmissionRecord, tasks: list[TaskSpec],
+              report: TickReport) -> bool:
+        try:
+            handle = backend.submit(stage, sub, tasks)
+        except CapacityError as exc:
+            self._unqueue(sub, retry_after=exc.retry_after or 30.0, message=str(exc), consume=False)
+            self.log(f"backend {backend.name!r} refused submission {sub.id} for capacity: {exc}")
+            return False
+        except CorralError:
+            self._unqueue(sub, retry_after=0.0, message="submission failed", consume=False)
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded on the tasks; their attempts are used
+            self._unqueue(sub, retry_after=0.0, message=f"{type(exc).__name__}: {exc}", consume=True)
+            report.errors.append(f"submitting to {backend.name!r} failed: {exc}")
+            self.log(f"error: submission {sub.id} to {backend.name!r} failed: {exc!r}")
+            return False
+        self._confirm(sub.id, handle.remote_id, handle.info)
+        sub.remote_id, sub.state, sub.info = handle.remote_id, "submitted", handle.info
+        report.submitted += 1
+        report.submitted_tasks += len(tasks)
+        self.log(f"submitted {sub.id} stage={stage.name} tasks={len(tasks)} backend={backend.name} "
+                 f"remote={handle.remote_id}")
+        return True
+
+    def _confirm(self, sub_id: int, remote_id: str, info: dict[str, Any], adopted: bool = False) -> None:
+        now = self.clock.now()
+        with self.ledger.write() as conn:
+            self.ledger.update_submission(conn, sub_id, remote_id=remote_id, state="submitted",
+                                          submitted_at=now, info=info)
+            self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "submission",
+                                           "submission_id": sub_id, "to_state": "submitted",
+                                           "message": ("adopted " if adopted else "") + remote_id}])
+
+    def _unqueue(self, sub: SubmissionRecord, retry_after: float, message: str, consume: bool) -> None:
+        from corral.backends.base import TaskResult
+        from corral.states import Outcome
+
+        now = self.clock.now()
+        changes = Changes()
+        with self.ledger.write() as conn:
+            rows = self.ledger.submission_task_rows(conn, sub.id)
+            outcome = Outcome.FAILED if consume else Outcome.CAPACITY
+            results = [TaskResult(task_id=r["id"], outcome=outcome, error_class="submit" if consume else "capacity",
+                                  error_message=message, info={"retry_after": retry_after})
+                       for r in rows if r["state"] in ("queued", "running")]
+            self.recorder.apply(conn, results, sub.id, now, changes)
+            self.ledger.update_submission(conn, sub.id, state="failed", finished_at=now,
+                                          info={"error": message})
+            self.recorder.release(conn, changes, now)
+            self.ledger.add_events(conn, changes.events)
+
+    # -- finishing -----------------------------------------------------------------------------
+
+    def _finish(self, report: TickReport) -> None:
+        now = self.clock.now()
+        with self.ledger.read() as conn:
+            active = self.ledger.any_in_states(conn, self.run_id, self.order, ACTIVE)
+            bad = (not active) and self.ledger.any_in_states(conn, self.run_id, self.order, ("failed", "cancelled"))
+            current = conn.execute(select(schema.runs.c.status).where(schema.runs.c.id == self.run_id)).scalar()
+            next_retry = self.ledger.next_not_before(conn, self.run_id, now) if active else None
+        status = "active" if active else ("finished_with_failures" if bad else "finished")
+        if current == "cancelled" and not active:
+            status = "cancelled"
+        if status != current:
+            with self.ledger.write() as conn:
+                self.ledger.set_run_status(conn, self.run_id, status, now)
+                self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "run",
+                                               "from_state": current, "to_state": status}])
+            self.log(f"run {self.run_id} is {status}")
+        report.status = status
+        report.finished = not active
+        report.next_wake = next_retry
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _backend_of(self, sub: SubmissionRecord) -> str:
+        stage = self.stages.get(sub.stage)
+        return sub.info.get("backend") or (stage.spec.backend if stage else "local")
+
+    def _task_spec(self, stage: str, row: dict[str, Any]) -> TaskSpec:
+        params = json.loads(row["params"]) if row.get("params") else {}
+        return TaskSpec(task_id=row["id"], key=task_key(row["id"]), stage=stage, item_idx=row["item_idx"],
+                        item_id=row.get("item_id") or "all", item_key=row.get("key") or "all", params=params,
+                        attempt=row["attempts"] + 1)
+
+    def poll_interval(self) -> float:
+        intervals = [b.poll_interval for b in self.backends.values()]
+        return min(intervals) if intervals else 1.0
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def interrupt(self, grace: float = 10.0) -> TickReport:
+        """The controller is stopping: backends that run on this machine stop their work, which is
+        then collected (finished tasks recorded, interrupted ones back to pending, attempts kept)."""
+        subs = [s for s in self._open_submissions() if s.state != "submitting"]
+        for name, backend in self.backends.items():
+            mine = [s for s in subs if self._backend_of(s) == name]
+            if mine:
+                backend.interrupt(self.stages, mine, grace)
+        return self.tick(wait_for_lock=True)
+
+    def cancel(self, stage: str | None = None) -> int:
+        """Cancel every unfinished task (of one stage) and ask backends to stop their submissions."""
+        now = self.clock.now()
+        subs = [s for s in self._open_submissions() if stage is None or s.stage == stage]
+        for name, backend in self.backends.items():
+            mine = [s for s in subs if self._backend_of(s) == name and s.state != "submitting"]
+            if mine:
+                backend.cancel(self.stages, mine)
+        t = schema.tasks
+        with self.ledger.write() as conn:
+            query = update(t).where(t.c.run_id == self.run_id, t.c.state.in_(ACTIVE))
+            if stage is not None:
+                query = query.where(t.c.stage == stage)
+            count = conn.execute(query.values(state="cancelled", error_class="cancelled", finished_at=now,
+                                              error_message="cancelled by the user")).rowcount
+            if stage is None:
+                self.ledger.set_run_status(conn, self.run_id, "cancelled", now)
+            self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "cancel", "stage": stage,
+                                           "to_state": "cancelled", "count": count}])
+        self.log(f"cancelled {count} tasks of run {self.run_id}" + (f" stage {stage}" if stage else ""))
+        return count
+
+    def retry(self, stage: str | None = None, error_class: str | None = None,
+              include_cancelled: bool = False) -> int:
+        """Failed tasks (and their dependents cancelled because of them) run again with fresh attempts."""
+        now = self.clock.now()
+        t = schema.tasks
+        states = ["failed"] + (["cancelled"] if include_cancelled else [])
+        with self.ledger.write() as conn:
+            query = select(t.c.id, t.c.stage, t.c.item_idx).where(t.c.run_id == self.run_id, t.c.state.in_(states))
+            if stage is not None:
+                query = query.where(t.c.stage == stage)
+            if error_class is not None:
+                query = query.where(t.c.error_class == error_class)
+            else:
+                query = query.where((t.c.error_class.is_(None)) | (t.c.error_class != "upstream"))
+            rows = conn.execute(query).all()
+            ids = [r[0] for r in rows]
+            for start in range(0, len(ids), 900):
+                conn.execute(update(t).where(t.c.id.in_(ids[start:start + 900])).values(
+                    state="pending", attempts=0, not_before=None, ready_at=now, submission_id=None))
+            by_stage: dict[str, list[int]] = {}
+            for _, name, idx in rows:
+                by_stage.setdefault(name, []).append(idx)
+            reopened = self._reopen_dependents(conn, by_stage)
+            if ids:
+                self.ledger.set_run_status(conn, self.run_id, "active", now)
+                self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "retry", "stage": stage,
+                                               "to_state": "pending", "count": len(ids),
+                                               "message": f"{reopened} dependents waiting again"}])
+        self.log(f"retry: {len(ids)} tasks of run {self.run_id} back to pending")
+        return len(ids)
+
+    def _reopen_dependents(self, conn, by_stage: dict[str, list[int]]) -> int:
+        t = schema.tasks
+        total = 0
+        for name in self.order:
+            spec = self.stages[name].spec
+            idxs = sorted({i for need in spec.needs for i in by_stage.get(need, [])})
+            if not idxs:
+                continue
+            if spec.per == "all":
+                idxs = [-1]
+            for start in range(0, len(idxs), 900):
+                part = idxs[start:start + 900]
+                hit = [r[0] for r in conn.execute(select(t.c.item_idx).where(
+                    t.c.run_id == self.run_id, t.c.stage == name, t.c.state == "cancelled",
+                    t.c.error_class == "upstream", t.c.item_idx.in_(part)))]
+                if hit:
+                    conn.execute(update(t).where(t.c.run_id == self.run_id, t.c.stage == name,
+                                                 t.c.item_idx.in_(hit), t.c.state == "cancelled")
+                                 .values(state="waiting", error_class=None, error_message=None, attempts=0))
+                    by_stage.setdefault(name, []).extend(hit)
+                    total += len(hit)
+        return total
+
+
+def _record(row: dict[str, Any]) -> SubmissionRecord:
+    return SubmissionRecord(id=row["id"], stage=row["stage"], idempotency_key=row["idempotency_key"],
+                            remote_id=row["remote_id"], state=row["state"], created_at=row["created_at"],
+                            submitted_at=row["submitted_at"], task_count=row["task_count"],
+                            info={**(loads(row["info"]) or {}), "backend": row["backend"]})

@@ -1,0 +1,237 @@
+"""Turning what backends report into ledger state, in one transaction per tick.
+
+Exactly-once recording: a task's result is written only while the task is not terminal; a second
+result for the same task (a backend that ran it twice) is ignored. Failures count against
+attempts; interruptions, capacity refusals and never-started tasks do not. Dependents of a task
+are released or cancelled in the same transaction that records it, so a crash can never leave a
+finished task whose dependents were not told.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from sqlalchemy import and_, bindparam, exists, select, update
+from sqlalchemy.engine import Connection
+
+from corral.backends.base import TaskResult
+from corral.ledger import dumps, schema
+from corral.spec.models import Stage
+from corral.states import Outcome, TaskState
+
+CHUNK = 900
+T = schema.tasks
+
+
+@dataclass
+class Changes:
+    """What one transaction did, per stage: item indexes that became done or ended badly."""
+
+    done: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    ended_badly: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    retried: int = 0
+    requeued: int = 0
+    failed: int = 0
+    completed: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.completed or self.failed or self.retried or self.requeued)
+
+
+def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+class Recorder:
+    def __init__(self, run_id: str, stages: dict[str, Stage], order: list[str],
+                 log: Callable[[str], None] | None = None):
+        self.run_id = run_id
+        self.stages = stages
+        self.order = order
+        self.log = log or (lambda m: None)
+        self.dependents: dict[str, list[str]] = defaultdict(list)
+        for name in order:
+            for need in stages[name].needs:
+                self.dependents[need].append(name)
+
+    # -- reading ----------------------------------------------------------------
+
+    def _rows(self, conn: Connection, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        rows: dict[int, dict[str, Any]] = {}
+        for part in chunks(list(task_ids)):
+            query = select(T.c.id, T.c.stage, T.c.item_idx, T.c.state, T.c.attempts, T.c.submission_id).where(
+                T.c.id.in_(part), T.c.run_id == self.run_id)
+            for row in conn.execute(query).mappings():
+                rows[row["id"]] = dict(row)
+        return rows
+
+    # -- writing ----------------------------------------------------------------
+
+    def mark_started(self, conn: Connection, started: dict[int, float]) -> None:
+        if not started:
+            return
+        params = [{"tid": tid, "at": at} for tid, at in started.items()]
+        conn.execute(update(T).where(T.c.id == bindparam("tid"), T.c.state == "queued")
+                     .values(state="running", started_at=bindparam("at")), params)
+
+    def apply(self, conn: Connection, results: list[TaskResult], submission_id: int | None, now: float,
+              changes: Changes) -> None:
+        if not results:
+            return
+        rows = self._rows(conn, [r.task_id for r in results])
+        updates: list[dict[str, Any]] = []
+        for res in results:
+            row = rows.get(res.task_id)
+            if row is None:
+                continue
+            state = row["state"]
+            if res.outcome in (Outcome.DONE, Outcome.SKIPPED):
+                if state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
+                    continue
+            elif state not in (TaskState.QUEUED, TaskState.RUNNING) or (
+                    submission_id is not None and row["submission_id"] != submission_id):
+                continue
+            update_row = self._decide(row, res, now, changes)
+            row["state"] = update_row["state"]
+            updates.append(update_row)
+        self._write(conn, updates)
+
+    def lose(self, conn: Connection, submission_id: int, now: float, error_class: str, message: str,
+             changes: Changes) -> None:
+        """Tasks of a finished submission that never reported: started ones failed, others requeue."""
+        query = select(T.c.id, T.c.stage, T.c.item_idx, T.c.state, T.c.attempts, T.c.submission_id).where(
+            T.c.submission_id == submission_id, T.c.state.in_(["queued", "running"]))
+        updates = []
+        for row in conn.execute(query).mappings():
+            row = dict(row)
+            if row["state"] == TaskState.RUNNING:
+                res = TaskResult(task_id=row["id"], outcome=Outcome.FAILED, error_class=error_class,
+                                 error_message=message)
+            else:
+                res = TaskResult(task_id=row["id"], outcome=Outcome.LOST)
+            updates.append(self._decide(row, res, now, changes))
+        self._write(conn, updates)
+
+    def _decide(self, row: dict[str, Any], res: TaskResult, now: float, changes: Changes) -> dict[str, Any]:
+        stage = self.stages[row["stage"]]
+        base = {"tid": row["id"], "result": None, "error_class": None, "error_message": None,
+                "started_at": res.started_at, "finished_at": res.finished_at, "host": res.host,
+                "tokens_in": res.tokens_in, "tokens_out": res.tokens_out, "cost": res.cost,
+                "info": dumps(res.info) if res.info else None, "attempts": row["attempts"],
+                "not_before": None, "submission_id": row["submission_id"], "ready_at": None}
+        event = {"at": now, "run_id": self.run_id, "kind": "task", "stage": row["stage"], "task_id": row["id"],
+                 "submission_id": row["submission_id"], "from_state": row["state"]}
+        outcome = res.outcome
+        if outcome in (Outcome.DONE, Outcome.SKIPPED):
+            base.update(state="done", result=dumps(res.result), attempts=row["attempts"] + 1)
+            if outcome == Outcome.SKIPPED:
+                base["error_message"] = "skipped: skip_if matched"
+            changes.done[row["stage"]].append(row["item_idx"])
+            changes.completed += 1
+        elif outcome == Outcome.FAILED:
+            attempts = row["attempts"] + 1
+            error_class = res.error_class or "exception"
+            base.update(attempts=attempts, error_class=error_class, error_message=res.error_message,
+                        result=dumps(res.result) if res.result is not None else None)
+            if attempts <= stage.retries.max and stage.retries.retries_on(error_class):
+                delay = stage.retries.delay(attempts)
+                base.update(state="pending", not_before=now + delay, ready_at=now, submission_id=None)
+                event["message"] = f"attempt {attempts} failed ({error_class}); retry in {delay:g}s"
+                changes.retried += 1
+            else:
+                base["state"] = "failed"
+                changes.ended_badly[row["stage"]].append(row["item_idx"])
+                changes.failed += 1
+                event["message"] = f"{error_class}: {(res.error_message or '')[:500]}"
+        else:
+            # Interrupted, refused for capacity, or never started: the attempt is not used.
+            base.update(state="pending", ready_at=now, submission_id=None, started_at=None, finished_at=None,
+                        error_class=res.error_class, error_message=res.error_message,
+                        not_before=(now + (res.info or {}).get("retry_after", 0)) if outcome == Outcome.CAPACITY else None)
+            changes.requeued += 1
+            event["message"] = f"{outcome.value}: runs again, attempt kept"
+        event["to_state"] = base["state"]
+        changes.events.append(event)
+        return base
+
+    def _write(self, conn: Connection, updates: list[dict[str, Any]]) -> None:
+        if not updates:
+            return
+        statement = update(T).where(T.c.id == bindparam("tid")).values(
+            state=bindparam("state"), result=bindparam("result"), error_class=bindparam("error_class"),
+            error_message=bindparam("error_message"), started_at=bindparam("started_at"),
+            finished_at=bindparam("finished_at"), host=bindparam("host"), tokens_in=bindparam("tokens_in"),
+            tokens_out=bindparam("tokens_out"), cost=bindparam("cost"), info=bindparam("info"),
+            attempts=bindparam("attempts"), not_before=bindparam("not_before"),
+            submission_id=bindparam("submission_id"), ready_at=bindparam("ready_at"))
+        conn.execute(statement, updates)
+
+    # -- dependencies ----------------------------------------------------------------
+
+    def release(self, conn: Connection, changes: Changes, now: float) -> None:
+        """Move waiting dependents to pending (all needs done) or cancelled (a need ended badly)."""
+        for name in self.order:
+            stage = self.stages[name]
+            if not stage.needs:
+                continue
+            if stage.per == "all":
+                self._release_once(conn, name, stage, now, changes)
+                continue
+            done = sorted({i for need in stage.needs for i in changes.done.get(need, [])})
+            bad = sorted({i for need in stage.needs for i in changes.ended_badly.get(need, [])})
+            if bad:
+                self._cancel_waiting(conn, name, bad, now, changes, because=stage.needs)
+            if done:
+                self._promote(conn, name, stage.needs, done, now)
+
+    def _promote(self, conn: Connection, name: str, needs: list[str], idxs: list[int], now: float) -> None:
+        upstream = T.alias("upstream")
+        blocked = exists().where(upstream.c.run_id == self.run_id, upstream.c.item_idx == T.c.item_idx,
+                                 upstream.c.stage.in_(needs), upstream.c.state != "done")
+        for part in chunks(idxs):
+            conn.execute(update(T).where(T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "waiting",
+                                         T.c.item_idx.in_(part), ~blocked)
+                         .values(state="pending", ready_at=now))
+
+    def _cancel_waiting(self, conn: Connection, name: str, idxs: list[int], now: float, changes: Changes,
+                        because: list[str]) -> None:
+        for part in chunks(idxs):
+            hit = [r[0] for r in conn.execute(select(T.c.item_idx).where(
+                T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "waiting", T.c.item_idx.in_(part)))]
+            if not hit:
+                continue
+            conn.execute(update(T).where(T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "waiting",
+                                         T.c.item_idx.in_(hit))
+                         .values(state="cancelled", error_class="upstream", finished_at=now,
+                                 error_message=f"a needed task ({', '.join(because)}) did not finish"))
+            changes.ended_badly[name].extend(hit)
+            changes.events.append({"at": now, "run_id": self.run_id, "kind": "upstream", "stage": name,
+                                   "from_state": "waiting", "to_state": "cancelled", "count": len(hit),
+                                   "message": f"{len(hit)} tasks cancelled: a needed task did not finish"})
+
+    def _release_once(self, conn: Connection, name: str, stage: Stage, now: float, changes: Changes) -> None:
+        state = conn.execute(select(T.c.state).where(T.c.run_id == self.run_id, T.c.stage == name,
+                                                     T.c.item_idx == -1)).scalar()
+        if state != "waiting":
+            return
+        if _any_state(conn, self.run_id, stage.needs, ("waiting", "pending", "queued", "running")):
+            return
+        if _any_state(conn, self.run_id, stage.needs, ("failed", "cancelled")):
+            self._cancel_waiting(conn, name, [-1], now, changes, because=stage.needs)
+            return
+        conn.execute(update(T).where(T.c.run_id == self.run_id, T.c.stage == name, T.c.item_idx == -1,
+                                     T.c.state == "waiting").values(state="pending", ready_at=now))
+
+
+def _any_state(conn: Connection, run_id: str, stages: Sequence[str], states: Sequence[str]) -> bool:
+    for stage in stages:
+        for state in states:
+            if conn.execute(select(T.c.id).where(and_(T.c.run_id == run_id, T.c.stage == stage,
+                                                      T.c.state == state)).limit(1)).first():
+                return True
+    return False

@@ -1,0 +1,150 @@
+"""Creating and finding runs: one resolved campaign with its snapshot and its items and tasks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from corral.errors import CorralError, NotFound, SpecError
+from corral.ledger import Ledger, dumps, loads
+from corral.spec import ItemSource, LoadedCampaign
+from corral.spec.loader import config_hash
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which of the campaign's items a run takes."""
+
+    limit: int | None = None
+    shard: tuple[int, int] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"limit": self.limit, "shard": list(self.shard) if self.shard else None}
+
+    @staticmethod
+    def parse_shard(text: str | None) -> tuple[int, int] | None:
+        if not text:
+            return None
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise SpecError(f"--shard {text!r} is not I/N", expected="I/N with 0 <= I < N, e.g. 0/4") from None
+        if count < 1 or not 0 <= index < count:
+            raise SpecError(f"--shard {text!r} is out of range", expected="I/N with 0 <= I < N, e.g. 0/4")
+        return index, count
+
+
+def snapshot_hash(campaign: LoadedCampaign, selection: Selection) -> str:
+    return config_hash({"config": campaign.config, "selection": selection.as_dict()})
+
+
+def find_resumable(ledger: Ledger, campaign: LoadedCampaign, selection: Selection) -> dict[str, Any] | None:
+    """The newest run of this campaign with the same resolved config and selection."""
+    wanted = snapshot_hash(campaign, selection)
+    for run in ledger.find_runs(name=campaign.spec.name):
+        if run["config_hash"] == wanted and run["status"] != "cancelled":
+            return run
+    return None
+
+
+def resolve_run(ledger: Ledger, campaign: LoadedCampaign, run_id: str) -> dict[str, Any]:
+    run = ledger.get_run(run_id)
+    if run is None:
+        matches = ledger.find_runs(prefix=run_id)
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise NotFound(f"run id {run_id!r} is ambiguous: " + ", ".join(m["id"] for m in matches[:5]))
+        raise NotFound(f"no run {run_id!r} in the ledger {ledger.display_url}")
+    return run
+
+
+def latest_run(ledger: Ledger, campaign: LoadedCampaign) -> dict[str, Any]:
+    runs = ledger.find_runs(name=campaign.spec.name)
+    if not runs:
+        raise NotFound(f"campaign {campaign.spec.name!r} has no runs yet in {ledger.display_url}; "
+                       "start one with `corral run`")
+    return runs[0]
+
+
+def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, now: float,
+               run_id: str | None = None) -> dict[str, Any]:
+    spec = campaign.spec
+    source = ItemSource(spec.items, campaign.root, campaign.path)
+    items = source.items(limit=selection.limit, shard=selection.shard)
+    stages = [(name, spec.stages[name].per, bool(spec.stages[name].needs), spec.stages[name].backend)
+              for name in campaign.stage_order()]
+    wanted_id = run_id or _run_id(campaign, now)
+    with ledger.write() as conn:
+        final_id = wanted_id
+        suffix = 2
+        while ledger.run_id_exists(conn, final_id):
+            if run_id:
+                raise CorralError(f"a run named {run_id!r} already exists")
+            final_id = f"{wanted_id}_{suffix}"
+            suffix += 1
+        row = {
+            "id": final_id, "name": spec.name, "campaign": str(campaign.path), "created_at": now,
+            "updated_at": now, "status": "active", "config": dumps(campaign.config),
+            "config_hash": snapshot_hash(campaign, selection), "selection": dumps(
+                {**selection.as_dict(), "overrides": campaign.overrides}),
+            "code_revision": code_revision(campaign.root), "host": socket.gethostname(),
+            "versions": dumps(package_versions()), "tags": dumps([]), "notes": None, "item_count": 0,
+        }
+        ledger.insert_run(conn, row)
+        count = ledger.insert_items_and_tasks(conn, final_id, items, stages, now)
+        from sqlalchemy import update
+
+        from corral.ledger import schema
+
+        conn.execute(update(schema.runs).where(schema.runs.c.id == final_id).values(item_count=count))
+        ledger.add_events(conn, [{"at": now, "run_id": final_id, "kind": "run", "to_state": "active",
+                                  "count": count, "message": f"created with {count} items"}])
+        row["item_count"] = count
+    return row
+
+
+def _run_id(campaign: LoadedCampaign, now: float) -> str:
+    stamp = dt.datetime.fromtimestamp(now).strftime("%Y%m%dT%H%M%S")
+    fields = {k: v for k, v in campaign.spec.params.items() if isinstance(v, (str, int, float, bool))}
+    fields.update(name=campaign.spec.name, timestamp=stamp)
+    try:
+        text = campaign.spec.run_id.format_map(fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SpecError(f"cannot fill the run id template: {exc!r}", file=str(campaign.path), key="run_id",
+                        expected="fields among " + ", ".join(sorted(fields))) from None
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text)
+
+
+def code_revision(root: Path) -> str | None:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("corral", "sqlalchemy", "pydantic", "hydra-core", "omegaconf"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def run_config(run: dict[str, Any]) -> dict[str, Any]:
+    return loads(run["config"]) or {}

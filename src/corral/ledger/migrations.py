@@ -1,0 +1,41 @@
+"""Schema versions. Version 1 creates everything; later versions append a function here."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import inspect, select
+from sqlalchemy.engine import Connection, Engine
+
+from corral.errors import LedgerError
+from corral.ledger import schema
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: lambda conn: schema.metadata.create_all(conn),
+}
+
+
+def current_version(conn: Connection) -> int:
+    if not inspect(conn).has_table("corral_meta"):
+        return 0
+    value = conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")).scalar()
+    return int(value) if value is not None else 0
+
+
+def migrate(engine: Engine, *, create: bool = True) -> int:
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7243581190)")
+        version = current_version(conn)
+        if version > schema.SCHEMA_VERSION:
+            raise LedgerError(f"this ledger has schema version {version}, newer than this corral "
+                              f"understands ({schema.SCHEMA_VERSION}); upgrade corral")
+        if version == schema.SCHEMA_VERSION:
+            return version
+        if version == 0 and not create:
+            raise LedgerError("the database holds no corral ledger")
+        for target in range(version + 1, schema.SCHEMA_VERSION + 1):
+            MIGRATIONS[target](conn)
+        conn.execute(schema.meta.delete().where(schema.meta.c.key == "schema_version"))
+        conn.execute(schema.meta.insert(), [{"key": "schema_version", "value": str(schema.SCHEMA_VERSION)}])
+        return schema.SCHEMA_VERSION

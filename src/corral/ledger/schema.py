@@ -1,0 +1,115 @@
+"""The ledger's tables (SQLAlchemy Core), shared by SQLite and PostgreSQL.
+
+Times are seconds since the epoch (floats); JSON columns hold text written by the ledger itself.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (Column, Float, Index, Integer, MetaData, String, Table, Text,
+                        UniqueConstraint)
+from sqlalchemy import BigInteger
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+# A surrogate key that is a real autoincrementing BIGINT on PostgreSQL and ROWID on SQLite.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+meta = Table(
+    "corral_meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("id", String(200), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("campaign", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("status", String(32), nullable=False),
+    Column("config", Text, nullable=False),
+    Column("config_hash", String(32), nullable=False),
+    Column("selection", Text, nullable=False),
+    Column("code_revision", String(64)),
+    Column("host", String(255)),
+    Column("versions", Text),
+    Column("tags", Text),
+    Column("notes", Text),
+    Column("item_count", Integer, nullable=False),
+    Index("ix_runs_name", "name", "created_at"),
+)
+
+items = Table(
+    "items", metadata,
+    Column("run_id", String(200), primary_key=True),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("item_id", String(32), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("params", Text, nullable=False),
+    UniqueConstraint("run_id", "item_id", name="uq_items_identity"),
+)
+
+tasks = Table(
+    "tasks", metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(200), nullable=False),
+    Column("stage", String(200), nullable=False),
+    Column("item_idx", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("ready_at", Float),
+    Column("not_before", Float),
+    Column("submission_id", BigInteger),
+    Column("backend", String(200)),
+    Column("queued_at", Float),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("result", Text),
+    Column("error_class", String(200)),
+    Column("error_message", Text),
+    Column("host", String(255)),
+    Column("tokens_in", BigInteger),
+    Column("tokens_out", BigInteger),
+    Column("cost", Float),
+    Column("info", Text),
+    UniqueConstraint("run_id", "stage", "item_idx", name="uq_tasks_item"),
+    Index("ix_tasks_state", "run_id", "stage", "state"),
+    Index("ix_tasks_submission", "submission_id"),
+)
+
+submissions = Table(
+    "submissions", metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(200), nullable=False),
+    Column("stage", String(200), nullable=False),
+    Column("backend", String(200), nullable=False),
+    Column("idempotency_key", String(128), nullable=False, unique=True),
+    Column("remote_id", String(255)),
+    Column("state", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("submitted_at", Float),
+    Column("finished_at", Float),
+    Column("task_count", Integer, nullable=False),
+    Column("info", Text),
+    Index("ix_submissions_state", "run_id", "state"),
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("run_id", String(200), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("stage", String(200)),
+    Column("task_id", BigInteger),
+    Column("submission_id", BigInteger),
+    Column("from_state", String(16)),
+    Column("to_state", String(16)),
+    Column("count", Integer),
+    Column("message", Text),
+    Index("ix_events_run", "run_id", "at"),
+)

@@ -1,0 +1,335 @@
+"""The ledger: one SQLAlchemy engine, its schema version, its locks, and the queries every layer needs."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from sqlalchemy import create_engine, event, func, select, text, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from corral.errors import LedgerError
+from corral.ledger import schema
+from corral.ledger.migrations import migrate
+from corral.states import OPEN_SUBMISSIONS, TaskState
+
+INSERT_CHUNK = 20_000
+
+
+def dumps(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
+def loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def default_url(root: Path, workdir: str = ".corral", configured: str | None = None) -> str:
+    """The ledger URL: ``CORRAL_LEDGER``, then the campaign's ``ledger:``, then ``.corral/ledger.db``."""
+    chosen = os.environ.get("CORRAL_LEDGER") or configured
+    if chosen:
+        if "://" in chosen:
+            return normalise_url(chosen)
+        path = Path(chosen).expanduser()
+        return f"sqlite:///{(root / path) if not path.is_absolute() else path}"
+    return f"sqlite:///{root / workdir / 'ledger.db'}"
+
+
+def normalise_url(url: str) -> str:
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+class Ledger:
+    """A handle on one ledger database."""
+
+    def __init__(self, url: str, *, create: bool = True):
+        self.url = normalise_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        self.path: Path | None = None
+        if self.is_sqlite:
+            self.path = Path(self.url.split("sqlite:///", 1)[1]) if ":memory:" not in self.url else None
+            if self.path is not None:
+                if not create and not self.path.exists():
+                    raise LedgerError(f"no ledger at {self.path} (nothing has run here yet)")
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = self._make_engine()
+        try:
+            migrate(self.engine, create=create)
+        except OperationalError as exc:
+            raise LedgerError(f"cannot open the ledger {self.display_url}: {exc.orig}") from None
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"cannot open the ledger {self.display_url}: {exc}") from None
+
+    @property
+    def display_url(self) -> str:
+        if "@" in self.url:
+            scheme, rest = self.url.split("://", 1)
+            return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return self.url
+
+    def _make_engine(self) -> Engine:
+        if self.is_sqlite:
+            engine = create_engine(self.url, connect_args={"timeout": 120, "check_same_thread": False})
+
+            @event.listens_for(engine, "connect")
+            def _connect(dbapi_connection, _record):
+                dbapi_connection.isolation_level = None
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute("PRAGMA busy_timeout=120000")
+                cursor.execute("PRAGMA cache_size=-65536")
+                cursor.close()
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn):
+                mode = "BEGIN" if conn.get_execution_options().get("corral_read") else "BEGIN IMMEDIATE"
+                conn.exec_driver_sql(mode)
+
+            return engine
+        try:
+            return create_engine(self.url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+        except ModuleNotFoundError as exc:
+            raise LedgerError(f"the ledger {self.display_url} needs the driver {exc.name!r}: "
+                              "pip install 'corral[postgres]'") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions and locks -------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(corral_read=True) as conn:
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def tick_lock(self, run_id: str, *, wait: bool = False) -> Iterator[bool]:
+        """Hold the lock that lets one controller at a time plan a run. Yields whether it was taken.
+
+        SQLite: an ``flock`` on a file beside the database (released by the OS if the holder dies).
+        PostgreSQL: a session advisory lock on a dedicated connection (released when it closes).
+        """
+        if self.is_sqlite:
+            if self.path is None:
+                yield True
+                return
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole block
+            try:
+                flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
+                try:
+                    fcntl.flock(handle.fileno(), flags)
+                except BlockingIOError:
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            finally:
+                handle.close()
+            return
+        key = int.from_bytes(hashlib.sha256(f"corral:{run_id}".encode()).digest()[:8], "big", signed=True)
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            if wait:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                got = True
+            else:
+                got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+    # -- runs ---------------------------------------------------------------------
+
+    def insert_run(self, conn: Connection, row: dict[str, Any]) -> None:
+        conn.execute(schema.runs.insert(), [row])
+
+    def insert_items_and_tasks(self, conn: Connection, run_id: str, items: Iterable[Any],
+                               stages: Sequence[tuple[str, str, bool, str]], now: float) -> int:
+        """Insert items and one task per (item, per-item stage) plus one per ``per: all`` stage.
+
+        ``stages`` lists (name, per, has_needs, backend). Returns the number of items.
+        """
+        item_rows: list[dict[str, Any]] = []
+        task_rows: list[dict[str, Any]] = []
+        item_stages = [(s, needs, b) for s, per, needs, b in stages if per != "all"]
+        count = 0
+
+        def flush() -> None:
+            if item_rows:
+                conn.execute(schema.items.insert(), item_rows)
+                item_rows.clear()
+            if task_rows:
+                conn.execute(schema.tasks.insert(), task_rows)
+                task_rows.clear()
+
+        for item in items:
+            item_rows.append({"run_id": run_id, "idx": item.index, "item_id": item.item_id,
+                              "key": item.key, "params": dumps(item.params)})
+            for stage, has_needs, backend in item_stages:
+                waiting = has_needs
+                task_rows.append({"run_id": run_id, "stage": stage, "item_idx": item.index,
+                                  "state": "waiting" if waiting else "pending", "attempts": 0,
+                                  "ready_at": None if waiting else now, "backend": backend})
+            count += 1
+            if len(task_rows) >= INSERT_CHUNK:
+                flush()
+        flush()
+        for stage, per, has_needs, backend in stages:
+            if per == "all":
+                conn.execute(schema.tasks.insert(), [{
+                    "run_id": run_id, "stage": stage, "item_idx": -1, "attempts": 0, "backend": backend,
+                    "state": "waiting" if has_needs else "pending", "ready_at": None if has_needs else now}])
+        return count
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self.read() as conn:
+            row = conn.execute(select(schema.runs).where(schema.runs.c.id == run_id)).mappings().first()
+        return dict(row) if row else None
+
+    def find_runs(self, name: str | None = None, prefix: str | None = None) -> list[dict[str, Any]]:
+        query = select(schema.runs).order_by(schema.runs.c.created_at.desc())
+        if name is not None:
+            query = query.where(schema.runs.c.name == name)
+        if prefix is not None:
+            query = query.where(schema.runs.c.id.like(prefix.replace("%", r"\%") + "%", escape="\\"))
+        with self.read() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def run_id_exists(self, conn: Connection, run_id: str) -> bool:
+        return conn.execute(select(schema.runs.c.id).where(schema.runs.c.id == run_id)).first() is not None
+
+    def set_run_status(self, conn: Connection, run_id: str, status: str, now: float) -> None:
+        values: dict[str, Any] = {"status": status, "updated_at": now}
+        values["finished_at"] = now if status.startswith("finished") or status == "cancelled" else None
+        conn.execute(update(schema.runs).where(schema.runs.c.id == run_id).values(**values))
+
+    # -- counts ---------------------------------------------------------------------
+
+    def counts(self, run_id: str, conn: Connection | None = None) -> dict[str, dict[str, int]]:
+        """Tasks per stage and state, from the (run_id, stage, state) index."""
+        t = schema.tasks
+        query = (select(t.c.stage, t.c.state, func.count()).where(t.c.run_id == run_id)
+                 .group_by(t.c.stage, t.c.state))
+        out: dict[str, dict[str, int]] = {}
+        if conn is None:
+            with self.read() as own:
+                rows = own.execute(query).all()
+        else:
+            rows = conn.execute(query).all()
+        for stage, state, n in rows:
+            out.setdefault(stage, {})[state] = n
+        return out
+
+    def any_in_states(self, conn: Connection, run_id: str, stages: Sequence[str],
+                      states: Sequence[str]) -> bool:
+        t = schema.tasks
+        for stage in stages:
+            for state in states:
+                hit = conn.execute(select(t.c.id).where(t.c.run_id == run_id, t.c.stage == stage,
+                                                        t.c.state == state).limit(1)).first()
+                if hit:
+                    return True
+        return False
+
+    def count_ready(self, conn: Connection, run_id: str, stage: str, now: float) -> int:
+        t = schema.tasks
+        return conn.execute(select(func.count()).where(
+            t.c.run_id == run_id, t.c.stage == stage, t.c.state == "pending",
+            (t.c.not_before.is_(None)) | (t.c.not_before <= now))).scalar_one()
+
+    def ready_tasks(self, conn: Connection, run_id: str, stage: str, now: float,
+                    limit: int) -> list[dict[str, Any]]:
+        t, i = schema.tasks, schema.items
+        query = (select(t.c.id, t.c.item_idx, t.c.attempts, t.c.ready_at, i.c.item_id, i.c.key, i.c.params)
+                 .select_from(t.outerjoin(i, (i.c.run_id == t.c.run_id) & (i.c.idx == t.c.item_idx)))
+                 .where(t.c.run_id == run_id, t.c.stage == stage, t.c.state == "pending",
+                        (t.c.not_before.is_(None)) | (t.c.not_before <= now))
+                 .order_by(t.c.id).limit(limit))
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+    def oldest_ready_at(self, conn: Connection, run_id: str, stage: str) -> float | None:
+        t = schema.tasks
+        return conn.execute(select(func.min(t.c.ready_at)).where(
+            t.c.run_id == run_id, t.c.stage == stage, t.c.state == "pending")).scalar()
+
+    def next_not_before(self, conn: Connection, run_id: str, now: float) -> float | None:
+        t = schema.tasks
+        return conn.execute(select(func.min(t.c.not_before)).where(
+            t.c.run_id == run_id, t.c.state == "pending", t.c.not_before > now)).scalar()
+
+    # -- submissions ----------------------------------------------------------------
+
+    def open_submissions(self, conn: Connection, run_id: str) -> list[dict[str, Any]]:
+        s = schema.submissions
+        query = (select(s).where(s.c.run_id == run_id, s.c.state.in_([str(x) for x in OPEN_SUBMISSIONS]))
+                 .order_by(s.c.id))
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+    def submission_task_rows(self, conn: Connection, submission_id: int) -> list[dict[str, Any]]:
+        t, i = schema.tasks, schema.items
+        query = (select(t.c.id, t.c.stage, t.c.item_idx, t.c.attempts, t.c.state, i.c.item_id, i.c.key, i.c.params)
+                 .select_from(t.outerjoin(i, (i.c.run_id == t.c.run_id) & (i.c.idx == t.c.item_idx)))
+                 .where(t.c.submission_id == submission_id).order_by(t.c.id))
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+    def insert_submission(self, conn: Connection, row: dict[str, Any]) -> int:
+        result = conn.execute(schema.submissions.insert().returning(schema.submissions.c.id), [row])
+        return int(result.scalar_one())
+
+    def update_submission(self, conn: Connection, submission_id: int, **values: Any) -> None:
+        if "info" in values and not isinstance(values["info"], (str, type(None))):
+            values["info"] = dumps(values["info"])
+        s = schema.submissions
+        conn.execute(update(s).where(s.c.id == submission_id).values(**values))
+
+    # -- events -----------------------------------------------------------------------
+
+    _EVENT_KEYS = ("at", "run_id", "kind", "stage", "task_id", "submission_id", "from_state", "to_state",
+                   "count", "message")
+
+    def add_events(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Append to the event log (executemany needs every row to carry every column)."""
+        if rows:
+            conn.execute(schema.events.insert(), [{k: row.get(k) for k in self._EVENT_KEYS} for row in rows])
+
+    # -- misc ---------------------------------------------------------------------------
+
+    def scalar(self, query) -> Any:
+        with self.read() as conn:
+            return conn.execute(query).scalar()
+
+
+def task_key(task_id: int) -> str:
+    """The name of a task outside the ledger (file names, custom_id): valid for every backend."""
+    return f"t{task_id}"
+
+
+def parse_task_key(text_: str) -> int | None:
+    if text_.startswith("t") and text_[1:].isdigit():
+        return int(text_[1:])
+    return int(text_) if text_.isdigit() else None
+
+
+__all__ = ["Ledger", "TaskState", "default_url", "dumps", "loads", "task_key", "parse_task_key"]

@@ -1,0 +1,253 @@
+"""Item sources (grid, zip, list, file) and the stable identity of an item."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from string import Formatter
+from typing import Any, Iterator
+
+from corral.errors import SpecError
+from corral.spec.models import Items
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    index: int
+    item_id: str
+    key: str
+    params: dict[str, Any]
+
+
+def canonical(value: Any) -> Any:
+    """Normalise a value so equal parameters hash equally on every machine and Python.
+
+    Integral floats become ints (``1.0 == 1``), non-finite floats become strings, tuples lists.
+    """
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return int(value) if value.is_integer() and abs(value) < 2**53 else value
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return str(value)
+
+
+def canonical_json(params: dict[str, Any]) -> str:
+    return json.dumps(canonical(params), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def item_identity(params: dict[str, Any]) -> str:
+    """A 16-hex-digit hash of the canonical parameters: the item's identity."""
+    return hashlib.sha256(canonical_json(params).encode()).hexdigest()[:16]
+
+
+def shard_of(item_id: str, count: int) -> int:
+    return int(item_id, 16) % count
+
+
+def format_key(template: str, params: dict[str, Any]) -> str:
+    return template.format_map(params)
+
+
+def template_fields(template: str) -> set[str]:
+    return {name.split(".")[0].split("[")[0] for _, name, _, _ in Formatter().parse(template) if name}
+
+
+class ItemSource:
+    """Expands an ``items:`` section into items, in a stable order."""
+
+    def __init__(self, spec: Items, root: Path, file: str | Path = "corral.yaml"):
+        self.spec, self.root, self.file = spec, root, str(file)
+
+    def factors(self) -> list[list[dict[str, Any]]]:
+        factors: list[list[dict[str, Any]]] = []
+        if self.spec.from_ is not None:
+            factors.append(self._from_file())
+        if self.spec.list is not None:
+            factors.append([dict(row) for row in self.spec.list])
+        if self.spec.zip is not None:
+            factors.append(self._zip())
+        if self.spec.grid is not None:
+            factors.append(self._grid())
+        self._check_disjoint(factors)
+        return factors
+
+    def count(self) -> int:
+        return math.prod(len(f) for f in self.factors())
+
+    def params(self) -> Iterator[dict[str, Any]]:
+        factors = self.factors()
+        if len(factors) == 1:
+            for row in factors[0]:
+                yield dict(row)
+            return
+        for combo in itertools.product(*factors):
+            merged: dict[str, Any] = {}
+            for part in combo:
+                merged.update(part)
+            yield merged
+
+    def items(self, limit: int | None = None, shard: tuple[int, int] | None = None) -> Iterator[Item]:
+        key_template = self.spec.key
+        if key_template:
+            self._check_key_template(key_template)
+        seen: dict[str, int] = {}
+        index = 0
+        for position, params in enumerate(self.params()):
+            item_id = item_identity(params)
+            if item_id in seen:
+                raise SpecError(f"items {seen[item_id]} and {position} have the same parameters "
+                                f"{canonical_json(params)}; every item must be distinct",
+                                file=self.file, key="items")
+            seen[item_id] = position
+            if shard is not None and shard_of(item_id, shard[1]) != shard[0]:
+                continue
+            if limit is not None and index >= limit:
+                break
+            key = format_key(key_template, params) if key_template else item_id
+            yield Item(index=index, item_id=item_id, key=key, params=params)
+            index += 1
+
+    def _check_key_template(self, template: str) -> None:
+        names: set[str] = set()
+        for factor in self.factors():
+            if factor:
+                names.update(factor[0])
+        try:
+            missing = template_fields(template) - names
+        except ValueError as exc:
+            raise SpecError(f"bad key template: {exc}", file=self.file, key="items.key") from None
+        if missing:
+            raise SpecError(f"key template uses unknown parameters {sorted(missing)}", file=self.file,
+                            key="items.key", expected="fields among " + ", ".join(sorted(names)))
+
+    def _grid(self) -> list[dict[str, Any]]:
+        axes: list[tuple[str, list[Any]]] = []
+        for name, values in (self.spec.grid or {}).items():
+            axes.append((name, self._axis(name, values)))
+        names = [name for name, _ in axes]
+        return [dict(zip(names, combo)) for combo in itertools.product(*(v for _, v in axes))]
+
+    def _axis(self, name: str, values: Any) -> list[Any]:
+        if isinstance(values, dict) and set(values) == {"range"}:
+            bounds = values["range"]
+            bounds = [bounds] if isinstance(bounds, int) else bounds
+            if not (isinstance(bounds, list) and 1 <= len(bounds) <= 3 and all(isinstance(b, int) for b in bounds)):
+                raise SpecError("a range is {range: stop} or {range: [start, stop, step]} of integers",
+                                file=self.file, key=f"items.grid.{name}.range", expected="[start, stop, step]")
+            return list(range(*bounds))
+        if isinstance(values, list):
+            if not values:
+                raise SpecError("an empty list gives no items", file=self.file, key=f"items.grid.{name}",
+                                expected="a non-empty list of values")
+            return values
+        if isinstance(values, dict):
+            raise SpecError("a grid axis is a list of values or {range: ...}", file=self.file,
+                            key=f"items.grid.{name}", expected="[a, b, c] or {range: [0, 10]}")
+        return [values]
+
+    def _zip(self) -> list[dict[str, Any]]:
+        columns = self.spec.zip or {}
+        lengths = {name: len(values) for name, values in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise SpecError(f"zip lists must have the same length, got {lengths}", file=self.file, key="items.zip")
+        names = list(columns)
+        return [dict(zip(names, row)) for row in zip(*columns.values())]
+
+    def _from_file(self) -> list[dict[str, Any]]:
+        source = self.spec.from_
+        assert source is not None
+        path = Path(source.path).expanduser()
+        if not path.is_absolute():
+            path = self.root / path
+        if not path.exists():
+            raise SpecError(f"item file {str(path)!r} does not exist", file=self.file, key="items.from")
+        kind = source.format or {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+                                 ".csv": "csv"}.get(path.suffix.lower())
+        if kind is None:
+            raise SpecError(f"cannot tell the format of {path.name}", file=self.file, key="items.from.format",
+                            expected="json | jsonl | csv")
+        try:
+            rows = _read_rows(path, kind)
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise SpecError(f"cannot read {path.name}: {exc}", file=self.file, key="items.from") from None
+        if source.where:
+            rows = self._filter(rows, source.where)
+        return rows
+
+    def _filter(self, rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+        try:
+            code = compile(where, "<where>", "eval")
+        except SyntaxError as exc:
+            raise SpecError(f"'where' is not a valid expression: {exc.msg}", file=self.file,
+                            key="items.from.where", expected="a Python expression over row fields, "
+                            "e.g. split == 'test' and length < 500") from None
+        kept = []
+        for row in rows:
+            try:
+                if eval(code, {"__builtins__": _SAFE_BUILTINS}, dict(row)):  # noqa: S307 - the user's own file
+                    kept.append(row)
+            except Exception as exc:  # noqa: BLE001 - reported with the row
+                raise SpecError(f"'where' failed on row {row}: {type(exc).__name__}: {exc}", file=self.file,
+                                key="items.from.where") from None
+        return kept
+
+    def _check_disjoint(self, factors: list[list[dict[str, Any]]]) -> None:
+        seen: set[str] = set()
+        for factor in factors:
+            names = set(factor[0]) if factor else set()
+            clash = seen & names
+            if clash:
+                raise SpecError(f"parameters {sorted(clash)} come from two item sources", file=self.file,
+                                key="items", expected="each parameter from exactly one of from, list, zip, grid")
+            seen |= names
+
+
+_SAFE_BUILTINS = {"len": len, "int": int, "float": float, "str": str, "abs": abs, "min": min, "max": max,
+                  "round": round, "bool": bool, "any": any, "all": all, "True": True, "False": False, "None": None}
+
+
+def _read_rows(path: Path, kind: str) -> list[dict[str, Any]]:
+    if kind == "json":
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            data = data.get("items", data.get("data"))
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise ValueError("a JSON item file holds a list of objects (or {items: [...]})")
+        return data
+    if kind == "jsonl":
+        rows = []
+        with path.open() as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise ValueError(f"line {number} is not a JSON object")
+                    rows.append(row)
+        return rows
+    with path.open(newline="") as handle:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+        return value if math.isfinite(value) else text
+    except ValueError:
+        return text

@@ -1,0 +1,215 @@
+"""The typed schema of a campaign file. Every model forbids unknown keys so typos are caught."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any, Dict, List, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from corral.spec.durations import parse_duration, parse_size
+
+CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+STAGE_NAME_RE = re.compile(r"^[A-Za-z_][\w-]*$")
+ERROR_CLASSES = (
+    "exception", "exit_code", "timeout", "oom", "preempted", "node_fail", "worker_lost",
+    "verify", "rate_limit", "token_limit", "expired", "invalid_request", "parse", "upstream",
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _duration(value: Any) -> float | None:
+    if value is None:
+        return None
+    return parse_duration(value)
+
+
+class Retries(Strict):
+    """``retries: {max: 3, backoff: 30s, on: [timeout, oom]}``: ``max`` retries after the first attempt."""
+
+    max: int = Field(default=0, ge=0)
+    backoff: float = 10.0
+    backoff_factor: float = Field(default=2.0, ge=1.0)
+    max_backoff: float = 3600.0
+    on: list[str] | None = None
+
+    _check_backoff = field_validator("backoff", "max_backoff", mode="before")(_duration)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on:` key as the boolean true.
+        if isinstance(data, dict) and True in data:
+            data = dict(data)
+            data["on"] = data.pop(True)
+        return data
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` after ``attempt`` failed attempts."""
+        return min(self.max_backoff, self.backoff * self.backoff_factor ** max(0, attempt - 1))
+
+    def retries_on(self, error_class: str | None) -> bool:
+        return self.on is None or (error_class or "exception") in self.on
+
+
+class Resources(Strict):
+    cpus: int = Field(default=1, ge=1)
+    gpus: int = Field(default=0, ge=0)
+    mem: int | None = None
+
+    @field_validator("mem", mode="before")
+    @classmethod
+    def _mem(cls, value: Any) -> int | None:
+        return None if value is None else parse_size(value)
+
+
+class Stage(Strict):
+    """One step of the campaign, applied per item, per batch of items, or once."""
+
+    run: list[str] | None = None
+    call: str | None = None
+    per: Literal["item", "all", "batch"] = "item"
+    size: int | None = Field(default=None, ge=1)
+    every: float | None = None
+    needs: list[str] = Field(default_factory=list)
+    backend: str = "local"
+    retries: Retries = Field(default_factory=Retries)
+    timeout: float | None = None
+    resources: Resources = Field(default_factory=Resources)
+    skip_if: list[str] | None = None
+    verify: list[str] | None = None
+    outputs: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: list[str] = Field(default_factory=list)
+    description: str = ""
+
+    _check_durations = field_validator("timeout", "every", mode="before")(_duration)
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return shlex.split(value)
+            except ValueError as exc:
+                raise ValueError(f"cannot split the command like a shell would: {exc}") from exc
+        if isinstance(value, list):
+            return [str(part) for part in value]
+        return value
+
+    @field_validator("needs", "skip_if", "verify", "outputs", "secrets", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("call")
+    @classmethod
+    def _callable(cls, value: str | None) -> str | None:
+        if value is not None and not CALLABLE_RE.match(value):
+            raise ValueError(f"{value!r} is not a callable reference like 'package.module:function'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_action(self) -> "Stage":
+        if (self.run is None) == (self.call is None):
+            raise ValueError("a stage needs exactly one of 'run' (a command) or 'call' (a Python function)")
+        if self.run is not None and not self.run:
+            raise ValueError("'run' is an empty command")
+        if self.per == "batch" and self.size is None and self.every is None:
+            raise ValueError("a 'per: batch' stage needs 'size', 'every' or both")
+        if self.per != "batch" and (self.size is not None or self.every is not None):
+            raise ValueError("'size' and 'every' only apply to 'per: batch' stages")
+        return self
+
+    @property
+    def skip_callable(self) -> str | None:
+        return _single_callable(self.skip_if)
+
+    @property
+    def verify_callable(self) -> str | None:
+        return _single_callable(self.verify)
+
+
+def _single_callable(values: list[str] | None) -> str | None:
+    if values and len(values) == 1 and CALLABLE_RE.match(values[0]):
+        return values[0]
+    return None
+
+
+class LocalBackend(Strict):
+    """Worker processes on this machine, optionally pinned to GPUs."""
+
+    type: Literal["local"] = "local"
+    workers: int | None = Field(default=None, ge=1)
+    gpus: Literal["auto", "none"] | list[int] = "auto"
+    workers_per_gpu: int = Field(default=1, ge=1)
+    tasks_per_worker: int | None = Field(default=None, ge=1)
+    max_tasks_per_worker: int = Field(default=2000, ge=1)
+    python: str | None = None
+
+
+BACKEND_TYPES: dict[str, type[BaseModel]] = {"local": LocalBackend}
+
+
+class ItemsFrom(Strict):
+    path: str
+    where: str | None = None
+    format: Literal["json", "jsonl", "csv"] | None = None
+
+
+class Items(Strict):
+    """Where the items come from. Present sources are combined as a product: from x list x zip x grid."""
+
+    # Field names shadow builtins inside this class, so annotations use typing's aliases.
+    grid: Optional[Dict[str, Any]] = None
+    zip: Optional[Dict[str, List[Any]]] = None
+    list: Optional[List[Dict[str, Any]]] = None
+    from_: Optional[ItemsFrom] = Field(default=None, alias="from")
+    key: Optional[str] = None
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _from_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _some_source(self) -> "Items":
+        if self.grid is None and self.zip is None and self.list is None and self.from_ is None:
+            raise ValueError("items need at least one source: grid, zip, list or from")
+        return self
+
+
+class Campaign(Strict):
+    """A whole campaign file after composition and overrides."""
+
+    name: str
+    description: str = ""
+    ledger: str | None = None
+    workdir: str = ".corral"
+    run_id: str = "{name}_{timestamp}"
+    items: Items
+    stages: dict[str, Stage]
+    backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    results: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][\w.-]*$", value):
+            raise ValueError("a name of letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, value: dict[str, Stage]) -> dict[str, Stage]:
+        if not value:
+            raise ValueError("a campaign needs at least one stage")
+        for name in value:
+            if not STAGE_NAME_RE.match(name):
+                raise ValueError(f"stage name {name!r} must be letters, digits, '_' or '-'")
+        return value

@@ -1,0 +1,5 @@
+import sys
+
+from corral.worker.runner import main
+
+sys.exit(main())

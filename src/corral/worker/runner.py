@@ -1,0 +1,378 @@
+"""The worker: ``python -m corral.worker SUBMISSION_DIR`` runs the tasks of one submission.
+
+For each task it appends to ``started.log``, honours ``skip_if``, runs the command or function
+(with its timeout), checks ``verify``, and writes ``results/<task key>.json`` atomically. SIGTERM,
+SIGINT and SIGUSR1 stop the current task, which is reported as interrupted (its attempt is kept).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from corral.spec.models import Stage
+from corral.worker import protocol
+from corral.worker.context import LazyLog, TaskContext
+
+HOST = socket.gethostname()
+
+
+class Interrupted(BaseException):
+    """The worker was asked to stop (a signal): the task runs again later, attempt kept."""
+
+
+class TaskTimeout(BaseException):
+    """The task ran past the stage's timeout."""
+
+
+class VerifyFailed(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.manifest = protocol.read_manifest(folder)
+        self.stage = Stage.model_validate(self.manifest["stage_spec"])
+        self.stage_name: str = self.manifest["stage"]
+        self.run_id: str = self.manifest["run_id"]
+        self.root = Path(self.manifest["root"])
+        self.run_dir = Path(self.manifest["run_dir"])
+        self.gpus: list[int] = list(self.manifest.get("gpus") or [])
+        self.stop_requested = False
+        self.in_task = False
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self._started = open(folder / protocol.STARTED, "a", buffering=1)  # noqa: SIM115
+        if str(self.root) not in sys.path:
+            sys.path.insert(0, str(self.root))
+
+    # -- signals -----------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(sig, self._on_stop)
+
+    def _on_stop(self, signum, _frame) -> None:
+        self.stop_requested = True
+        if self.in_task:
+            raise Interrupted(signal.Signals(signum).name)
+
+    # -- main loop -----------------------------------------------------------------
+
+    def run(self) -> int:
+        protocol.write_json_atomic(self.folder / protocol.WORKER_INFO,
+                                   {"pid": os.getpid(), "host": HOST, "started_at": time.time()})
+        tasks = self.manifest["tasks"]
+        mode = self.manifest.get("mode", "item")
+        done = {name for name, _ in protocol.iter_results(self.folder)}
+        if mode == "item":
+            for task in tasks:
+                if self.stop_requested:
+                    break
+                if f"{task['key']}.json" in done:
+                    continue
+                self._write(task, self.run_task(task))
+        else:
+            todo = [t for t in tasks if f"{t['key']}.json" not in done]
+            if todo and not self.stop_requested:
+                outcomes = self.run_group(todo, mode)
+                for task, outcome in zip(todo, outcomes):
+                    self._write(task, outcome)
+        status = "interrupted" if self.stop_requested else "ok"
+        protocol.write_json_atomic(self.folder / protocol.EXIT, {"status": status, "at": time.time()})
+        return 0
+
+    def _write(self, task: dict[str, Any], outcome: dict[str, Any]) -> None:
+        outcome.update(task_id=task["task_id"], attempt=task["attempt"], host=HOST)
+        protocol.write_json_atomic(protocol.result_path(self.folder, task["key"]), outcome)
+
+    def _mark_started(self, task: dict[str, Any], at: float) -> None:
+        self._started.write(f"{task['task_id']} {at:.6f}\n")
+
+    def _context(self, task: dict[str, Any], log: LazyLog, items=None) -> TaskContext:
+        return TaskContext(run_id=self.run_id, stage=self.stage_name, task_id=task["task_id"],
+                           task_key=task["key"], attempt=task["attempt"], item_key=task["item_key"],
+                           item_id=task["item_id"], run_dir=self.run_dir, root=self.root, gpus=self.gpus,
+                           log_stream=log, ledger_url=self.manifest.get("ledger_url"), items=items)
+
+    def _fields(self, task: dict[str, Any]) -> dict[str, Any]:
+        fields = dict(task["params"])
+        fields.update(run_id=self.run_id, stage=self.stage_name, attempt=task["attempt"], task_id=task["task_id"],
+                      item_id=task["item_id"], item_key=task["item_key"], root=str(self.root))
+        return fields
+
+    # -- one task ------------------------------------------------------------------------
+
+    def run_task(self, task: dict[str, Any]) -> dict[str, Any]:
+        started = time.time()
+        self._mark_started(task, started)
+        log = LazyLog(protocol.log_path(self.run_dir, self.stage_name, task["key"], task["attempt"]))
+        outcome: dict[str, Any] = {"started_at": started}
+        try:
+            self.in_task = True
+            if self.stop_requested:
+                raise Interrupted("stop requested")
+            skipped = self._skip(task, log)
+            if skipped:
+                outcome.update(status="skipped", result={"skipped": True})
+            else:
+                result = self._execute(task, log)
+                self._verify(task, result, log)
+                outcome.update(status="done", result=result)
+        except Interrupted as exc:
+            outcome.update(status="interrupted", error_class="interrupted", error_message=f"stopped by {exc}")
+        except TaskTimeout:
+            outcome.update(status="failed", error_class="timeout",
+                           error_message=f"ran past the timeout of {self.stage.timeout:g}s")
+        except VerifyFailed as exc:
+            outcome.update(status="failed", error_class="verify", error_message=str(exc))
+        except CommandFailed as exc:
+            outcome.update(status="failed", error_class=exc.error_class, error_message=str(exc))
+        except Exception as exc:  # noqa: BLE001 - the task's own failure, recorded with its class
+            log.write(traceback.format_exc())
+            outcome.update(status="failed", error_class=type(exc).__name__, error_message=_short(exc))
+        finally:
+            self.in_task = False
+            self._cancel_alarm()
+            log.close()
+        outcome["finished_at"] = time.time()
+        return outcome
+
+    def _execute(self, task: dict[str, Any], log: LazyLog) -> Any:
+        if self.stage.call:
+            function = self._function(self.stage.call)
+            ctx = self._context(task, log)
+            self._set_alarm()
+            with _redirect_output(log):
+                result = function(dict(task["params"]), ctx)
+            self._cancel_alarm()
+            return _result_value(result)
+        return self._run_command(task, log)
+
+    def _run_command(self, task: dict[str, Any], log: LazyLog) -> Any:
+        fields = self._fields(task)
+        try:
+            argv = [part.format_map(fields) for part in self.stage.run or []]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise CommandFailed("template", f"cannot fill the command template: {exc!r}") from None
+        result_file = self.folder / "out" / f"{task['key']}.json"
+        result_file.parent.mkdir(exist_ok=True)
+        if result_file.exists():
+            result_file.unlink()
+        env = dict(os.environ)
+        env.update({k: v.format_map(fields) for k, v in self.stage.env.items()})
+        env.update(CORRAL_RESULT=str(result_file), CORRAL_RUN_ID=self.run_id, CORRAL_STAGE=self.stage_name,
+                   CORRAL_TASK_ID=str(task["task_id"]), CORRAL_ATTEMPT=str(task["attempt"]),
+                   CORRAL_ITEM=json.dumps(task["params"]), CORRAL_ITEM_KEY=task["item_key"],
+                   CORRAL_CHECKPOINT_DIR=str(self.run_dir / "checkpoints" / self.stage_name / task["item_id"]))
+        log_file = protocol.log_path(self.run_dir, self.stage_name, task["key"], task["attempt"])
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "ab") as out:
+            try:
+                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, env=env,
+                                        start_new_session=True)
+            except OSError as exc:
+                raise CommandFailed("exit_code", f"cannot start {argv[0]!r}: {exc.strerror}") from None
+            try:
+                code = proc.wait(timeout=self.stage.timeout)
+            except subprocess.TimeoutExpired:
+                _terminate(proc)
+                raise TaskTimeout() from None
+            except Interrupted:
+                _terminate(proc)
+                raise
+        if code != 0:
+            tail = _tail(log_file)
+            if code < 0:
+                name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+                cls = "oom" if -code == signal.SIGKILL else "signal"
+                raise CommandFailed(cls, f"killed by {name}{tail}")
+            raise CommandFailed("exit_code", f"exit code {code}{tail}")
+        if result_file.exists():
+            try:
+                return json.loads(result_file.read_text())
+            except ValueError as exc:
+                raise CommandFailed("parse", f"$CORRAL_RESULT is not JSON: {exc}") from None
+        return None
+
+    def _skip(self, task: dict[str, Any], log: LazyLog) -> bool:
+        if not self.stage.skip_if:
+            return False
+        callable_ref = self.stage.skip_callable
+        if callable_ref:
+            return bool(self._function(callable_ref)(dict(task["params"]), self._context(task, log)))
+        fields = self._fields(task)
+        return all((self.root / p.format_map(fields)).exists() for p in self.stage.skip_if)
+
+    def _verify(self, task: dict[str, Any], result: Any, log: LazyLog) -> None:
+        fields = self._fields(task)
+        missing = [p.format_map(fields) for p in self.stage.outputs if not (self.root / p.format_map(fields)).exists()]
+        if missing:
+            raise VerifyFailed(f"expected outputs are missing: {', '.join(missing)}")
+        if not self.stage.verify:
+            return
+        callable_ref = self.stage.verify_callable
+        if callable_ref:
+            verdict = self._function(callable_ref)(dict(task["params"]), result, self._context(task, log))
+            if verdict is False or isinstance(verdict, str):
+                raise VerifyFailed(verdict if isinstance(verdict, str) else f"{callable_ref} returned False")
+            return
+        missing = [p.format_map(fields) for p in self.stage.verify if not (self.root / p.format_map(fields)).exists()]
+        if missing:
+            raise VerifyFailed(f"verify: missing {', '.join(missing)}")
+
+    # -- batches and once-per-run stages ------------------------------------------------
+
+    def run_group(self, tasks: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+        started = time.time()
+        for task in tasks:
+            self._mark_started(task, started)
+        first = tasks[0]
+        log = LazyLog(protocol.log_path(self.run_dir, self.stage_name, first["key"], first["attempt"]))
+        base: dict[str, Any] = {"started_at": started}
+        results: list[Any] | None = None
+        try:
+            self.in_task = True
+            if not self.stage.call:
+                value = self._run_command(first if mode == "all" else {**first, "params": {}}, log)
+                results = [value] * len(tasks)
+            else:
+                function = self._function(self.stage.call)
+                items = [dict(t["params"]) for t in tasks]
+                ctx = self._context(first, log, items=items)
+                self._set_alarm()
+                with _redirect_output(log):
+                    value = function(ctx) if mode == "all" else function(items, ctx)
+                self._cancel_alarm()
+                if isinstance(value, list) and mode == "batch":
+                    if len(value) != len(tasks):
+                        raise ValueError(f"a batch function returned {len(value)} results for {len(tasks)} items")
+                    results = [_result_value(v) for v in value]
+                else:
+                    results = [_result_value(value)] * len(tasks)
+            base["status"] = "done"
+        except Interrupted as exc:
+            base.update(status="interrupted", error_class="interrupted", error_message=f"stopped by {exc}")
+        except TaskTimeout:
+            base.update(status="failed", error_class="timeout", error_message="ran past the stage timeout")
+        except CommandFailed as exc:
+            base.update(status="failed", error_class=exc.error_class, error_message=str(exc))
+        except Exception as exc:  # noqa: BLE001
+            log.write(traceback.format_exc())
+            base.update(status="failed", error_class=type(exc).__name__, error_message=_short(exc))
+        finally:
+            self.in_task = False
+            self._cancel_alarm()
+            log.close()
+        base["finished_at"] = time.time()
+        out = []
+        for index in range(len(tasks)):
+            outcome = dict(base)
+            if results is not None:
+                outcome["result"] = results[index]
+            out.append(outcome)
+        return out
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _function(self, ref: str) -> Callable[..., Any]:
+        if ref not in self._functions:
+            module_name, attr = ref.split(":", 1)
+            module = importlib.import_module(module_name)
+            self._functions[ref] = getattr(module, attr)
+        return self._functions[ref]
+
+    def _set_alarm(self) -> None:
+        if self.stage.timeout:
+            signal.signal(signal.SIGALRM, _raise_timeout)
+            signal.setitimer(signal.ITIMER_REAL, self.stage.timeout)
+
+    def _cancel_alarm(self) -> None:
+        if self.stage.timeout:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+class CommandFailed(Exception):
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class = error_class
+
+
+def _raise_timeout(_signum, _frame) -> None:
+    raise TaskTimeout()
+
+
+def _result_value(value: Any) -> Any:
+    if value is None or isinstance(value, (dict, list, str, int, float, bool)):
+        return json.loads(json.dumps(value, default=str))
+    return {"value": str(value)}
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 2000 else text[:2000] + "..."
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 2000))
+            text = handle.read().decode(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return ("; last output: " + " | ".join(text)) if text else ""
+
+
+def _terminate(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+class _redirect_output:
+    """Send print() output of a task function to its log file."""
+
+    def __init__(self, stream: LazyLog):
+        self.stream = stream
+
+    def __enter__(self):
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = self.stream  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc):
+        sys.stdout, sys.stderr = self.saved
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m corral.worker SUBMISSION_DIR", file=sys.stderr)
+        return 2
+    worker = Worker(Path(args[0]))
+    worker.install_signals()
+    try:
+        return worker.run()
+    except Interrupted:
+        return 0
