@@ -7,12 +7,13 @@ from typing import Any, Callable
 from corral.backends.base import Backend
 
 
-def make_backend(name: str, settings: Any, log: Callable[[str], None] | None = None) -> Backend:
+def make_backend(name: str, settings: Any, log: Callable[[str], None] | None = None,
+                 wake: Callable[[], None] | None = None) -> Backend:
     kind = getattr(settings, "type", name)
     if kind == "local":
         from corral.backends.local import LocalBackendImpl
 
-        return LocalBackendImpl(name, settings, log=log)
+        return LocalBackendImpl(name, settings, log=log, wake=wake)
     raise ValueError(f"no backend of type {kind!r}")
 
 

@@ -42,6 +42,19 @@ class StageContext:
     ledger_url: str
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """A stage's work as the planner sees it: ``ready`` now, ``remaining`` before it is finished
+    (ready or waiting on its needs), whether more will become ready, and how long the oldest ready
+    task has waited (seconds)."""
+
+    ready: int
+    remaining: int
+    more_coming: bool = False
+    waited: float = 0.0
+    mean_seconds: float | None = None   # learned run time of one task, when known
+
+
 @dataclass
 class SubmissionRecord:
     """A submission as stored in the ledger."""
@@ -117,19 +130,27 @@ class Backend(ABC):
     #: seconds between polls while this backend has work in flight
     poll_interval: float = 1.0
 
-    def __init__(self, name: str, settings: Any, *, log: Callable[[str], None] | None = None):
+    def __init__(self, name: str, settings: Any, *, log: Callable[[str], None] | None = None,
+                 wake: Callable[[], None] | None = None):
         self.name = name
         self.settings = settings
         self.log = log or (lambda message: None)
+        #: call to end the controller's sleep early when something changed (a worker exited)
+        self.wake = wake or (lambda: None)
 
     @abstractmethod
-    def plan(self, stage: StageContext, ready: int, in_flight: list[SubmissionRecord],
+    def plan(self, stage: StageContext, backlog: Backlog, in_flight: list[SubmissionRecord],
              all_in_flight: list[SubmissionRecord]) -> list[int]:
-        """Sizes of the submissions to make now from ``ready`` tasks (empty when full).
+        """Sizes of the submissions to make now from ``backlog.ready`` tasks (empty when full or
+        when waiting for more tasks makes a better submission).
 
         ``in_flight`` are this stage's open submissions on this backend, ``all_in_flight`` those of
         every stage on this backend (they share its capacity).
         """
+
+    def has_capacity(self, stage: StageContext, all_in_flight: list[SubmissionRecord]) -> bool:
+        """A cheap check before the engine counts ready tasks: False when nothing could be submitted."""
+        return True
 
     @abstractmethod
     def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> Handle:

@@ -17,11 +17,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from corral.backends.base import (Backend, Handle, PollResult, StageContext, SubmissionRecord,
+from corral.backends.base import (Backend, Backlog, Handle, PollResult, StageContext, SubmissionRecord,
                                   TaskResult, TaskSpec)
 from corral.errors import CorralError
 from corral.spec.models import LocalBackend as LocalSettings
@@ -90,8 +91,18 @@ class LocalBackendImpl(Backend):
         # Slots of other kinds (CPU vs GPU) do not compete, except the CPU cap for GPU workers.
         return free[: max(0, len(free) - unknown)]
 
-    def plan(self, stage: StageContext, ready: int, in_flight: list[SubmissionRecord],
+    #: a worker's chunk should hold at least this many seconds of work once task times are known
+    min_chunk_seconds = 1.0
+
+    def has_capacity(self, stage: StageContext, all_in_flight: list[SubmissionRecord]) -> bool:
+        return bool(self._free_slots(stage, all_in_flight))
+
+    #: how long ready tasks may wait for more to arrive, to make a worker's chunk worth its start-up
+    linger = 1.0
+
+    def plan(self, stage: StageContext, backlog: Backlog, in_flight: list[SubmissionRecord],
              all_in_flight: list[SubmissionRecord]) -> list[int]:
+        ready = backlog.ready
         free = self._free_slots(stage, all_in_flight)
         if not free or ready <= 0:
             return []
@@ -99,8 +110,16 @@ class LocalBackendImpl(Backend):
         if self.settings.tasks_per_worker:
             chunk = self.settings.tasks_per_worker
         else:
-            chunk = math.ceil(ready / (total * 4))
+            # About two chunks per slot over what is left: chunks shrink towards the end, so the
+            # tail is short, while each worker's start-up is paid for many tasks.
+            left = max(ready, backlog.remaining)
+            chunk = math.ceil(left / (total * 2))
+            if backlog.mean_seconds:
+                worth_start = math.ceil(self.min_chunk_seconds / max(backlog.mean_seconds, 1e-6))
+                chunk = max(chunk, min(worth_start, math.ceil(left / total)))
         chunk = max(1, min(chunk, self.settings.max_tasks_per_worker))
+        if backlog.more_coming and ready < chunk and backlog.waited < self.linger:
+            return []
         sizes: list[int] = []
         left = ready
         for _ in free:
@@ -146,8 +165,13 @@ class LocalBackendImpl(Backend):
         finally:
             os.close(lock_fd)
         self._children[submission.id] = proc
+        threading.Thread(target=self._wake_on_exit, args=(proc,), daemon=True).start()
         return Handle(remote_id=f"pid:{proc.pid}", info={"slot": slot["slot"], "gpus": slot["gpus"],
                                                         "pid": proc.pid, "folder": str(folder)})
+
+    def _wake_on_exit(self, proc: subprocess.Popen) -> None:
+        proc.wait()
+        self.wake()
 
     def _take_slot(self, stage: StageContext, submission: SubmissionRecord) -> dict[str, Any]:
         planned = self._planned_slots.get(stage.name)

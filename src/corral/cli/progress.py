@@ -38,6 +38,10 @@ class RunProgress:
             self._progress.stop()
 
     def update(self, report=None, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._progress is None and not force and now - self._last_line < self.every and \
+                not (report and report.finished):
+            return
         counts = self.run.counts()
         if self._progress is not None:
             for stage, states in counts.items():
@@ -53,9 +57,6 @@ class RunProgress:
                 rate = (finished - first) / elapsed
                 self._progress.update(bar, completed=finished, total=states["total"], detail=detail,
                                       rate=f"{rate:.1f}/s" if rate else "")
-            return
-        now = time.monotonic()
-        if not force and now - self._last_line < self.every and not (report and report.finished):
             return
         self._last_line = now
         parts = []

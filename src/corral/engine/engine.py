@@ -16,7 +16,7 @@ from typing import Any, Callable
 from sqlalchemy import select, update
 
 from corral.backends import Backend, make_backend
-from corral.backends.base import CapacityError, StageContext, SubmissionRecord, TaskSpec
+from corral.backends.base import Backlog, CapacityError, StageContext, SubmissionRecord, TaskSpec
 from corral.engine.clock import Clock, SystemClock
 from corral.engine.record import Changes, Recorder
 from corral.errors import CorralError
@@ -65,8 +65,14 @@ class Engine:
         self.backends: dict[str, Backend] = backends or {}
         for name, settings in campaign.backends.items():
             if name not in self.backends and any(s.backend == name for s in spec.stages.values()):
-                self.backends[name] = make_backend(name, settings, log=self.log)
+                self.backends[name] = make_backend(name, settings, log=self.log,
+                                                   wake=getattr(self.clock, "wake", None))
         self.recorder = Recorder(run_id, spec.stages, self.order, log=self.log)
+        self._status: str | None = None
+        self._next_wake: float | None = None
+        #: moving average of task run time per stage, learned from results (seconds)
+        self.mean_seconds: dict[str, float] = {}
+        self._stage_of_task: dict[int, str] = {}
 
     # -- the tick ------------------------------------------------------------------
 
@@ -76,10 +82,17 @@ class Engine:
             if not got:
                 report.locked = True
                 return report
-            self._reconcile(report)
-            self._poll(report)
-            self._plan_and_submit(report)
-            self._finish(report)
+            subs = self._open_submissions()
+            if any(s.state == "submitting" for s in subs):
+                self._reconcile(subs, report)
+            finished = self._poll(subs, report)
+            subs = [s for s in subs if s.id not in finished]
+            self._plan_and_submit(subs, report)
+            if report.changed or self._status is None or finished:
+                self._finish(report)
+            else:
+                report.status, report.finished = self._status, False
+                report.next_wake = self._next_wake
         return report
 
     def close(self) -> None:
@@ -93,9 +106,9 @@ class Engine:
             rows = self.ledger.open_submissions(conn, self.run_id)
         return [_record(row) for row in rows]
 
-    def _reconcile(self, report: TickReport) -> None:
+    def _reconcile(self, subs: list[SubmissionRecord], report: TickReport) -> None:
         """Submissions written but not confirmed (a crash between the row and the backend call)."""
-        for sub in self._open_submissions():
+        for sub in subs:
             if sub.state != "submitting":
                 continue
             backend = self.backends.get(self._backend_of(sub))
@@ -105,6 +118,7 @@ class Engine:
             handle = backend.find(stage, sub)
             if handle is not None:
                 self._confirm(sub.id, handle.remote_id, handle.info, adopted=True)
+                sub.remote_id, sub.state, sub.info = handle.remote_id, "submitted", {**sub.info, **handle.info}
                 self.log(f"submission {sub.id} ({sub.stage}) adopted after a restart: {handle.remote_id}")
                 continue
             with self.ledger.read() as conn:
@@ -113,14 +127,16 @@ class Engine:
             if not rows:
                 with self.ledger.write() as conn:
                     self.ledger.update_submission(conn, sub.id, state="cancelled", finished_at=self.clock.now())
+                sub.state = "cancelled"
                 continue
             self.log(f"submission {sub.id} ({sub.stage}) was never sent; sending it now")
             self._send(stage, backend, sub, [self._task_spec(sub.stage, r) for r in rows], report)
 
     # -- poll and collect --------------------------------------------------------------------
 
-    def _poll(self, report: TickReport) -> None:
-        open_subs = [s for s in self._open_submissions() if s.state != "submitting"]
+    def _poll(self, subs: list[SubmissionRecord], report: TickReport) -> set[int]:
+        """Poll open submissions and record what they report. Returns the ids that finished."""
+        open_subs = [s for s in subs if s.state in ("submitted", "running")]
         by_backend: dict[str, list[SubmissionRecord]] = {}
         for sub in open_subs:
             by_backend.setdefault(self._backend_of(sub), []).append(sub)
@@ -138,9 +154,11 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - a backend outage must not stop the controller
                 report.errors.append(f"polling backend {name!r} failed: {exc}")
                 self.log(f"error: polling backend {name!r} failed: {exc!r}")
-        if not polls:
-            report.in_flight = len(open_subs)
-            return
+        report.in_flight = len(open_subs)
+        finished = {sid for sid, poll in polls.items() if poll.finished}
+        if not any(p.results or p.finished or p.info or p.started_task_ids for p in polls.values()):
+            return finished
+        self._learn_durations(polls.values())
         with self.ledger.write() as conn:
             for sub in open_subs:
                 poll = polls.get(sub.id)
@@ -163,29 +181,53 @@ class Engine:
         report.failed += changes.failed
         report.retried += changes.retried
         report.requeued += changes.requeued
-        report.in_flight = sum(1 for s in open_subs if not (polls.get(s.id) and polls[s.id].finished))
+        report.in_flight = len(open_subs) - len(finished)
         if changes.any:
             self.log(f"collected: {changes.completed} done, {changes.failed} failed, {changes.retried} to retry, "
                      f"{changes.requeued} to run again")
+        return finished
+
+    def _learn_durations(self, polls) -> None:
+        for poll in polls:
+            for res in poll.results:
+                if res.started_at is None or res.finished_at is None:
+                    continue
+                stage = self._stage_of_task.pop(res.task_id, None)
+                if stage is None:
+                    continue
+                seconds = max(0.0, res.finished_at - res.started_at)
+                old = self.mean_seconds.get(stage)
+                self.mean_seconds[stage] = seconds if old is None else 0.9 * old + 0.1 * seconds
 
     # -- plan and submit ------------------------------------------------------------------------
 
-    def _plan_and_submit(self, report: TickReport) -> None:
-        open_subs = self._open_submissions()
+    def _plan_and_submit(self, open_subs: list[SubmissionRecord], report: TickReport) -> None:
+        open_subs = list(open_subs)
         for name in reversed(self.order):
             stage = self.stages[name]
             backend = self.backends[stage.spec.backend]
+            backend_subs = [s for s in open_subs if self._backend_of(s) == stage.spec.backend]
+            if not backend.has_capacity(stage, backend_subs):
+                continue
             now = self.clock.now()
             with self.ledger.read() as conn:
                 ready = self.ledger.count_ready(conn, self.run_id, name, now)
                 if not ready:
                     continue
                 groups = self._batch_groups(conn, stage, ready, now)
-            if groups == 0:
-                continue
-            backend_subs = [s for s in open_subs if self._backend_of(s) == stage.spec.backend]
+                if groups == 0:
+                    continue
+                if stage.spec.per == "item":
+                    more = self.ledger.any_in_states(conn, self.run_id, [name], ("waiting",))
+                    remaining = self.ledger.count_states(conn, self.run_id, name, ("pending", "waiting"))
+                    oldest = self.ledger.oldest_ready_at(conn, self.run_id, name)
+                    backlog = Backlog(ready=ready, remaining=remaining, more_coming=more,
+                                      waited=(now - oldest) if oldest is not None else 0.0,
+                                      mean_seconds=self.mean_seconds.get(name))
+                else:
+                    backlog = Backlog(ready=groups, remaining=groups)
             stage_subs = [s for s in backend_subs if s.stage == name]
-            sizes = backend.plan(stage, groups if stage.spec.per != "item" else ready, stage_subs, backend_subs)
+            sizes = backend.plan(stage, backlog, stage_subs, backend_subs)
             if stage.spec.per == "batch":
                 sizes = [stage.spec.size or ready] * len(sizes)
             elif stage.spec.per == "all":
@@ -238,6 +280,8 @@ class Engine:
                              .values(state="queued", submission_id=sub_id, queued_at=now, not_before=None))
         record = SubmissionRecord(id=sub_id, stage=stage.name, idempotency_key=key, remote_id=None,
                                   state="submitting", created_at=now, submitted_at=None, task_count=len(rows))
+        for row in rows:
+            self._stage_of_task[row["id"]] = stage.name
         return record, [self._task_spec(stage.name, r) for r in rows]
 
     def _send(self, stage: StageContext, backend: Backend, sub: SubmissionRecord, tasks: list[TaskSpec],
@@ -312,6 +356,7 @@ class Engine:
         report.status = status
         report.finished = not active
         report.next_wake = next_retry
+        self._status, self._next_wake = status, next_retry
 
     # -- helpers ----------------------------------------------------------------------------------
 

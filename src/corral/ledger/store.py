@@ -246,18 +246,24 @@ class Ledger:
                       states: Sequence[str]) -> bool:
         t = schema.tasks
         for stage in stages:
-            for state in states:
-                hit = conn.execute(select(t.c.id).where(t.c.run_id == run_id, t.c.stage == stage,
-                                                        t.c.state == state).limit(1)).first()
-                if hit:
-                    return True
+            hit = conn.execute(select(t.c.id).where(t.c.run_id == run_id, t.c.stage == stage,
+                                                    t.c.state.in_(list(states))).limit(1)).first()
+            if hit:
+                return True
         return False
+
+    def count_states(self, conn: Connection, run_id: str, stage: str, states: Sequence[str],
+                     cap: int = 1_000_000) -> int:
+        t = schema.tasks
+        inner = select(t.c.id).where(t.c.run_id == run_id, t.c.stage == stage, t.c.state.in_(states)).limit(cap)
+        return conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
 
     def count_ready(self, conn: Connection, run_id: str, stage: str, now: float) -> int:
         t = schema.tasks
-        return conn.execute(select(func.count()).where(
+        inner = select(t.c.id).where(
             t.c.run_id == run_id, t.c.stage == stage, t.c.state == "pending",
-            (t.c.not_before.is_(None)) | (t.c.not_before <= now))).scalar_one()
+            (t.c.not_before.is_(None)) | (t.c.not_before <= now)).limit(1_000_000)
+        return conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
 
     def ready_tasks(self, conn: Connection, run_id: str, stage: str, now: float,
                     limit: int) -> list[dict[str, Any]]:

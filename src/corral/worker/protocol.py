@@ -50,7 +50,7 @@ def write_json_atomic(path: Path, data: Any, *, fsync: bool = False) -> None:
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     (folder / RESULTS).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / MANIFEST, manifest, fsync=True)
+    write_json_atomic(folder / MANIFEST, manifest)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -10,20 +10,57 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from corral.spec.models import Stage
 from corral.worker import protocol
 from corral.worker.context import LazyLog, TaskContext
 
 HOST = socket.gethostname()
+
+
+_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass
+class WorkerStage:
+    """The parts of a validated stage a worker needs (plain data: the worker stays light to start)."""
+
+    call: str | None
+    run: list[str] | None
+    timeout: float | None
+    env: dict[str, str]
+    skip_if: list[str] | None
+    verify: list[str] | None
+    outputs: list[str]
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "WorkerStage":
+        return cls(call=spec.get("call"), run=spec.get("run"), timeout=spec.get("timeout"),
+                   env=spec.get("env") or {}, skip_if=spec.get("skip_if"), verify=spec.get("verify"),
+                   outputs=spec.get("outputs") or [])
+
+    @property
+    def skip_callable(self) -> str | None:
+        return _single_callable(self.skip_if)
+
+    @property
+    def verify_callable(self) -> str | None:
+        return _single_callable(self.verify)
+
+
+def _single_callable(values: list[str] | None) -> str | None:
+    if values and len(values) == 1 and _CALLABLE.match(values[0]):
+        return values[0]
+    return None
 
 
 class Interrupted(BaseException):
@@ -42,7 +79,7 @@ class Worker:
     def __init__(self, folder: Path):
         self.folder = folder
         self.manifest = protocol.read_manifest(folder)
-        self.stage = Stage.model_validate(self.manifest["stage_spec"])
+        self.stage = WorkerStage.from_spec(self.manifest["stage_spec"])
         self.stage_name: str = self.manifest["stage"]
         self.run_id: str = self.manifest["run_id"]
         self.root = Path(self.manifest["root"])
