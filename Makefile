@@ -71,7 +71,10 @@ demo: $(VENV)/.installed
 	cd examples/quickstart && \
 	  ../../$(VENV)/bin/corral run corral.yaml && \
 	  ../../$(VENV)/bin/corral status corral.yaml && \
-	  ../../$(VENV)/bin/corral export corral.yaml --format csv | head -5
+	  echo "--- summary (the once-per-run stage's result):" && \
+	  ../../$(VENV)/bin/corral export corral.yaml --stage summary --format json && \
+	  echo "--- first episodes (corral export --format csv):" && \
+	  ../../$(VENV)/bin/corral export corral.yaml --stage episode --format csv | head -4
 
 # ---------------------------------------------------------------- misc ---
 
@@ -82,4 +85,4 @@ lint:
 	$$ruff check src tests
 
 clean:
-	rm -rf $(VENV) examples/*/.corral src/*.egg-info
+	rm -rf $(VENV) examples/*/.corral examples/*/archive src/*.egg-info

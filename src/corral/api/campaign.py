@@ -318,7 +318,7 @@ class Run:
                 yield _record(self.id, row)
 
 
-_META = ("run_id", "stage", "item_key", "item_id", "task", "state", "attempts", "error_class", "error_message",
+_META = ("run_id", "stage", "item_key", "item_id", "task_id", "state", "attempts", "error_class", "error_message",
          "started_at", "finished_at", "duration_s", "host", "tokens_in", "tokens_out", "cost")
 
 
@@ -326,7 +326,7 @@ def _record(run_id: str, row) -> dict[str, Any]:
     (stage, state, attempts, result, error_class, error_message, started, finished, host, tin, tout, cost,
      tid, key, item_id, params) = row
     record: dict[str, Any] = {"run_id": run_id, "stage": stage, "item_key": key or "all", "item_id": item_id or "all",
-                              "task": task_key(tid)}
+                              "task_id": task_key(tid)}
     for name, value in (json.loads(params) if params else {}).items():
         record[name if name not in record else f"param.{name}"] = value
     value = json.loads(result) if result else None

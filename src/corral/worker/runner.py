@@ -195,7 +195,7 @@ class Worker:
             return _result_value(result)
         return self._run_command(task, log)
 
-    def _run_command(self, task: dict[str, Any], log: LazyLog) -> Any:
+    def _run_command(self, task: dict[str, Any], log: LazyLog, extra_env: dict[str, str] | None = None) -> Any:
         fields = self._fields(task)
         try:
             argv = [part.format_map(fields) for part in self.stage.run or []]
@@ -207,6 +207,7 @@ class Worker:
             result_file.unlink()
         env = dict(os.environ)
         env.update({k: v.format_map(fields) for k, v in self.stage.env.items()})
+        env.update(extra_env or {})
         env.update(CORRAL_RESULT=str(result_file), CORRAL_RUN_ID=self.run_id, CORRAL_STAGE=self.stage_name,
                    CORRAL_TASK_ID=str(task["task_id"]), CORRAL_ATTEMPT=str(task["attempt"]),
                    CORRAL_ITEM=json.dumps(task["params"]), CORRAL_ITEM_KEY=task["item_key"],
@@ -280,8 +281,16 @@ class Worker:
         try:
             self.in_task = True
             if not self.stage.call:
-                value = self._run_command(first if mode == "all" else {**first, "params": {}}, log)
-                results = [value] * len(tasks)
+                items_file = self.folder / "out" / f"{first['key']}.items.json"
+                items_file.parent.mkdir(exist_ok=True)
+                protocol.write_json_atomic(items_file, [{"item_key": t["item_key"], "item_id": t["item_id"],
+                                                         "params": t["params"]} for t in tasks])
+                value = self._run_command(first if mode == "all" else {**first, "params": {}}, log,
+                                          extra_env={"CORRAL_ITEMS": str(items_file)})
+                if isinstance(value, list) and mode == "batch" and len(value) == len(tasks):
+                    results = value
+                else:
+                    results = [value] * len(tasks)
             else:
                 function = self._function(self.stage.call)
                 items = [dict(t["params"]) for t in tasks]
