@@ -312,23 +312,26 @@ class Run:
             query = query.where(t.c.stage == stage)
         if states:
             query = query.where(t.c.state.in_(states))
+        order = (loads(self.row.get("selection")) or {}).get("param_order") or []
         with self.ledger.engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
             for row in result:
-                yield _record(self.id, row)
+                yield _record(self.id, row, order)
 
 
 _META = ("run_id", "stage", "item_key", "item_id", "task_id", "state", "attempts", "error_class", "error_message",
          "started_at", "finished_at", "duration_s", "host", "tokens_in", "tokens_out", "cost")
 
 
-def _record(run_id: str, row) -> dict[str, Any]:
+def _record(run_id: str, row, order: list[str]) -> dict[str, Any]:
     (stage, state, attempts, result, error_class, error_message, started, finished, host, tin, tout, cost,
      tid, key, item_id, params) = row
     record: dict[str, Any] = {"run_id": run_id, "stage": stage, "item_key": key or "all", "item_id": item_id or "all",
                               "task_id": task_key(tid)}
-    for name, value in (json.loads(params) if params else {}).items():
-        record[name if name not in record else f"param.{name}"] = value
+    values = json.loads(params) if params else {}
+    # Parameters are stored canonically (sorted); give them back in the campaign file's order.
+    for name in [n for n in order if n in values] + [n for n in values if n not in order]:
+        record[name if name not in record else f"param.{name}"] = values[name]
     value = json.loads(result) if result else None
     if isinstance(value, dict):
         for name, field in value.items():

@@ -94,7 +94,7 @@ def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, n
             "id": final_id, "name": spec.name, "campaign": str(campaign.path), "created_at": now,
             "updated_at": now, "status": "active", "config": dumps(campaign.config),
             "config_hash": snapshot_hash(campaign, selection), "selection": dumps(
-                {**selection.as_dict(), "overrides": campaign.overrides}),
+                {**selection.as_dict(), "overrides": campaign.overrides, "param_order": source.param_names()}),
             "code_revision": code_revision(campaign.root), "host": socket.gethostname(),
             "versions": dumps(package_versions()), "tags": dumps([]), "notes": None, "item_count": 0,
         }

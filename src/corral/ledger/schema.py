@@ -6,7 +6,7 @@ Times are seconds since the epoch (floats); JSON columns hold text written by th
 from __future__ import annotations
 
 from sqlalchemy import (Column, Float, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint)
+                        UniqueConstraint, text)
 from sqlalchemy import BigInteger
 
 SCHEMA_VERSION = 1
@@ -78,7 +78,8 @@ tasks = Table(
     Column("info", Text),
     UniqueConstraint("run_id", "stage", "item_idx", name="uq_tasks_item"),
     Index("ix_tasks_state", "run_id", "stage", "state"),
-    Index("ix_tasks_submission", "submission_id"),
+    Index("ix_tasks_submission", "submission_id", sqlite_where=text("submission_id IS NOT NULL"),
+          postgresql_where=text("submission_id IS NOT NULL")),
 )
 
 submissions = Table(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import queue
+import threading
 import hashlib
 import json
 import os
@@ -171,31 +173,59 @@ class Ledger:
 
         ``stages`` lists (name, per, has_needs, backend). Returns the number of items.
         """
-        item_rows: list[dict[str, Any]] = []
-        task_rows: list[dict[str, Any]] = []
-        item_stages = [(s, needs, b) for s, per, needs, b in stages if per != "all"]
+        item_stages = [(s, "waiting" if needs else "pending", None if needs else now, b)
+                       for s, per, needs, b in stages if per != "all"]
+        # Bulk rows go straight to the driver's executemany (the SQL layer's per-row work would
+        # dominate the time to create a run of a million items), and are built in a second
+        # thread while the driver writes the previous chunk (SQLite releases the GIL while it works).
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        item_sql = f"INSERT INTO items (run_id, idx, item_id, key, params) VALUES ({', '.join([mark] * 5)})"
+        task_sql = ("INSERT INTO tasks (run_id, stage, item_idx, state, attempts, ready_at, backend) "
+                    f"VALUES ({', '.join([mark] * 7)})")
+        chunks: queue.Queue = queue.Queue(maxsize=3)
+
+        def produce() -> None:
+            try:
+                item_rows: list[tuple] = []
+                task_rows: list[tuple] = []
+                for item in items:
+                    index = item.index
+                    item_rows.append((run_id, index, item.item_id, item.key, item.canonical or dumps(item.params)))
+                    for stage, state, ready_at, backend in item_stages:
+                        task_rows.append((run_id, stage, index, state, 0, ready_at, backend))
+                    if len(item_rows) >= INSERT_CHUNK:
+                        chunks.put((item_rows, task_rows))
+                        item_rows, task_rows = [], []
+                chunks.put((item_rows, task_rows))
+                chunks.put(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the writing thread
+                chunks.put(exc)
+
+        producer = threading.Thread(target=produce, name="corral-items", daemon=True)
+        producer.start()
+        cursor = conn.connection.dbapi_connection.cursor()
         count = 0
-
-        def flush() -> None:
-            if item_rows:
-                conn.execute(schema.items.insert(), item_rows)
-                item_rows.clear()
-            if task_rows:
-                conn.execute(schema.tasks.insert(), task_rows)
-                task_rows.clear()
-
-        for item in items:
-            item_rows.append({"run_id": run_id, "idx": item.index, "item_id": item.item_id,
-                              "key": item.key, "params": dumps(item.params)})
-            for stage, has_needs, backend in item_stages:
-                waiting = has_needs
-                task_rows.append({"run_id": run_id, "stage": stage, "item_idx": item.index,
-                                  "state": "waiting" if waiting else "pending", "attempts": 0,
-                                  "ready_at": None if waiting else now, "backend": backend})
-            count += 1
-            if len(task_rows) >= INSERT_CHUNK:
-                flush()
-        flush()
+        try:
+            while True:
+                chunk = chunks.get()
+                if chunk is None:
+                    break
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                item_rows, task_rows = chunk
+                if item_rows:
+                    cursor.executemany(item_sql, item_rows)
+                    count += len(item_rows)
+                if task_rows:
+                    cursor.executemany(task_sql, task_rows)
+        finally:
+            cursor.close()
+            while producer.is_alive():
+                try:
+                    chunks.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            producer.join()
         for stage, per, has_needs, backend in stages:
             if per == "all":
                 conn.execute(schema.tasks.insert(), [{

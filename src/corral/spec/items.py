@@ -16,12 +16,13 @@ from corral.errors import SpecError
 from corral.spec.models import Items
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Item:
     index: int
     item_id: str
     key: str
     params: dict[str, Any]
+    canonical: str = ""   # the canonical JSON its identity hashes
 
 
 def canonical(value: Any) -> Any:
@@ -42,8 +43,16 @@ def canonical(value: Any) -> Any:
     return str(value)
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_SIMPLE = (str, int, bool, type(None))
+
+
 def canonical_json(params: dict[str, Any]) -> str:
-    return json.dumps(canonical(params), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # Flat parameters of strings, ints and booleans are already canonical (the common grid case).
+    for value in params.values():
+        if not isinstance(value, _SIMPLE):
+            return _CANONICAL.encode(canonical(params))
+    return _CANONICAL.encode(params)
 
 
 def item_identity(params: dict[str, Any]) -> str:
@@ -70,6 +79,7 @@ class ItemSource:
         self.spec, self.root, self.file = spec, root, str(file)
 
     def factors(self) -> list[list[dict[str, Any]]]:
+        """Row sources (from, list, zip) as lists of partial items; the grid is in ``axes()``."""
         factors: list[list[dict[str, Any]]] = []
         if self.spec.from_ is not None:
             factors.append(self._from_file())
@@ -77,52 +87,75 @@ class ItemSource:
             factors.append([dict(row) for row in self.spec.list])
         if self.spec.zip is not None:
             factors.append(self._zip())
-        if self.spec.grid is not None:
-            factors.append(self._grid())
-        self._check_disjoint(factors)
+        self._check_disjoint(factors + [[{name: None}] for name, _ in self.axes()])
         return factors
 
+    def axes(self) -> list[tuple[str, list[Any]]]:
+        return [(name, self._axis(name, values)) for name, values in (self.spec.grid or {}).items()]
+
+    def param_names(self) -> list[str]:
+        """Parameter names in the order the campaign file gives them (for exports)."""
+        names: list[str] = []
+        for factor in self.factors():
+            for row in factor[:1]:
+                names.extend(k for k in row if k not in names)
+        names.extend(name for name, _ in self.axes() if name not in names)
+        return names
+
     def count(self) -> int:
-        return math.prod(len(f) for f in self.factors())
+        return math.prod(len(f) for f in self.factors()) * math.prod(len(v) for _, v in self.axes())
 
     def params(self) -> Iterator[dict[str, Any]]:
-        factors = self.factors()
-        if len(factors) == 1:
-            for row in factors[0]:
-                yield dict(row)
+        """Every item's parameters, lazily: the product of the row sources and the grid axes."""
+        factors, axes = self.factors(), self.axes()
+        names = [name for name, _ in axes]
+        if not factors:
+            for combo in itertools.product(*(values for _, values in axes)):
+                yield dict(zip(names, combo))
             return
-        for combo in itertools.product(*factors):
+        split = len(factors)
+        for combo in itertools.product(*factors, *(values for _, values in axes)):
             merged: dict[str, Any] = {}
-            for part in combo:
+            for part in combo[:split]:
                 merged.update(part)
+            merged.update(zip(names, combo[split:]))
             yield merged
+
+    def _grid_only_and_distinct(self) -> bool:
+        """A grid alone whose axes hold distinct values cannot repeat an item."""
+        if self.factors():
+            return False
+        for _, values in self.axes():
+            texts = {_CANONICAL.encode(canonical(v)) for v in values}
+            if len(texts) != len(values):
+                return False
+        return True
 
     def items(self, limit: int | None = None, shard: tuple[int, int] | None = None) -> Iterator[Item]:
         key_template = self.spec.key
         if key_template:
             self._check_key_template(key_template)
+        check_duplicates = not self._grid_only_and_distinct()
         seen: dict[str, int] = {}
         index = 0
         for position, params in enumerate(self.params()):
-            item_id = item_identity(params)
-            if item_id in seen:
-                raise SpecError(f"items {seen[item_id]} and {position} have the same parameters "
-                                f"{canonical_json(params)}; every item must be distinct",
-                                file=self.file, key="items")
-            seen[item_id] = position
+            text = canonical_json(params)
+            item_id = hashlib.sha256(text.encode()).hexdigest()[:16]
+            if check_duplicates:
+                if item_id in seen:
+                    raise SpecError(f"items {seen[item_id]} and {position} have the same parameters "
+                                    f"{text}; every item must be distinct", file=self.file, key="items")
+                seen[item_id] = position
             if shard is not None and shard_of(item_id, shard[1]) != shard[0]:
                 continue
             if limit is not None and index >= limit:
                 break
             key = format_key(key_template, params) if key_template else item_id
-            yield Item(index=index, item_id=item_id, key=key, params=params)
+            yield Item(index=index, item_id=item_id, key=key, params=params, canonical=text)
             index += 1
 
     def _check_key_template(self, template: str) -> None:
-        names: set[str] = set()
-        for factor in self.factors():
-            if factor:
-                names.update(factor[0])
+        names = set(self.param_names())
         try:
             missing = template_fields(template) - names
         except ValueError as exc:
@@ -130,13 +163,6 @@ class ItemSource:
         if missing:
             raise SpecError(f"key template uses unknown parameters {sorted(missing)}", file=self.file,
                             key="items.key", expected="fields among " + ", ".join(sorted(names)))
-
-    def _grid(self) -> list[dict[str, Any]]:
-        axes: list[tuple[str, list[Any]]] = []
-        for name, values in (self.spec.grid or {}).items():
-            axes.append((name, self._axis(name, values)))
-        names = [name for name, _ in axes]
-        return [dict(zip(names, combo)) for combo in itertools.product(*(v for _, v in axes))]
 
     def _axis(self, name: str, values: Any) -> list[Any]:
         if isinstance(values, dict) and set(values) == {"range"}:
