@@ -31,7 +31,7 @@ def summarize(ctx) -> dict:
     """Runs once, after every episode is scored: reads the ledger through the Python API."""
     import corral
 
-    campaign = corral.open(str(ctx.root / "corral.yaml"))
+    campaign = corral.open(str(ctx.root / "corral.yaml"), ledger=ctx.ledger_url)
     records = [r for r in campaign.run(ctx.run_id).records(stage="episode") if r["state"] == "done"]
     by_policy: dict[str, list[bool]] = {}
     for record in records:

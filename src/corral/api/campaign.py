@@ -100,9 +100,10 @@ class Campaign:
             row = find_resumable(ledger, self.loaded, selection)
             if row is not None:
                 return Run(self, row), False
-        row = create_run(ledger, self.loaded, selection, clock.now())
-        self.log(f"created run {row['id']} with {row['item_count']} items")
-        return Run(self, row), True
+        row, created = create_run(ledger, self.loaded, selection, clock.now(), reuse=not new)
+        if created:
+            self.log(f"created run {row['id']} with {row['item_count']} items")
+        return Run(self, row), created
 
     def run(self, run_id: str | None = None) -> "Run":
         ledger = self.ledger(create=False)

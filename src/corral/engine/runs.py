@@ -12,8 +12,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select, text, update
+
 from corral.errors import CorralError, NotFound, SpecError
-from corral.ledger import Ledger, dumps, loads
+from corral.ledger import Ledger, dumps, loads, schema
 from corral.spec import ItemSource, LoadedCampaign
 from corral.spec.loader import config_hash
 
@@ -75,7 +77,10 @@ def latest_run(ledger: Ledger, campaign: LoadedCampaign) -> dict[str, Any]:
 
 
 def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, now: float,
-               run_id: str | None = None) -> dict[str, Any]:
+               run_id: str | None = None, reuse: bool = False) -> tuple[dict[str, Any], bool]:
+    """Create a run (items and tasks in one transaction). With ``reuse``, a run with the same
+    config and selection that appeared meanwhile (another controller started at the same moment)
+    is returned instead. Returns (run row, created)."""
     spec = campaign.spec
     source = ItemSource(spec.items, campaign.root, campaign.path)
     items = source.items(limit=selection.limit, shard=selection.shard)
@@ -83,6 +88,15 @@ def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, n
               for name in campaign.stage_order()]
     wanted_id = run_id or _run_id(campaign, now)
     with ledger.write() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"corral-run:{spec.name}"})
+        if reuse:
+            wanted_hash = snapshot_hash(campaign, selection)
+            existing = conn.execute(select(schema.runs).where(
+                schema.runs.c.name == spec.name, schema.runs.c.config_hash == wanted_hash,
+                schema.runs.c.status != "cancelled").order_by(schema.runs.c.created_at.desc())).mappings().first()
+            if existing is not None:
+                return dict(existing), False
         final_id = wanted_id
         suffix = 2
         while ledger.run_id_exists(conn, final_id):
@@ -100,15 +114,11 @@ def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, n
         }
         ledger.insert_run(conn, row)
         count = ledger.insert_items_and_tasks(conn, final_id, items, stages, now)
-        from sqlalchemy import update
-
-        from corral.ledger import schema
-
         conn.execute(update(schema.runs).where(schema.runs.c.id == final_id).values(item_count=count))
         ledger.add_events(conn, [{"at": now, "run_id": final_id, "kind": "run", "to_state": "active",
                                   "count": count, "message": f"created with {count} items"}])
         row["item_count"] = count
-    return row
+    return row, True
 
 
 def _run_id(campaign: LoadedCampaign, now: float) -> str:
