@@ -76,7 +76,8 @@ class Engine:
 
     # -- the tick ------------------------------------------------------------------
 
-    def tick(self, *, wait_for_lock: bool = False) -> TickReport:
+    def tick(self, *, wait_for_lock: bool = False, submit: bool = True) -> TickReport:
+        """One pass. With ``submit=False`` it only reconciles, polls and records (used when stopping)."""
         report = TickReport()
         with self.ledger.tick_lock(self.run_id, wait=wait_for_lock) as got:
             if not got:
@@ -87,7 +88,8 @@ class Engine:
                 self._reconcile(subs, report)
             finished = self._poll(subs, report)
             subs = [s for s in subs if s.id not in finished]
-            self._plan_and_submit(subs, report)
+            if submit:
+                self._plan_and_submit(subs, report)
             if report.changed or self._status is None or finished:
                 self._finish(report)
             else:
@@ -384,7 +386,7 @@ class Engine:
             mine = [s for s in subs if self._backend_of(s) == name]
             if mine:
                 backend.interrupt(self.stages, mine, grace)
-        return self.tick(wait_for_lock=True)
+        return self.tick(wait_for_lock=True, submit=False)
 
     def cancel(self, stage: str | None = None) -> int:
         """Cancel every unfinished task (of one stage) and ask backends to stop their submissions."""
