@@ -95,6 +95,12 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
         return
     the_run, created = campaign.start(selection, new=new, run_id=run_id, force=force)
     err.print(f"{'started' if created else 'continuing'} run [bold]{the_run.id}[/bold]", highlight=False)
+    if created and not new:
+        others = [r for r in campaign.ledger().find_runs(name=campaign.spec.name)
+                  if r["id"] != the_run.id and r["status"] == "active"]
+        if others:
+            err.print(f"note: unfinished run {others[0]['id']} has a different configuration; to continue it "
+                      f"instead: corral run --run-id {others[0]['id']} --force", highlight=False)
     from corral.cli.progress import RunProgress
     from corral.engine import SystemClock
 

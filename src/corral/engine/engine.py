@@ -403,6 +403,8 @@ class Engine:
                 query = query.where(t.c.stage == stage)
             count = conn.execute(query.values(state="cancelled", error_class="cancelled", finished_at=now,
                                               error_message="cancelled by the user")).rowcount
+            for sub in subs:
+                self.ledger.update_submission(conn, sub.id, state="cancelled", finished_at=now)
             if stage is None:
                 self.ledger.set_run_status(conn, self.run_id, "cancelled", now)
             self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "cancel", "stage": stage,
