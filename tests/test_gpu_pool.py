@@ -37,6 +37,9 @@ def _campaign(folder: Path, gpus: str, per_task: int, workers_per_gpu: int) -> P
             resources: {{gpus: {per_task}}}
           on_cpu:
             call: probe:probe
+            resources: {{gpus: 0}}
+          on_default:
+            call: probe:probe
         backends:
           local:
             workers: 2
@@ -70,6 +73,9 @@ def test_each_worker_gets_its_own_gpu_and_cpu_stages_see_none(tmp_path):
             assert len(concurrent) <= 2, (device, concurrent)
     cpu = _results(path, "on_cpu")
     assert all(r["visible"] == "" and r["gpus"] == [] for r in cpu)
+    # A stage that does not say gets one GPU per worker on a machine with GPUs.
+    default = _results(path, "on_default")
+    assert all(r["visible"] in ("0", "1") and len(r["gpus"]) == 1 for r in default)
 
 
 def test_tasks_needing_two_gpus_get_pairs(tmp_path):
@@ -79,6 +85,14 @@ def test_tasks_needing_two_gpus_get_pairs(tmp_path):
     gpu = _results(path, "on_gpu")
     assert {r["visible"] for r in gpu} <= {"0,1", "2,3"}
     assert all(len(r["gpus"]) == 2 for r in gpu)
+
+
+def test_without_gpus_a_stage_that_does_not_say_runs_on_cpu_workers(tmp_path):
+    path = _campaign(tmp_path, "none", per_task=0, workers_per_gpu=1)
+    run, _ = corral.open(str(path)).start()
+    assert run.run().status == "finished"
+    default = _results(path, "on_default")
+    assert all(r["gpus"] == [] for r in default)
 
 
 def test_a_stage_asking_for_more_gpus_than_exist_is_a_clear_error(tmp_path):

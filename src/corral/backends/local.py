@@ -70,6 +70,13 @@ class LocalBackendImpl(Backend):
 
     # -- slots ----------------------------------------------------------------------
 
+    def gpus_per_task(self, stage: StageContext) -> int:
+        """The stage's ``resources.gpus``; unset means one GPU per worker when there are GPUs."""
+        wanted = stage.spec.resources.gpus
+        if wanted is None:
+            return 1 if self.gpus else 0
+        return wanted
+
     def slots_for(self, gpus_per_task: int) -> list[dict[str, Any]]:
         if gpus_per_task == 0:
             return [{"slot": f"cpu#{i}", "gpus": []} for i in range(self.cpu_workers)]
@@ -80,9 +87,9 @@ class LocalBackendImpl(Backend):
                 for g in groups for w in range(self.settings.workers_per_gpu)]
 
     def _free_slots(self, stage: StageContext, all_in_flight: list[SubmissionRecord]) -> list[dict[str, Any]]:
-        slots = self.slots_for(stage.spec.resources.gpus)
+        slots = self.slots_for(self.gpus_per_task(stage))
         if not slots:
-            raise CorralError(f"stage {stage.name!r} asks for {stage.spec.resources.gpus} GPU(s) per task "
+            raise CorralError(f"stage {stage.name!r} asks for {self.gpus_per_task(stage)} GPU(s) per task "
                               f"but backend {self.name!r} has GPUs {self.gpus or 'none'}; set "
                               f"backends.{self.name}.gpus or the stage's resources.gpus")
         busy = {sub.info.get("slot") for sub in all_in_flight}
@@ -106,7 +113,7 @@ class LocalBackendImpl(Backend):
         free = self._free_slots(stage, all_in_flight)
         if not free or ready <= 0:
             return []
-        total = len(self.slots_for(stage.spec.resources.gpus))
+        total = len(self.slots_for(self.gpus_per_task(stage)))
         if self.settings.tasks_per_worker:
             chunk = self.settings.tasks_per_worker
         else:
@@ -177,7 +184,7 @@ class LocalBackendImpl(Backend):
         planned = self._planned_slots.get(stage.name)
         if planned:
             return planned.pop(0)
-        slots = self.slots_for(stage.spec.resources.gpus)
+        slots = self.slots_for(self.gpus_per_task(stage))
         named = {s["slot"]: s for s in slots}
         return named.get(submission.info.get("slot"), slots[0])
 

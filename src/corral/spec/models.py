@@ -57,8 +57,10 @@ class Retries(Strict):
 
 
 class Resources(Strict):
+    """What one task needs. ``gpus`` unset: one GPU per worker where the backend has GPUs, else none."""
+
     cpus: int = Field(default=1, ge=1)
-    gpus: int = Field(default=0, ge=0)
+    gpus: int | None = Field(default=None, ge=0)
     mem: int | None = None
 
     @field_validator("mem", mode="before")
