@@ -16,7 +16,6 @@ from corral.errors import CorralError, NotFound
 from corral.ledger import Ledger, default_url, loads, parse_task_key, schema, task_key
 from corral.spec import ItemSource, LoadedCampaign, load_campaign
 from corral.states import ALL_STATES, TERMINAL
-from corral.worker import protocol
 
 
 class Campaign:

@@ -37,7 +37,7 @@ def _campaign(args: list[str] | None, ledger: str | None, positional: int = 0):
 
 
 def _selection(limit: int | None, shard: str | None):
-    from corral.engine.runs import Selection
+    from corral.api import Selection
 
     if limit is not None and limit < 1:
         raise CorralError("--limit must be at least 1")
@@ -102,7 +102,7 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
             err.print(f"note: unfinished run {others[0]['id']} has a different configuration; to continue it "
                       f"instead: corral run --run-id {others[0]['id']} --force", highlight=False)
     from corral.cli.progress import RunProgress
-    from corral.engine import SystemClock
+    from corral.api import SystemClock
 
     clock = SystemClock()
     stop = threading.Event()

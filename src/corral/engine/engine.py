@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import select, update
@@ -22,7 +21,6 @@ from corral.engine.record import Changes, Recorder
 from corral.errors import CorralError
 from corral.ledger import Ledger, dumps, loads, schema, task_key
 from corral.spec import LoadedCampaign
-from corral.states import OPEN_SUBMISSIONS, TaskState
 
 ACTIVE = ("waiting", "pending", "queued", "running")
 
