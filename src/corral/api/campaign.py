@@ -44,6 +44,28 @@ class Campaign:
             self._ledger.close()
         self.log.close()
 
+    def _sqlite_path(self) -> Path | None:
+        if self.ledger_url.startswith("sqlite:///") and ":memory:" not in self.ledger_url:
+            return Path(self.ledger_url.split("sqlite:///", 1)[1])
+        return None
+
+    def _remove_fresh_ledger(self) -> None:
+        """Bad input found while creating the first run: leave nothing behind."""
+        path = self._sqlite_path()
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
+        if path is None:
+            return
+        for extra in ("", "-wal", "-shm"):
+            Path(str(path) + extra).unlink(missing_ok=True)
+        for lock in path.parent.glob(path.name + ".*.lock"):
+            lock.unlink(missing_ok=True)
+        try:
+            path.parent.rmdir()
+        except OSError:
+            pass
+
     # -- plan --------------------------------------------------------------------------
 
     def check(self, selection: Selection | None = None) -> dict[str, Any]:
@@ -86,6 +108,11 @@ class Campaign:
         """The run to work on: ``run_id`` if given, else the newest run with this exact config and
         selection, else a new one. Returns (run, created)."""
         selection = selection or Selection()
+        source = ItemSource(self.spec.items, self.root, self.loaded.path)
+        source.param_names()  # item sources that cannot be read fail here, before anything is written
+        if self.spec.items.key:
+            source._check_key_template(self.spec.items.key)
+        fresh = self._sqlite_path() is not None and not self._sqlite_path().exists()
         ledger = self.ledger()
         clock = clock or SystemClock()
         if run_id:
@@ -99,7 +126,12 @@ class Campaign:
             row = find_resumable(ledger, self.loaded, selection)
             if row is not None:
                 return Run(self, row), False
-        row, created = create_run(ledger, self.loaded, selection, clock.now(), reuse=not new)
+        try:
+            row, created = create_run(ledger, self.loaded, selection, clock.now(), reuse=not new)
+        except CorralError:
+            if fresh:
+                self._remove_fresh_ledger()
+            raise
         if created:
             self.log(f"created run {row['id']} with {row['item_count']} items")
         return Run(self, row), created

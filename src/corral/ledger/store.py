@@ -132,7 +132,8 @@ class Ledger:
             if self.path is None:
                 yield True
                 return
-            lock_path = self.path.with_name(self.path.name + ".lock")
+            run_hash = hashlib.sha256(run_id.encode()).hexdigest()[:12]
+            lock_path = self.path.with_name(f"{self.path.name}.{run_hash}.lock")
             handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole block
             try:
                 flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)

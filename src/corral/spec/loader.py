@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,10 +109,10 @@ def _compose_with_hydra(file: Path, overrides: list[str]) -> dict[str, Any]:
             cfg = compose(config_name=file.stem, overrides=overrides)
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except HydraException as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = _one_line(str(exc)) or type(exc).__name__
         cause = exc.__cause__
-        if cause is not None and str(cause).strip():
-            message += f": {str(cause).strip().splitlines()[0]}"
+        if cause is not None and _one_line(str(cause)) and _one_line(str(cause)) not in message:
+            message += f": {_one_line(str(cause))}"
         raise SpecError(f"cannot apply overrides {overrides}: {message}", file=str(file),
                         expected="Hydra overrides: key=value (existing key), +key=value (new key), "
                                  "~key (remove), group=option") from None
@@ -119,6 +120,14 @@ def _compose_with_hydra(file: Path, overrides: list[str]) -> dict[str, Any]:
         raise SpecError(_omegaconf_message(exc), file=str(file), key=_omegaconf_key(exc)) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _one_line(text: str) -> str:
+    """Hydra's and OmegaConf's messages span lines (the reason, then full_key/object_type
+    details); keep the reason lines, joined."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    keep = [line for line in lines if not line.startswith(("full_key:", "object_type", "reference_type"))]
+    return " ".join(keep)
 
 
 def _omegaconf_message(exc: Exception) -> str:
@@ -217,9 +226,20 @@ def _closest(word: str, options) -> str | None:
     return found[0] if found else None
 
 
+_TYPE_TAG = re.compile(r"^(literal\[|list\[|dict\[|function-|tagged-union\[|union\[)")
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """pydantic puts the member of a union it tried into the location; drop those tags."""
+    return tuple(p for p in loc if not (isinstance(p, str) and _TYPE_TAG.search(p)))
+
+
 def _spec_error(exc: ValidationError, file: Path, model: type[BaseModel], data: Any,
                 prefix: str = "") -> SpecError:
-    err = exc.errors()[0]
+    errors = [dict(e, loc=_clean_loc(e["loc"])) for e in exc.errors()]
+    # An unknown key usually explains a missing one (a typo): report it first.
+    errors.sort(key=lambda e: {"extra_forbidden": 0, "missing": 2}.get(e["type"], 1))
+    err = errors[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join(([prefix] if prefix else []) + loc)
     kind = err["type"]

@@ -174,7 +174,7 @@ class Worker:
             outcome.update(status="failed", error_class="verify", error_message=str(exc))
         except CommandFailed as exc:
             outcome.update(status="failed", error_class=exc.error_class, error_message=str(exc))
-        except Exception as exc:  # noqa: BLE001 - the task's own failure, recorded with its class
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the task's own failure, with its class
             log.write(traceback.format_exc())
             outcome.update(status="failed", error_class=type(exc).__name__, error_message=_short(exc))
         finally:
@@ -312,7 +312,7 @@ class Worker:
             base.update(status="failed", error_class="timeout", error_message="ran past the stage timeout")
         except CommandFailed as exc:
             base.update(status="failed", error_class=exc.error_class, error_message=str(exc))
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
             log.write(traceback.format_exc())
             base.update(status="failed", error_class=type(exc).__name__, error_message=_short(exc))
         finally:
