@@ -6,7 +6,7 @@ from corral.errors import CorralError, SpecError  # noqa: E402
 
 
 def open(campaign: str = "corral.yaml", overrides: list[str] | None = None, **kwargs):  # noqa: A001
-    """Open a campaign file: ``corral.open("corral.yaml").status()``."""
+    """Open a campaign file: ``corral.open("corral.yaml").run().status()`` (``ledger=`` a URL or path)."""
     from corral.api import Campaign
 
     return Campaign.load(campaign, overrides or [], **kwargs)

@@ -14,6 +14,7 @@ from corral.engine.runs import (Selection, create_run, find_resumable, latest_ru
                                 snapshot_hash)
 from corral.errors import CorralError, NotFound
 from corral.ledger import Ledger, default_url, loads, parse_task_key, schema, task_key
+from corral.ledger.store import normalise_url
 from corral.spec import ItemSource, LoadedCampaign, load_campaign
 from corral.states import ALL_STATES, TERMINAL
 
@@ -25,7 +26,12 @@ class Campaign:
         self.loaded = loaded
         self.spec = loaded.spec
         self.root = loaded.root
-        self.ledger_url = ledger_url or default_url(loaded.root, loaded.spec.workdir, loaded.spec.ledger)
+        if ledger_url:
+            # An explicit ledger (--ledger, or the API): a URL, or a SQLite file path relative to here.
+            self.ledger_url = normalise_url(ledger_url) if "://" in ledger_url else \
+                f"sqlite:///{Path(ledger_url).expanduser().resolve()}"
+        else:
+            self.ledger_url = default_url(loaded.root, loaded.spec.workdir, loaded.spec.ledger)
         self._ledger: Ledger | None = None
         self.log = ControllerLog(self.root / self.spec.workdir / "corral.log")
 
@@ -112,6 +118,9 @@ class Campaign:
         source.param_names()  # item sources that cannot be read fail here, before anything is written
         if self.spec.items.key:
             source._check_key_template(self.spec.items.key)
+        first = next(iter(source.params()), {})
+        for name, stage in self.spec.stages.items():
+            _check_templates(self.loaded, name, stage, first)
         fresh = self._sqlite_path() is not None and not self._sqlite_path().exists()
         ledger = self.ledger()
         clock = clock or SystemClock()
@@ -250,6 +259,12 @@ class Run:
                 report = engine.interrupt()
                 if on_tick:
                     on_tick(report)
+            elif report.finished and report.in_flight:
+                # Every task is recorded; let the last workers exit so their submissions close.
+                deadline = clock.now() + 5.0
+                while report.in_flight and clock.now() < deadline:
+                    clock.sleep(0.05)
+                    report = engine.tick(wait_for_lock=True, submit=False)
         finally:
             engine.close()
         return report
@@ -351,8 +366,9 @@ class Run:
                 yield _record(self.id, row, order)
 
 
-_META = ("run_id", "stage", "item_key", "item_id", "task_id", "state", "attempts", "error_class", "error_message",
-         "started_at", "finished_at", "duration_s", "host", "tokens_in", "tokens_out", "cost")
+_META = frozenset(("run_id", "stage", "item_key", "item_id", "task_id", "state", "attempts", "error_class",
+                   "error_message", "started_at", "finished_at", "duration_s", "host", "tokens_in", "tokens_out",
+                   "cost", "result"))
 
 
 def _record(run_id: str, row, order: list[str]) -> dict[str, Any]:
@@ -362,12 +378,13 @@ def _record(run_id: str, row, order: list[str]) -> dict[str, Any]:
                               "task_id": task_key(tid)}
     values = json.loads(params) if params else {}
     # Parameters are stored canonically (sorted); give them back in the campaign file's order.
+    # A parameter or result field named like a metadata column gets a prefix instead of being lost.
     for name in [n for n in order if n in values] + [n for n in values if n not in order]:
-        record[name if name not in record else f"param.{name}"] = values[name]
+        record[f"param.{name}" if name in _META else name] = values[name]
     value = json.loads(result) if result else None
     if isinstance(value, dict):
         for name, field in value.items():
-            record[name if name not in record and name not in _META else f"result.{name}"] = field
+            record[f"result.{name}" if name in record or name in _META else name] = field
     elif value is not None:
         record["result"] = value
     record.update(state=state, attempts=attempts, error_class=error_class, error_message=error_message,

@@ -33,12 +33,15 @@ _OUTCOMES = {"done": Outcome.DONE, "skipped": Outcome.SKIPPED, "failed": Outcome
              "interrupted": Outcome.INTERRUPTED}
 
 
-def detect_gpus() -> list[int]:
-    """GPU indices visible here: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi``, else none."""
+def detect_gpus() -> list[int | str]:
+    """GPU ids visible here: those in ``CUDA_VISIBLE_DEVICES`` if set (indices or UUIDs, passed on
+    as written so workers get the same physical GPUs), else ``nvidia-smi``'s, else none."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        ids = [part.strip() for part in visible.split(",") if part.strip() and part.strip() != "-1"]
-        return list(range(len(ids)))
+        ids = [part.strip() for part in visible.split(",") if part.strip()]
+        if "-1" in ids:
+            ids = ids[: ids.index("-1")]
+        return [int(i) if i.isdigit() else i for i in ids]
     if shutil.which("nvidia-smi") is None:
         return []
     try:
@@ -155,7 +158,7 @@ class LocalBackendImpl(Backend):
         env = dict(os.environ)
         if slot["gpus"]:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in slot["gpus"])
-        elif self.gpus:
+        elif self.gpus or self.settings.gpus == "none":
             env["CUDA_VISIBLE_DEVICES"] = ""
         for name in stage.spec.secrets:
             if name not in os.environ:

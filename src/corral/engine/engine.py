@@ -91,7 +91,7 @@ class Engine:
             if report.changed or self._status is None or finished:
                 self._finish(report)
             else:
-                report.status, report.finished = self._status, False
+                report.status, report.finished = self._status, self._status != "active"
                 report.next_wake = self._next_wake
         return report
 
@@ -399,8 +399,16 @@ class Engine:
             query = update(t).where(t.c.run_id == self.run_id, t.c.state.in_(ACTIVE))
             if stage is not None:
                 query = query.where(t.c.stage == stage)
+                idxs = [r[0] for r in conn.execute(select(t.c.item_idx).where(
+                    t.c.run_id == self.run_id, t.c.stage == stage, t.c.state.in_(ACTIVE)))]
             count = conn.execute(query.values(state="cancelled", error_class="cancelled", finished_at=now,
                                               error_message="cancelled by the user")).rowcount
+            if stage is not None:
+                # What waits on the cancelled stage will never run: cancel it too.
+                changes = Changes()
+                changes.ended_badly[stage].extend(idxs)
+                self.recorder.release(conn, changes, now)
+                self.ledger.add_events(conn, changes.events)
             for sub in subs:
                 self.ledger.update_submission(conn, sub.id, state="cancelled", finished_at=now)
             if stage is None:

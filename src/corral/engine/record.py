@@ -182,21 +182,46 @@ class Recorder:
             if stage.per == "all":
                 self._release_once(conn, name, stage, now, changes)
                 continue
-            done = sorted({i for need in stage.needs for i in changes.done.get(need, [])})
-            bad = sorted({i for need in stage.needs for i in changes.ended_badly.get(need, [])})
+            item_needs = [n for n in stage.needs if self.stages[n].per != "all"]
+            once_needs = [n for n in stage.needs if self.stages[n].per == "all"]
+            if any(-1 in changes.ended_badly.get(n, []) for n in once_needs):
+                every = [r[0] for r in conn.execute(select(T.c.item_idx).where(
+                    T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "waiting"))]
+                self._cancel_waiting(conn, name, every, now, changes, because=once_needs)
+                continue
+            bad = sorted({i for need in item_needs for i in changes.ended_badly.get(need, [])})
             if bad:
-                self._cancel_waiting(conn, name, bad, now, changes, because=stage.needs)
+                self._cancel_waiting(conn, name, bad, now, changes, because=item_needs)
+            if once_needs and not self._once_done(conn, once_needs):
+                continue
+            if any(-1 in changes.done.get(n, []) for n in once_needs):
+                self._promote(conn, name, item_needs, None, now)
+                continue
+            done = sorted({i for need in item_needs for i in changes.done.get(need, [])})
             if done:
-                self._promote(conn, name, stage.needs, done, now)
+                self._promote(conn, name, item_needs, done, now)
 
-    def _promote(self, conn: Connection, name: str, needs: list[str], idxs: list[int], now: float) -> None:
+    def _once_done(self, conn: Connection, stages: list[str]) -> bool:
+        for stage in stages:
+            state = conn.execute(select(T.c.state).where(T.c.run_id == self.run_id, T.c.stage == stage,
+                                                         T.c.item_idx == -1)).scalar()
+            if state != "done":
+                return False
+        return True
+
+    def _promote(self, conn: Connection, name: str, needs: list[str], idxs: list[int] | None,
+                 now: float) -> None:
+        """Waiting tasks of ``name`` (for items ``idxs``, or all) whose per-item needs are done."""
         upstream = T.alias("upstream")
-        blocked = exists().where(upstream.c.run_id == self.run_id, upstream.c.item_idx == T.c.item_idx,
-                                 upstream.c.stage.in_(needs), upstream.c.state != "done")
+        conditions = [T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "waiting"]
+        if needs:
+            conditions.append(~exists().where(upstream.c.run_id == self.run_id, upstream.c.item_idx == T.c.item_idx,
+                                              upstream.c.stage.in_(needs), upstream.c.state != "done"))
+        if idxs is None:
+            conn.execute(update(T).where(*conditions).values(state="pending", ready_at=now))
+            return
         for part in chunks(idxs):
-            conn.execute(update(T).where(T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "waiting",
-                                         T.c.item_idx.in_(part), ~blocked)
-                         .values(state="pending", ready_at=now))
+            conn.execute(update(T).where(*conditions, T.c.item_idx.in_(part)).values(state="pending", ready_at=now))
 
     def _cancel_waiting(self, conn: Connection, name: str, idxs: list[int], now: float, changes: Changes,
                         because: list[str]) -> None:

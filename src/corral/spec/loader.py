@@ -89,7 +89,9 @@ def _resolve_plain(file: Path, raw: dict[str, Any]) -> dict[str, Any]:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)  # type: ignore[return-value]
+        # OmegaConf's own YAML reading, as Hydra composes, so that values such as 1e-3 have the same
+        # type with and without overrides (and the item identities stay the same).
+        return OmegaConf.to_container(OmegaConf.load(file), resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
         raise SpecError(_omegaconf_message(exc), file=str(file), key=_omegaconf_key(exc)) from None
 
@@ -101,8 +103,9 @@ def _compose_with_hydra(file: Path, overrides: list[str]) -> dict[str, Any]:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    if file.suffix not in (".yaml", ".yml"):
-        raise SpecError("composition and overrides need a file ending in .yaml", file=str(file))
+    if file.suffix != ".yaml":
+        raise SpecError("composition and overrides need a file ending in .yaml (Hydra finds only those)",
+                        file=str(file), expected=f"rename it to {file.stem}.yaml")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(file.parent), version_base=None, job_name="corral"):

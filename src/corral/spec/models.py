@@ -13,8 +13,9 @@ from corral.spec.durations import parse_duration, parse_size
 CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 STAGE_NAME_RE = re.compile(r"^[A-Za-z_][\w-]*$")
 ERROR_CLASSES = (
-    "exception", "exit_code", "timeout", "oom", "preempted", "node_fail", "worker_lost",
-    "verify", "rate_limit", "token_limit", "expired", "invalid_request", "parse", "upstream",
+    "exception", "exit_code", "signal", "timeout", "oom", "preempted", "node_fail", "worker_lost",
+    "verify", "template", "submit", "rate_limit", "token_limit", "expired", "invalid_request", "parse",
+    "upstream",
 )
 
 
@@ -53,7 +54,12 @@ class Retries(Strict):
         return min(self.max_backoff, self.backoff * self.backoff_factor ** max(0, attempt - 1))
 
     def retries_on(self, error_class: str | None) -> bool:
-        return self.on is None or (error_class or "exception") in self.on
+        """Whether a failure of this class is retried. ``exception`` stands for any Python exception
+        (recorded under its class name, e.g. ``ValueError``)."""
+        if self.on is None:
+            return True
+        error_class = error_class or "exception"
+        return error_class in self.on or ("exception" in self.on and error_class[:1].isupper())
 
 
 class Resources(Strict):

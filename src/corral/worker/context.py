@@ -44,8 +44,8 @@ class LazyLog(io.TextIOBase):
 class TaskContext:
     """What a task may know about where and how it runs.
 
-    ``attempt`` starts at 1; ``workdir`` is fresh per attempt's task, ``checkpoint_dir`` is kept
-    across attempts of the same task; ``gpus`` are the GPU ids this worker may use (also in
+    ``attempt`` starts at 1; ``workdir`` is a folder of this task's own (created on first use),
+    ``checkpoint_dir`` another, meant to be kept across attempts of the same task; ``gpus`` are the GPU ids this worker may use (also in
     ``CUDA_VISIBLE_DEVICES``); ``log`` writes to the task's log file.
     """
 
