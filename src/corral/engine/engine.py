@@ -343,7 +343,9 @@ class Engine:
             active = self.ledger.any_in_states(conn, self.run_id, self.order, ACTIVE)
             bad = (not active) and self.ledger.any_in_states(conn, self.run_id, self.order, ("failed", "cancelled"))
             current = conn.execute(select(schema.runs.c.status).where(schema.runs.c.id == self.run_id)).scalar()
-            next_retry = self.ledger.next_not_before(conn, self.run_id, now) if active else None
+            # Only needed to sleep until a backoff ends when nothing else will wake the loop.
+            idle = active and not report.in_flight and not report.submitted
+            next_retry = self.ledger.next_not_before(conn, self.run_id, now) if idle else None
         status = "active" if active else ("finished_with_failures" if bad else "finished")
         if current == "cancelled" and not active:
             status = "cancelled"

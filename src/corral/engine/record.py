@@ -13,16 +13,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import and_, bindparam, exists, select, update
+from sqlalchemy import and_, exists, select, update
 from sqlalchemy.engine import Connection
 
 from corral.backends.base import TaskResult
 from corral.ledger import dumps, schema
+from corral.ledger.store import executemany
 from corral.spec.models import Stage
 from corral.states import Outcome, TaskState
 
 CHUNK = 900
 T = schema.tasks
+_UPDATED = ("state", "result", "error_class", "error_message", "started_at", "finished_at", "host", "tokens_in",
+            "tokens_out", "cost", "info", "attempts", "not_before", "submission_id", "ready_at")
 
 
 @dataclass
@@ -63,11 +66,18 @@ class Recorder:
 
     def _rows(self, conn: Connection, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         rows: dict[int, dict[str, Any]] = {}
-        for part in chunks(list(task_ids)):
-            query = select(T.c.id, T.c.stage, T.c.item_idx, T.c.state, T.c.attempts, T.c.submission_id).where(
-                T.c.id.in_(part), T.c.run_id == self.run_id)
-            for row in conn.execute(query).mappings():
-                rows[row["id"]] = dict(row)
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            for part in chunks(list(task_ids)):
+                cursor.execute("SELECT id, stage, item_idx, state, attempts, submission_id FROM tasks "
+                               f"WHERE run_id = {mark} AND id IN ({', '.join([mark] * len(part))})",
+                               (self.run_id, *part))
+                for tid, stage, item_idx, state, attempts, submission_id in cursor.fetchall():
+                    rows[tid] = {"id": tid, "stage": stage, "item_idx": item_idx, "state": state,
+                                 "attempts": attempts, "submission_id": submission_id}
+        finally:
+            cursor.close()
         return rows
 
     # -- writing ----------------------------------------------------------------
@@ -75,9 +85,8 @@ class Recorder:
     def mark_started(self, conn: Connection, started: dict[int, float]) -> None:
         if not started:
             return
-        params = [{"tid": tid, "at": at} for tid, at in started.items()]
-        conn.execute(update(T).where(T.c.id == bindparam("tid"), T.c.state == "queued")
-                     .values(state="running", started_at=bindparam("at")), params)
+        executemany(conn, "UPDATE tasks SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'",
+                    [(at, tid) for tid, at in started.items()])
 
     def apply(self, conn: Connection, results: list[TaskResult], submission_id: int | None, now: float,
               changes: Changes) -> None:
@@ -160,16 +169,8 @@ class Recorder:
         return base
 
     def _write(self, conn: Connection, updates: list[dict[str, Any]]) -> None:
-        if not updates:
-            return
-        statement = update(T).where(T.c.id == bindparam("tid")).values(
-            state=bindparam("state"), result=bindparam("result"), error_class=bindparam("error_class"),
-            error_message=bindparam("error_message"), started_at=bindparam("started_at"),
-            finished_at=bindparam("finished_at"), host=bindparam("host"), tokens_in=bindparam("tokens_in"),
-            tokens_out=bindparam("tokens_out"), cost=bindparam("cost"), info=bindparam("info"),
-            attempts=bindparam("attempts"), not_before=bindparam("not_before"),
-            submission_id=bindparam("submission_id"), ready_at=bindparam("ready_at"))
-        conn.execute(statement, updates)
+        sql = f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in _UPDATED)} WHERE id = ?"
+        executemany(conn, sql, [tuple(u[c] for c in _UPDATED) + (u["tid"],) for u in updates])
 
     # -- dependencies ----------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,23 +28,29 @@ def log_path(run_dir: Path, stage: str, task_key: str, attempt: int) -> Path:
     return run_dir / "logs" / stage / f"{task_key}.{attempt}.log"
 
 
-def write_json_atomic(path: Path, data: Any, *, fsync: bool = False) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def write_json_atomic(path: Path | str, data: Any, *, fsync: bool = False) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never a part.
+
+    The temporary name is fixed per target: one writer per file is the protocol (a worker owns its
+    tasks' result files), and it saves the cost of a random name on every task.
+    """
+    path = str(path)
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
+    text = json.dumps(data, separators=(",", ":"), default=str, ensure_ascii=False).encode()
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, separators=(",", ":"), default=str, ensure_ascii=False)
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(text)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
@@ -63,17 +68,17 @@ def result_path(folder: Path, task_key: str) -> Path:
 
 def iter_results(folder: Path, skip: set[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (file name, result) for complete result files not in ``skip``."""
+    results = folder / RESULTS
     try:
-        entries = list(os.scandir(folder / RESULTS))
+        names = os.listdir(results)
     except FileNotFoundError:
         return
-    for entry in entries:
-        name = entry.name
-        if name.startswith(".") or not name.endswith(".json") or (skip and name in skip):
+    for name in names:
+        if name[0] == "." or not name.endswith(".json") or (skip and name in skip):
             continue
         try:
-            with open(entry.path) as handle:
-                yield name, json.load(handle)
+            with open(os.path.join(results, name), "rb") as handle:
+                yield name, json.loads(handle.read())
         except (OSError, ValueError):
             continue
 
