@@ -54,7 +54,8 @@ def detect_gpus() -> list[int | str]:
 
 class LocalBackendImpl(Backend):
     kind = "local"
-    poll_interval = 0.2
+    # Worker exits wake the controller at once; polls in between only refresh progress.
+    poll_interval = 0.25
 
     def __init__(self, name: str, settings: LocalSettings, **kwargs: Any):
         super().__init__(name, settings, **kwargs)
@@ -67,7 +68,7 @@ class LocalBackendImpl(Backend):
             self.gpus = list(settings.gpus)
         self.cpu_workers = settings.workers or os.cpu_count() or 1
         self._children: dict[int, subprocess.Popen] = {}
-        self._seen: dict[int, set[str]] = {}
+        self._results_offset: dict[int, int] = {}
         self._started_offset: dict[int, int] = {}
         self._planned_slots: dict[str, list[dict[str, Any]]] = {}
 
@@ -218,20 +219,19 @@ class LocalBackendImpl(Backend):
             if child is not None and child.poll() is not None:
                 del self._children[sub.id]
             alive = _locked(folder)
-            seen = self._seen.setdefault(sub.id, set())
             started, offset = protocol.read_started(folder, self._started_offset.get(sub.id, 0))
             self._started_offset[sub.id] = offset
             result = PollResult(running=alive, finished=not alive, started_task_ids=set(started),
                                 started_at=started)
-            for name, data in protocol.iter_results(folder, skip=seen):
-                seen.add(name)
-                result.results.append(_task_result(data))
+            records, self._results_offset[sub.id] = protocol.read_results(
+                folder, self._results_offset.get(sub.id, 0))
+            result.results.extend(_task_result(data) for data in records)
             if not alive:
                 exit_info = _read_json(folder / protocol.EXIT)
                 if exit_info is None:
                     result.lost_message = ("the worker process ended without finishing (killed, out of "
                                            f"memory or crashed); see {folder / 'worker.log'}")
-                self._seen.pop(sub.id, None)
+                self._results_offset.pop(sub.id, None)
                 self._started_offset.pop(sub.id, None)
             out[sub.id] = result
         return out

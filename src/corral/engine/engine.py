@@ -164,7 +164,9 @@ class Engine:
                 poll = polls.get(sub.id)
                 if poll is None:
                     continue
-                self.recorder.mark_started(conn, poll.started_at or {t: now for t in poll.started_task_ids})
+                finished_now = {r.task_id for r in poll.results}
+                started = poll.started_at or {t: now for t in poll.started_task_ids}
+                self.recorder.mark_started(conn, {t: at for t, at in started.items() if t not in finished_now})
                 self.recorder.apply(conn, poll.results, sub.id, now, changes)
                 if poll.finished:
                     self.recorder.lose(conn, sub.id, now, poll.lost_error_class, poll.lost_message, changes)

@@ -1,8 +1,13 @@
 """The files shared by a controller and the workers it starts, on this machine or on a cluster.
 
-A submission folder holds ``manifest.json`` (what to run), ``started.log`` (one line per task
-started) and ``results/<task key>.json``, each written atomically by the worker. Result files are
-the ground truth of what ran; the controller ingests them into the ledger.
+A submission folder holds ``manifest.json`` (what to run, written atomically by the controller),
+``started.log`` (one line per task started) and ``results.jsonl`` (one line per finished task).
+The result file is the ground truth of what ran; the controller ingests it into the ledger.
+
+Each result line is the whole record, written by one ``write()`` of an append-only file, and
+readers take only complete lines (up to the last newline): a record is there entirely or not at
+all, as with a temporary file renamed into place, without creating a file per task (a new file
+costs about 0.6 ms per task on an ordinary disk, more on a cluster's shared file system).
 """
 
 from __future__ import annotations
@@ -10,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 MANIFEST = "manifest.json"
 STARTED = "started.log"
-RESULTS = "results"
+RESULTS = "results.jsonl"
 WORKER_INFO = "worker.json"
 LOCK = "lock"
 EXIT = "exit.json"
@@ -54,7 +59,7 @@ def write_json_atomic(path: Path | str, data: Any, *, fsync: bool = False) -> No
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    (folder / RESULTS).mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / MANIFEST, manifest)
 
 
@@ -62,25 +67,48 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads((folder / MANIFEST).read_text())
 
 
-def result_path(folder: Path, task_key: str) -> Path:
-    return folder / RESULTS / f"{task_key}.json"
+class ResultWriter:
+    """Appends result records to a submission's ``results.jsonl``, one complete line per write."""
+
+    def __init__(self, folder: Path):
+        self.fd = os.open(folder / RESULTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # A writer killed in the middle of a line leaves it unterminated: end it so the next record
+        # starts on its own line (the broken one is skipped by readers).
+        size = os.fstat(self.fd).st_size
+        if size:
+            with open(folder / RESULTS, "rb") as handle:
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":
+                    os.write(self.fd, b"\n")
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, separators=(",", ":"), default=str, ensure_ascii=False) + "\n").encode()
+        view = memoryview(line)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
-def iter_results(folder: Path, skip: set[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (file name, result) for complete result files not in ``skip``."""
-    results = folder / RESULTS
+def read_results(folder: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Complete result records after byte ``offset``, and the offset to read from next time."""
     try:
-        names = os.listdir(results)
+        with open(folder / RESULTS, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
     except FileNotFoundError:
-        return
-    for name in names:
-        if name[0] == "." or not name.endswith(".json") or (skip and name in skip):
-            continue
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    records = []
+    for line in data[:end].splitlines():
         try:
-            with open(os.path.join(results, name), "rb") as handle:
-                yield name, json.loads(handle.read())
-        except (OSError, ValueError):
+            record = json.loads(line)
+        except ValueError:
             continue
+        if isinstance(record, dict) and "task_id" in record:
+            records.append(record)
+    return records, offset + end
 
 
 def read_started(folder: Path, offset: int = 0) -> tuple[dict[int, float], int]:

@@ -89,6 +89,8 @@ class Worker:
         self.in_task = False
         self._functions: dict[str, Callable[..., Any]] = {}
         self._started = open(folder / protocol.STARTED, "a", buffering=1)  # noqa: SIM115
+        self._results = protocol.ResultWriter(folder)
+        self._log_dir = str(protocol.log_path(self.run_dir, self.stage_name, "x", 0).parent)
         if str(self.root) not in sys.path:
             sys.path.insert(0, str(self.root))
 
@@ -110,16 +112,16 @@ class Worker:
                                    {"pid": os.getpid(), "host": HOST, "started_at": time.time()})
         tasks = self.manifest["tasks"]
         mode = self.manifest.get("mode", "item")
-        done = {name for name, _ in protocol.iter_results(self.folder)}
+        done = {int(r["task_id"]) for r in protocol.read_results(self.folder)[0]}
         if mode == "item":
             for task in tasks:
                 if self.stop_requested:
                     break
-                if f"{task['key']}.json" in done:
+                if task["task_id"] in done:
                     continue
                 self._write(task, self.run_task(task))
         else:
-            todo = [t for t in tasks if f"{t['key']}.json" not in done]
+            todo = [t for t in tasks if t["task_id"] not in done]
             if todo and not self.stop_requested:
                 outcomes = self.run_group(todo, mode)
                 for task, outcome in zip(todo, outcomes):
@@ -130,7 +132,7 @@ class Worker:
 
     def _write(self, task: dict[str, Any], outcome: dict[str, Any]) -> None:
         outcome.update(task_id=task["task_id"], attempt=task["attempt"], host=HOST)
-        protocol.write_json_atomic(protocol.result_path(self.folder, task["key"]), outcome)
+        self._results.write(outcome)
 
     def _mark_started(self, task: dict[str, Any], at: float) -> None:
         self._started.write(f"{task['task_id']} {at:.6f}\n")
@@ -152,7 +154,7 @@ class Worker:
     def run_task(self, task: dict[str, Any]) -> dict[str, Any]:
         started = time.time()
         self._mark_started(task, started)
-        log = LazyLog(protocol.log_path(self.run_dir, self.stage_name, task["key"], task["attempt"]))
+        log = LazyLog(Path(f"{self._log_dir}/{task['key']}.{task['attempt']}.log"))
         outcome: dict[str, Any] = {"started_at": started}
         try:
             self.in_task = True
@@ -358,8 +360,9 @@ def _raise_timeout(_signum, _frame) -> None:
 
 
 def _result_value(value: Any) -> Any:
+    # Anything JSON cannot hold is written with str() when the result file is written.
     if value is None or isinstance(value, (dict, list, str, int, float, bool)):
-        return json.loads(json.dumps(value, default=str))
+        return value
     return {"value": str(value)}
 
 
