@@ -23,6 +23,8 @@ from corral.spec.models import Stage
 from corral.states import Outcome, TaskState
 
 CHUNK = 900
+# "not done" as a list, so the (run, stage, state, item) index answers it with a few seeks.
+NOT_DONE = ("waiting", "pending", "queued", "running", "failed", "cancelled")
 T = schema.tasks
 _UPDATED = ("state", "result", "error_class", "error_message", "started_at", "finished_at", "host", "tokens_in",
             "tokens_out", "cost", "info", "attempts", "not_before", "submission_id", "ready_at")
@@ -217,7 +219,7 @@ class Recorder:
         conditions = [T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "waiting"]
         if needs:
             conditions.append(~exists().where(upstream.c.run_id == self.run_id, upstream.c.item_idx == T.c.item_idx,
-                                              upstream.c.stage.in_(needs), upstream.c.state != "done"))
+                                              upstream.c.stage.in_(needs), upstream.c.state.in_(NOT_DONE)))
         if idxs is None:
             conn.execute(update(T).where(*conditions).values(state="pending", ready_at=now))
             return

@@ -87,6 +87,7 @@ class Ledger:
             def _connect(dbapi_connection, _record):
                 dbapi_connection.isolation_level = None
                 cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA page_size=16384")  # takes effect only when the file is new
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.execute("PRAGMA busy_timeout=120000")

@@ -131,16 +131,35 @@ class ItemSource:
                 return False
         return True
 
+    def _grid_params_and_canonical(self) -> Iterator[tuple[dict[str, Any], str]]:
+        """For a grid alone: parameters and canonical JSON built from each axis value's encoding,
+        encoded once per value instead of once per item (the JSON has its keys sorted)."""
+        axes = self.axes()
+        names = [name for name, _ in axes]
+        order = sorted(range(len(names)), key=lambda i: names[i])
+        encoded = [[(value, f"{_CANONICAL.encode(name)}:{_CANONICAL.encode(canonical(value))}") for value in values]
+                   for name, values in axes]
+        for combo in itertools.product(*encoded):
+            yield dict(zip(names, [c[0] for c in combo])), "{" + ",".join([combo[i][1] for i in order]) + "}"
+
     def items(self, limit: int | None = None, shard: tuple[int, int] | None = None) -> Iterator[Item]:
         key_template = self.spec.key
         if key_template:
             self._check_key_template(key_template)
-        check_duplicates = not self._grid_only_and_distinct()
+        distinct_grid = self._grid_only_and_distinct()
+        if distinct_grid:
+            yield from self._items_from(self._grid_params_and_canonical(), key_template, limit, shard, False)
+            return
+        pairs = ((params, canonical_json(params)) for params in self.params())
+        yield from self._items_from(pairs, key_template, limit, shard, True)
+
+    def _items_from(self, pairs, key_template: str | None, limit: int | None, shard: tuple[int, int] | None,
+                    check_duplicates: bool) -> Iterator[Item]:
         seen: dict[str, int] = {}
         index = 0
-        for position, params in enumerate(self.params()):
-            text = canonical_json(params)
-            item_id = hashlib.sha256(text.encode()).hexdigest()[:16]
+        sha256 = hashlib.sha256
+        for position, (params, text) in enumerate(pairs):
+            item_id = sha256(text.encode()).hexdigest()[:16]
             if check_duplicates:
                 if item_id in seen:
                     raise SpecError(f"items {seen[item_id]} and {position} have the same parameters "
