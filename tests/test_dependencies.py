@@ -87,3 +87,72 @@ def test_no_submission_stays_open_after_a_run_finishes(tmp_path):
     run, _ = corral.open(str(path)).start()
     run.run()
     assert run.status()["submissions_open"] == 0
+
+
+def test_retry_after_cancel_waits_for_needs_again(tmp_path):
+    path = _write(tmp_path, """\
+        first:
+          call: tasks:slow
+        second:
+          needs: first
+          call: tasks:work
+        """)
+    campaign = corral.open(str(path))
+    run, _ = campaign.start()
+    engine = run.engine()
+    engine.cancel()
+    engine.retry(include_cancelled=True)
+    counts = run.counts()
+    assert counts["first"]["pending"] == 6
+    assert counts["second"]["waiting"] == 6 and counts["second"]["pending"] == 0
+    engine.cancel()
+    engine.close()
+
+
+def test_retrying_a_failed_once_per_run_stage_reopens_its_dependents(tmp_path):
+    (tmp_path / "flag").write_text("fail")
+    path = _write(tmp_path, """\
+        setup:
+          per: all
+          call: setup:prepare
+        work:
+          needs: setup
+          call: tasks:work
+        """)
+    (tmp_path / "setup.py").write_text(
+        "from pathlib import Path\n"
+        "def prepare(ctx):\n"
+        "    if (ctx.root / 'flag').read_text() == 'fail':\n"
+        "        raise RuntimeError('not yet')\n"
+        "    return {}\n")
+    run, _ = corral.open(str(path)).start()
+    run.run()
+    assert run.counts()["work"]["cancelled"] == 6
+    (tmp_path / "flag").write_text("ok")
+    engine = run.engine()
+    assert engine.retry() == 1
+    engine.close()
+    assert run.counts()["work"]["waiting"] == 6
+    run.run()
+    assert run.counts()["work"]["done"] == 6 and run.refresh()["status"] == "finished"
+
+
+def test_a_running_controller_notices_a_cancel_from_elsewhere(tmp_path):
+    import threading
+    import time
+
+    path = _write(tmp_path, """\
+        first:
+          call: tasks:slow
+        """)
+    run, _ = corral.open(str(path)).start()
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(report=run.run(max_interval=0.5)))
+    thread.start()
+    time.sleep(2)
+    other = corral.open(str(path)).run(run.id).engine()
+    other.cancel()
+    other.close()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert result["report"].status == "cancelled"

@@ -67,6 +67,7 @@ class Engine:
                                                    wake=getattr(self.clock, "wake", None))
         self.recorder = Recorder(run_id, spec.stages, self.order, log=self.log)
         self._status: str | None = None
+        self._run_stamp: tuple | None = None
         self._next_wake: float | None = None
         #: moving average of task run time per stage, learned from results (seconds)
         self.mean_seconds: dict[str, float] = {}
@@ -88,7 +89,7 @@ class Engine:
             subs = [s for s in subs if s.id not in finished]
             if submit:
                 self._plan_and_submit(subs, report)
-            if report.changed or self._status is None or finished:
+            if report.changed or self._status is None or finished or self._status_changed_elsewhere():
                 self._finish(report)
             else:
                 report.status, report.finished = self._status, self._status != "active"
@@ -339,6 +340,16 @@ class Engine:
 
     # -- finishing -----------------------------------------------------------------------------
 
+    def _status_changed_elsewhere(self) -> bool:
+        """`corral cancel` or `retry` from another terminal changes the run's row: notice it."""
+        with self.ledger.read() as conn:
+            row = conn.execute(select(schema.runs.c.status, schema.runs.c.updated_at)
+                               .where(schema.runs.c.id == self.run_id)).first()
+        stamp = (row[0], row[1]) if row else None
+        changed = self._run_stamp is not None and stamp != self._run_stamp
+        self._run_stamp = stamp
+        return changed
+
     def _finish(self, report: TickReport) -> None:
         now = self.clock.now()
         with self.ledger.read() as conn:
@@ -415,8 +426,8 @@ class Engine:
                 self.ledger.add_events(conn, changes.events)
             for sub in subs:
                 self.ledger.update_submission(conn, sub.id, state="cancelled", finished_at=now)
-            if stage is None:
-                self.ledger.set_run_status(conn, self.run_id, "cancelled", now)
+            # Either way the run's row changes, which a running controller notices.
+            self.ledger.set_run_status(conn, self.run_id, "cancelled" if stage is None else "active", now)
             self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "cancel", "stage": stage,
                                            "to_state": "cancelled", "count": count}])
         self.log(f"cancelled {count} tasks of run {self.run_id}" + (f" stage {stage}" if stage else ""))
@@ -438,13 +449,19 @@ class Engine:
                 query = query.where((t.c.error_class.is_(None)) | (t.c.error_class != "upstream"))
             rows = conn.execute(query).all()
             ids = [r[0] for r in rows]
-            for start in range(0, len(ids), 900):
-                conn.execute(update(t).where(t.c.id.in_(ids[start:start + 900])).values(
-                    state="pending", attempts=0, not_before=None, ready_at=now, submission_id=None))
             by_stage: dict[str, list[int]] = {}
             for _, name, idx in rows:
                 by_stage.setdefault(name, []).append(idx)
+            for name, idxs in by_stage.items():
+                # A task with needs waits for them again (they may have been cancelled too).
+                state = "waiting" if self.stages[name].spec.needs else "pending"
+                for start in range(0, len(idxs), 900):
+                    conn.execute(update(t).where(t.c.run_id == self.run_id, t.c.stage == name,
+                                                 t.c.item_idx.in_(idxs[start:start + 900]), t.c.state.in_(states))
+                                 .values(state=state, attempts=0, not_before=None, ready_at=now, submission_id=None,
+                                         error_class=None, error_message=None))
             reopened = self._reopen_dependents(conn, by_stage)
+            self._release_waiting(conn, by_stage, now)
             if ids:
                 self.ledger.set_run_status(conn, self.run_id, "active", now)
                 self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "retry", "stage": stage,
@@ -463,6 +480,11 @@ class Engine:
                 continue
             if spec.per == "all":
                 idxs = [-1]
+            elif -1 in idxs:
+                # A once-per-run stage it needs runs again: every item of this stage may run again.
+                idxs = [r[0] for r in conn.execute(select(t.c.item_idx).where(
+                    t.c.run_id == self.run_id, t.c.stage == name, t.c.state == "cancelled",
+                    t.c.error_class == "upstream"))]
             for start in range(0, len(idxs), 900):
                 part = idxs[start:start + 900]
                 hit = [r[0] for r in conn.execute(select(t.c.item_idx).where(
@@ -475,6 +497,24 @@ class Engine:
                     by_stage.setdefault(name, []).extend(hit)
                     total += len(hit)
         return total
+
+
+    def _release_waiting(self, conn, by_stage: dict[str, list[int]], now: float) -> None:
+        """Waiting tasks put back by ``retry``: pending at once where their needs are already done."""
+        for name in self.order:
+            if name not in by_stage:
+                continue
+            spec = self.stages[name].spec
+            if not spec.needs:
+                continue
+            if spec.per == "all":
+                self.recorder._release_once(conn, name, spec, now, Changes())
+                continue
+            item_needs = [n for n in spec.needs if self.stages[n].spec.per != "all"]
+            once_needs = [n for n in spec.needs if self.stages[n].spec.per == "all"]
+            if once_needs and not self.recorder._once_done(conn, once_needs):
+                continue
+            self.recorder._promote(conn, name, item_needs, sorted(set(by_stage[name])), now)
 
 
 def _record(row: dict[str, Any]) -> SubmissionRecord:
