@@ -178,3 +178,18 @@ def test_union_field_error_names_the_plain_key(outcomes):
     proc, folder = outcomes["gpus"]
     _assert_bad_input(proc, folder, ["backends.local.gpus:", "some"])
     assert "literal[" not in proc.stderr
+
+
+def test_a_call_whose_module_does_not_exist_is_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "corral.yaml").write_text(
+        "name: m\nitems:\n  list: [{a: 1}]\nstages:\n  s:\n    call: taskz:f\n")
+    for command in (["check"], ["run", "-q"]):
+        proc = subprocess.run([sys.executable, "-m", "corral", *command], cwd=tmp_path, capture_output=True,
+                              text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert "stages.s.call" in proc.stderr and "taskz" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / ".corral" / "ledger.db").exists()

@@ -84,6 +84,7 @@ class Campaign:
         for name in self.loaded.stage_order():
             stage = self.spec.stages[name]
             _check_templates(self.loaded, name, stage, sample)
+            _check_callables(self.loaded, name, stage)
             stages[name] = {
                 "tasks": 1 if stage.per == "all" else len(items), "per": stage.per, "needs": stage.needs,
                 "backend": stage.backend, "kind": "call" if stage.call else "run",
@@ -121,6 +122,7 @@ class Campaign:
         first = next(iter(source.params()), {})
         for name, stage in self.spec.stages.items():
             _check_templates(self.loaded, name, stage, first)
+            _check_callables(self.loaded, name, stage)
         fresh = self._sqlite_path() is not None and not self._sqlite_path().exists()
         ledger = self.ledger()
         clock = clock or SystemClock()
@@ -193,6 +195,38 @@ def _check_templates(loaded: LoadedCampaign, name: str, stage, sample: dict[str,
             raise SpecError(f"template {template!r} cannot be filled: {exc!r}", file=str(loaded.path),
                             key=f"stages.{name}.{key}",
                             expected="fields among " + ", ".join(sorted(fields))) from None
+
+
+def _check_callables(loaded: LoadedCampaign, name: str, stage) -> None:
+    """A ``call:`` (or skip_if/verify callable) whose module cannot be found fails at check time,
+    not once per task. Only the module is looked up; nothing of the user's code is imported."""
+    import importlib.util
+    import sys
+
+    from corral.errors import SpecError
+
+    refs = [("call", stage.call), ("skip_if", stage.skip_callable), ("verify", stage.verify_callable)]
+    root = str(loaded.root)
+    added = root not in sys.path
+    if added:
+        sys.path.insert(0, root)
+    try:
+        for key, ref in refs:
+            if not ref:
+                continue
+            module = ref.split(":", 1)[0]
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise SpecError(f"cannot find the module {module!r} of {ref!r}", file=str(loaded.path),
+                                key=f"stages.{name}.{key}",
+                                expected=f"{module.replace('.', '/')}.py beside the campaign file, or an "
+                                         "installed package")
+    finally:
+        if added:
+            sys.path.remove(root)
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
