@@ -250,7 +250,12 @@ def test_timeout_for_run_and_call_stages(runner):
 
 
 def test_unimportable_call_fails_with_its_class(runner):
-    run, _ = runner({"a": {"call": "no_such_module_here:f"}}, "", items={"grid": {"x": [0]}})
+    # The module exists (so `check` accepts it) but importing it fails where the task runs.
+    run, _ = runner({"a": {"call": "tasks:f"}}, """
+        import no_such_module_here
+        def f(item, ctx):
+            return {}
+    """, items={"grid": {"x": [0]}})
     record = by_item(run, "a")[0]
     assert record["state"] == "failed" and record["error_class"] == "ModuleNotFoundError"
     assert "no_such_module_here" in record["error_message"]
