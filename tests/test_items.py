@@ -198,6 +198,7 @@ def test_check_reports_the_selection(tmp_path: Path):
     write_campaign(tmp_path, campaign_dict({"a": {"call": "tasks:f"}, "b": {"call": "tasks:f", "per": "all",
                                                                            "needs": "a"}},
                                            items={"grid": {"x": {"range": [0, 10]}}}))
+    (tmp_path / "tasks.py").write_text("def f(item, ctx):\n    return {}\n")
     campaign = corral.open(str(tmp_path / "corral.yaml"))
     try:
         plan = campaign.check(Selection(limit=3))

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from corral.cli import output
+from corral.cli import output, report_cmd
 from corral.cli.args import split_args
 from corral.cli.output import err, print_json, when
 from corral.errors import CorralError
@@ -281,6 +281,9 @@ def runs(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, as_js
         row["created"] = when(row["created_at"])
     output.out.print(output.table(rows, ["id", "status", "created", "items", "tasks", "done", "failed",
                                          "code_revision", "host"]))
+
+
+app.command(name="report")(report_cmd.report)
 
 
 def main(argv: list[str] | None = None) -> int:
