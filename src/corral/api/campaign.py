@@ -200,33 +200,29 @@ def _check_templates(loaded: LoadedCampaign, name: str, stage, sample: dict[str,
 def _check_callables(loaded: LoadedCampaign, name: str, stage) -> None:
     """A ``call:`` (or skip_if/verify callable) whose module cannot be found fails at check time,
     not once per task. Only the module is looked up; nothing of the user's code is imported."""
+    import importlib.machinery
     import importlib.util
-    import sys
 
     from corral.errors import SpecError
 
     refs = [("call", stage.call), ("skip_if", stage.skip_callable), ("verify", stage.verify_callable)]
-    root = str(loaded.root)
-    added = root not in sys.path
-    if added:
-        sys.path.insert(0, root)
-    try:
-        for key, ref in refs:
-            if not ref:
-                continue
-            module = ref.split(":", 1)[0]
-            try:
-                found = importlib.util.find_spec(module) is not None
-            except (ImportError, ValueError):
-                found = False
-            if not found:
-                raise SpecError(f"cannot find the module {module!r} of {ref!r}", file=str(loaded.path),
-                                key=f"stages.{name}.{key}",
-                                expected=f"{module.replace('.', '/')}.py beside the campaign file, or an "
-                                         "installed package")
-    finally:
-        if added:
-            sys.path.remove(root)
+    for key, ref in refs:
+        if not ref:
+            continue
+        module = ref.split(":", 1)[0]
+        top = module.split(".", 1)[0]
+        # Beside the campaign file first (as workers see it), then the installed packages; the
+        # top-level name is enough, and sys.path is left alone (several controllers may share it).
+        try:
+            found = (importlib.machinery.PathFinder.find_spec(top, [str(loaded.root)]) is not None
+                     or importlib.util.find_spec(top) is not None)
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise SpecError(f"cannot find the module {module!r} of {ref!r}", file=str(loaded.path),
+                            key=f"stages.{name}.{key}",
+                            expected=f"{module.replace('.', '/')}.py beside the campaign file, or an "
+                                     "installed package")
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
