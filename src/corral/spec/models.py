@@ -8,9 +8,9 @@ from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from corral.refs import CALLABLE_RE, single_callable
 from corral.spec.durations import parse_duration, parse_size
 
-CALLABLE_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 STAGE_NAME_RE = re.compile(r"^[A-Za-z_][\w-]*$")
 ERROR_CLASSES = (
     "exception", "exit_code", "signal", "timeout", "oom", "preempted", "node_fail", "worker_lost",
@@ -135,17 +135,12 @@ class Stage(Strict):
 
     @property
     def skip_callable(self) -> str | None:
-        return _single_callable(self.skip_if)
+        return single_callable(self.skip_if)
 
     @property
     def verify_callable(self) -> str | None:
-        return _single_callable(self.verify)
+        return single_callable(self.verify)
 
-
-def _single_callable(values: list[str] | None) -> str | None:
-    if values and len(values) == 1 and CALLABLE_RE.match(values[0]):
-        return values[0]
-    return None
 
 
 class LocalBackend(Strict):

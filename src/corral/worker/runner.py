@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -21,13 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from corral.refs import single_callable
 from corral.worker import protocol
 from corral.worker.context import LazyLog, TaskContext
 
 HOST = socket.gethostname()
-
-
-_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 @dataclass
@@ -50,17 +47,12 @@ class WorkerStage:
 
     @property
     def skip_callable(self) -> str | None:
-        return _single_callable(self.skip_if)
+        return single_callable(self.skip_if)
 
     @property
     def verify_callable(self) -> str | None:
-        return _single_callable(self.verify)
+        return single_callable(self.verify)
 
-
-def _single_callable(values: list[str] | None) -> str | None:
-    if values and len(values) == 1 and _CALLABLE.match(values[0]):
-        return values[0]
-    return None
 
 
 class Interrupted(BaseException):
