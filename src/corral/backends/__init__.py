@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any, Callable
 
 from corral.backends.base import Backend
+
+#: backend type (the ``type:`` of a ``backends:`` entry) -> "module:class", imported on first use
+BACKEND_CLASSES: dict[str, str] = {
+    "local": "corral.backends.local:LocalBackendImpl",
+}
 
 
 def make_backend(name: str, settings: Any, log: Callable[[str], None] | None = None,
                  wake: Callable[[], None] | None = None) -> Backend:
     kind = getattr(settings, "type", name)
-    if kind == "local":
-        from corral.backends.local import LocalBackendImpl
+    target = BACKEND_CLASSES.get(kind)
+    if target is None:
+        raise ValueError(f"no backend of type {kind!r}")
+    module, _, cls = target.partition(":")
+    return getattr(import_module(module), cls)(name, settings, log=log, wake=wake)
 
-        return LocalBackendImpl(name, settings, log=log, wake=wake)
-    raise ValueError(f"no backend of type {kind!r}")
 
-
-__all__ = ["Backend", "make_backend"]
+__all__ = ["Backend", "BACKEND_CLASSES", "make_backend"]

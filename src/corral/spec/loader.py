@@ -19,7 +19,8 @@ from pydantic import BaseModel, ValidationError
 
 from corral.errors import SpecError
 from corral.spec import models
-from corral.spec.models import BACKEND_TYPES, Campaign
+from corral.spec.backend_types import BACKEND_TYPES
+from corral.spec.models import Campaign
 
 
 @dataclass

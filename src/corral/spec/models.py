@@ -155,9 +155,6 @@ class LocalBackend(Strict):
     python: str | None = None
 
 
-BACKEND_TYPES: dict[str, type[BaseModel]] = {"local": LocalBackend}
-
-
 class ItemsFrom(Strict):
     path: str
     where: str | None = None

@@ -1,0 +1,14 @@
+"""The settings model of every backend type, by the ``type:`` a ``backends:`` entry gives.
+
+Each backend's settings live in their own module of this package; register them here.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from corral.spec.models import LocalBackend
+
+BACKEND_TYPES: dict[str, type[BaseModel]] = {
+    "local": LocalBackend,
+}
