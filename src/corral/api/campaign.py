@@ -128,10 +128,16 @@ class Campaign:
         clock = clock or SystemClock()
         if run_id:
             row = resolve_run(ledger, self.loaded, run_id)
-            if row["config_hash"] != snapshot_hash(self.loaded, selection) and not force:
-                raise CorralError(f"run {row['id']} was made from a different configuration; "
-                                  f"use the same file and overrides, or --force to continue it anyway\n"
-                                  + config_diff(run_config(row), self.loaded.config))
+            if row["config_hash"] != snapshot_hash(self.loaded, selection):
+                from corral.engine.registry import config_diff as flat_diff
+
+                diff = flat_diff(run_config(row), self.loaded.config, "run snapshot", "campaign now") or \
+                    "(the same config; the item selection differs: --limit or --shard)"
+                if not force:
+                    raise CorralError(f"run {row['id']} was made from a different configuration; "
+                                      f"use the same file and overrides, or --force to continue it anyway\n" + diff)
+                _record_forced(ledger, row["id"], diff, clock.now())
+                self.log(f"run {row['id']} continued with a different configuration (--force)")
             return Run(self, row), False
         if not new:
             row = find_resumable(ledger, self.loaded, selection)
@@ -146,6 +152,12 @@ class Campaign:
         if created:
             self.log(f"created run {row['id']} with {row['item_count']} items")
         return Run(self, row), created
+
+    def registry(self):
+        """The runs of this ledger: list, filter, tag, note, show, diff, merge, ingest."""
+        from corral.api.registry import Registry
+
+        return Registry(self)
 
     def run(self, run_id: str | None = None) -> "Run":
         ledger = self.ledger(create=False)
@@ -168,6 +180,15 @@ class Campaign:
                         "failed": totals.get("failed", 0), "host": row["host"],
                         "code_revision": row["code_revision"], "config_hash": row["config_hash"]})
         return out
+
+
+def _record_forced(ledger: Ledger, run_id: str, diff: str, now: float) -> None:
+    """``--force`` on a run made from another configuration: the diff goes into its notes and events."""
+    from corral.engine.registry import add_note
+
+    add_note(ledger, run_id, "continued with --force; config changes:\n" + diff, now)
+    with ledger.write() as conn:
+        ledger.add_events(conn, [{"at": now, "run_id": run_id, "kind": "force", "message": diff}])
 
 
 def _display(url: str) -> str:

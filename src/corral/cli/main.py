@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from corral.cli import output, report_cmd
+from corral.cli import formats, output, report_cmd, runs_cmd
 from corral.cli.args import split_args
 from corral.cli.output import err, print_json, when
 from corral.errors import CorralError
@@ -85,6 +85,8 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
         shard: Optional[str] = typer.Option(None, "--shard", help="Only items whose stable hash is in shard I of N."),
         new: bool = typer.Option(False, "--new", help="Start a new run even if one with this config exists."),
         force: bool = typer.Option(False, "--force", help="Continue --run-id even if its config differs."),
+        tag: Optional[List[str]] = typer.Option(None, "--tag", help="Tag the run: key=value (repeatable)."),
+        note: Optional[str] = typer.Option(None, "--note", help="Add a note to the run."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display.")) -> None:
     """Run the campaign until every task is done, failed or cancelled (resumes an unfinished run)."""
     campaign, _ = _campaign(args, ledger)
@@ -93,8 +95,15 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
         plan = campaign.check(selection)
         print_json(plan)
         return
+    from corral.engine.registry import parse_tags
+
+    tags = parse_tags(tag or [])
     the_run, created = campaign.start(selection, new=new, run_id=run_id, force=force)
     err.print(f"{'started' if created else 'continuing'} run [bold]{the_run.id}[/bold]", highlight=False)
+    if tags:
+        campaign.registry().tag(the_run.id, tags)
+    if note:
+        campaign.registry().note(the_run.id, note)
     if created and not new:
         others = [r for r in campaign.ledger().find_runs(name=campaign.spec.name)
                   if r["id"] != the_run.id and r["status"] == "active"]
@@ -153,15 +162,19 @@ def tick(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_i
 @app.command()
 def status(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
            as_json: bool = JSON,
-           submissions: bool = typer.Option(False, "--submissions", help="List in-flight submissions.")) -> None:
+           submissions: bool = typer.Option(False, "--submissions", help="List in-flight submissions."),
+           fmt: Optional[str] = formats.FORMAT, out_file: Optional[Path] = formats.OUTPUT) -> None:
     """Where a run stands: tasks per stage and state."""
     campaign, _ = _campaign(args, ledger)
     the_run = campaign.run(run_id)
     data = the_run.status()
     if submissions:
         data["submissions"] = the_run.submissions(open_only=True)
-    if as_json:
-        print_json(data)
+    fmt = formats.chosen_format(fmt, as_json)
+    if fmt != "table" or out_file is not None:
+        rows = [{"stage": stage, **states} for stage, states in data["stages"].items()]
+        formats.emit(rows, STATUS_COLUMNS, fmt, out_file, title=f"run {data['run']['id']}: {data['run']['status']}",
+                     data=data)
         return
     _print_summary(data, to=output.out)
     if submissions:
@@ -180,8 +193,10 @@ def _print_summary(data, to=None) -> None:
     rows = []
     for stage, states in data["stages"].items():
         rows.append({"stage": stage, **{k: v for k, v in states.items()}})
-    columns = ["stage", "total", "done", "failed", "cancelled", "running", "queued", "pending", "waiting"]
-    console.print(output.table(rows, columns))
+    console.print(output.table(rows, STATUS_COLUMNS))
+
+
+STATUS_COLUMNS = ["stage", "total", "done", "failed", "cancelled", "running", "queued", "pending", "waiting"]
 
 
 @app.command()
@@ -268,21 +283,8 @@ def export(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run
     err.print(f"exported {count} records of run {the_run.id}")
 
 
-@app.command()
-def runs(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, as_json: bool = JSON,
-         all_campaigns: bool = typer.Option(False, "--all", help="Runs of every campaign in this ledger.")) -> None:
-    """The runs in the ledger (the registry)."""
-    campaign, _ = _campaign(args, ledger)
-    rows = campaign.runs(all_campaigns=all_campaigns)
-    if as_json:
-        print_json(rows)
-        return
-    for row in rows:
-        row["created"] = when(row["created_at"])
-    output.out.print(output.table(rows, ["id", "status", "created", "items", "tasks", "done", "failed",
-                                         "code_revision", "host"]))
-
-
+app.command(name="runs")(runs_cmd.runs)
+app.command(name="ingest")(runs_cmd.ingest)
 app.command(name="report")(report_cmd.report)
 
 

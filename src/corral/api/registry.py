@@ -1,0 +1,78 @@
+"""The run registry from Python: list and filter runs, tag and annotate them, show, diff, merge, ingest."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from corral.engine import registry
+from corral.engine.combine import Outcome, merge_runs
+from corral.engine.ingest import ingest_path
+from corral.engine.runs import resolve_run
+
+
+class Registry:
+    """The runs of one ledger, reached through a campaign (``Campaign.registry()``)."""
+
+    def __init__(self, campaign):
+        self.campaign = campaign
+
+    @property
+    def ledger(self):
+        return self.campaign.ledger(create=False)
+
+    def resolve(self, ref: str) -> dict[str, Any]:
+        return resolve_run(self.ledger, self.campaign.loaded, ref)
+
+    def list(self, where: Sequence[str] = (), all_campaigns: bool = False) -> list[dict[str, Any]]:
+        """One summary per run, newest first; ``where`` conditions as in ``corral runs --where``."""
+        ledger = self.ledger
+        rows = ledger.find_runs(name=None if all_campaigns or where else self.campaign.spec.name)
+        if not all_campaigns and where and not any(w.split("=", 1)[0].rstrip("!") == "name" for w in where):
+            rows = [r for r in rows if r["name"] == self.campaign.spec.name]
+        rows = registry.filter_runs(rows, where)
+        out = []
+        for row in rows:
+            totals: dict[str, int] = {}
+            for states in ledger.counts(row["id"]).values():
+                for state, n in states.items():
+                    totals[state] = totals.get(state, 0) + n
+            tasks = sum(totals.values())
+            finished = sum(totals.get(s, 0) for s in ("done", "failed", "cancelled"))
+            out.append({"id": row["id"], "name": row["name"], "status": row["status"],
+                        "created_at": row["created_at"], "items": row["item_count"], "tasks": tasks,
+                        "done": totals.get("done", 0), "failed": totals.get("failed", 0),
+                        "progress": (finished / tasks) if tasks else 1.0, "host": row["host"],
+                        "code_revision": row["code_revision"], "config_hash": row["config_hash"],
+                        "tags": registry.run_tags(row), "notes": len(registry.run_notes(row))})
+        return out
+
+    def show(self, ref: str) -> dict[str, Any]:
+        return registry.run_record(self.ledger, self.resolve(ref))
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        ra, rb = self.resolve(a), self.resolve(b)
+        ca, cb = registry.loads(ra["config"]) or {}, registry.loads(rb["config"]) or {}
+        return {"a": ra["id"], "b": rb["id"], "same_hash": ra["config_hash"] == rb["config_hash"],
+                "changes": registry.config_changes(ca, cb),
+                "diff": registry.config_diff(ca, cb, ra["id"], rb["id"])}
+
+    def tag(self, ref: str, tags: dict[str, str], remove: Sequence[str] = ()) -> dict[str, str]:
+        return registry.add_tags(self.campaign.ledger(), self.resolve(ref)["id"], tags, time.time(), remove)
+
+    def note(self, ref: str, text: str) -> list[dict[str, Any]]:
+        return registry.add_note(self.campaign.ledger(), self.resolve(ref)["id"], text, time.time())
+
+    def merge(self, refs: Sequence[str], into: str, prefer: str | None = None) -> Outcome:
+        ids = [self.resolve(r)["id"] for r in refs]
+        if prefer and prefer != "newest":
+            prefer = self.resolve(prefer)["id"]
+        return merge_runs(self.campaign.ledger(), ids, into, prefer, time.time())
+
+    def ingest(self, paths: Sequence[str | Path]) -> list[Outcome]:
+        ledger = self.campaign.ledger()
+        out: list[Outcome] = []
+        for path in paths:
+            out.extend(ingest_path(ledger, Path(path), time.time()))
+        return out

@@ -1,0 +1,255 @@
+"""Putting runs together: ``runs merge`` (a union of runs in one ledger) and ``ingest`` (runs of another
+ledger, or of a results folder, into this one).
+
+Both work by item identity (the stable hash of an item's parameters): one task per (stage, item
+identity) in the target, written once; doing it again finds everything present and adds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from sqlalchemy import func, select, update
+
+from corral.errors import CorralError
+from corral.ledger import Ledger, dumps, loads, schema
+
+ONCE = "(all)"  # the identity of a once-per-run task (item_idx -1)
+TERMINAL = ("done", "failed", "cancelled")
+_TASK_FIELDS = ("state", "attempts", "result", "error_class", "error_message", "started_at", "finished_at", "host",
+                "tokens_in", "tokens_out", "cost", "backend", "queued_at", "ready_at")
+
+
+@dataclass
+class SourceRun:
+    """A run read into memory: its row, its items by identity, its tasks by (stage, identity)."""
+
+    row: dict[str, Any]
+    items: dict[str, tuple[str, str]] = field(default_factory=dict)      # item_id -> (key, canonical params)
+    tasks: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    origin: str = ""
+
+
+@dataclass
+class Outcome:
+    target: str
+    created: bool = False
+    items_added: int = 0
+    tasks_added: int = 0
+    tasks_updated: int = 0
+    unchanged: int = 0
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    chosen: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run": self.target, "created": self.created, "items_added": self.items_added,
+                "tasks_added": self.tasks_added, "tasks_updated": self.tasks_updated, "unchanged": self.unchanged,
+                "conflicts": self.conflicts, "chosen_from": self.chosen}
+
+
+def read_run(ledger: Ledger, run_id: str, origin: str = "") -> SourceRun:
+    t, i = schema.tasks, schema.items
+    with ledger.read() as conn:
+        row = conn.execute(select(schema.runs).where(schema.runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise CorralError(f"no run {run_id!r} in {ledger.display_url}")
+        source = SourceRun(row=dict(row), origin=origin or ledger.display_url)
+        by_idx: dict[int, str] = {}
+        for idx, item_id, key, params in conn.execute(select(i.c.idx, i.c.item_id, i.c.key, i.c.params)
+                                                      .where(i.c.run_id == run_id)):
+            by_idx[idx] = item_id
+            source.items[item_id] = (key, params)
+        columns = [t.c.id, t.c.stage, t.c.item_idx, t.c.info] + [t.c[name] for name in _TASK_FIELDS]
+        for task in conn.execute(select(*columns).where(t.c.run_id == run_id)).mappings():
+            task = dict(task)
+            identity = ONCE if task["item_idx"] < 0 else by_idx.get(task["item_idx"])
+            if identity is None:
+                continue
+            task["source_run"] = run_id
+            source.tasks[(task["stage"], identity)] = task
+    return source
+
+
+def _result_value(task: dict[str, Any]) -> Any:
+    return json.loads(task["result"]) if task.get("result") else None
+
+
+def same_outcome(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["state"] == b["state"] and _result_value(a) == _result_value(b)
+
+
+def choose(sources: list[SourceRun], prefer: str | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """One task per (stage, identity): a done task over any other state; among done ones, the
+    preferred run's, else the newest (latest finish); among unfinished ones, the most advanced."""
+    rank = {"done": 3, "failed": 2, "cancelled": 1}
+    chosen: dict[tuple[str, str], dict[str, Any]] = {}
+    for source in sources:
+        for key, task in source.tasks.items():
+            old = chosen.get(key)
+            if old is None:
+                chosen[key] = task
+                continue
+            new_rank, old_rank = rank.get(task["state"], 0), rank.get(old["state"], 0)
+            if new_rank != old_rank:
+                if new_rank > old_rank:
+                    chosen[key] = task
+                continue
+            if prefer and prefer != "newest":
+                if task["source_run"] == prefer and old["source_run"] != prefer:
+                    chosen[key] = task
+                continue
+            if (task.get("finished_at") or 0) > (old.get("finished_at") or 0):
+                chosen[key] = task
+    return chosen
+
+
+def absorb(ledger: Ledger, target_id: str, sources: list[SourceRun], chosen: dict[tuple[str, str], dict[str, Any]],
+           mode: str, now: float, create_row: dict[str, Any] | None = None) -> Outcome:
+    """Write ``chosen`` tasks into the run ``target_id`` (created from ``create_row`` when given).
+
+    ``mode`` "replace" (merge): a task that differs from the chosen one takes its state and result.
+    ``mode`` "keep" (ingest): an unfinished task takes a finished one; two different finished ones are
+    a conflict, listed and left as they are.
+    """
+    items = {}
+    for source in sources:
+        items.update({k: v for k, v in source.items.items() if k not in items})
+    outcome = Outcome(target=target_id)
+    t, i = schema.tasks, schema.items
+    with ledger.write() as conn:
+        if create_row is not None:
+            conn.execute(schema.runs.insert(), [create_row])
+            outcome.created = True
+        existing_items: dict[str, int] = {}
+        for idx, item_id in conn.execute(select(i.c.idx, i.c.item_id).where(i.c.run_id == target_id)):
+            existing_items[item_id] = idx
+        next_idx = (max(existing_items.values()) + 1) if existing_items else 0
+        existing_tasks: dict[tuple[str, str], dict[str, Any]] = {}
+        by_idx = {v: k for k, v in existing_items.items()}
+        for task in conn.execute(select(t.c.id, t.c.stage, t.c.item_idx, t.c.state, t.c.result, t.c.info)
+                                 .where(t.c.run_id == target_id)).mappings():
+            identity = ONCE if task["item_idx"] < 0 else by_idx.get(task["item_idx"])
+            if identity is not None:
+                existing_tasks[(task["stage"], identity)] = dict(task)
+        new_items, new_tasks, updates = [], [], []
+        for (stage, identity), task in sorted(chosen.items(), key=lambda kv: (kv[0][1] != ONCE, kv[0])):
+            if identity == ONCE:
+                idx = -1
+            elif identity in existing_items:
+                idx = existing_items[identity]
+            else:
+                key, params = items[identity]
+                idx = existing_items[identity] = next_idx
+                next_idx += 1
+                new_items.append({"run_id": target_id, "idx": idx, "item_id": identity, "key": key, "params": params})
+            have = existing_tasks.get((stage, identity))
+            values = _task_values(task)
+            if have is None:
+                new_tasks.append({"run_id": target_id, "stage": stage, "item_idx": idx, **values})
+                outcome.chosen[task["source_run"]] = outcome.chosen.get(task["source_run"], 0) + 1
+                continue
+            if same_outcome(have, task):
+                outcome.unchanged += 1
+                continue
+            if mode == "keep" and have["state"] in TERMINAL and task["state"] not in TERMINAL:
+                outcome.unchanged += 1
+                continue
+            if mode == "keep" and have["state"] == "done" and task["state"] == "done":
+                outcome.conflicts.append({"stage": stage, "item_id": identity, "item_key": items.get(identity, ("",))[0],
+                                          "here": _result_value(have), "there": _result_value(task),
+                                          "from": task["source_run"]})
+                continue
+            if mode == "keep" and have["state"] == "done":
+                outcome.unchanged += 1
+                continue
+            updates.append((have["id"], values))
+            outcome.chosen[task["source_run"]] = outcome.chosen.get(task["source_run"], 0) + 1
+        if new_items:
+            conn.execute(i.insert(), new_items)
+        if new_tasks:
+            for start in range(0, len(new_tasks), 5000):
+                conn.execute(t.insert(), new_tasks[start:start + 5000])
+        for task_id, values in updates:
+            conn.execute(update(t).where(t.c.id == task_id).values(**values, submission_id=None, not_before=None))
+        count = conn.execute(select(func.count()).select_from(i).where(i.c.run_id == target_id)).scalar_one()
+        conn.execute(update(schema.runs).where(schema.runs.c.id == target_id).values(item_count=count, updated_at=now))
+        outcome.items_added, outcome.tasks_added, outcome.tasks_updated = len(new_items), len(new_tasks), len(updates)
+        status = run_status(conn, target_id)
+        ledger.set_run_status(conn, target_id, status, now)
+    return outcome
+
+
+def _task_values(task: dict[str, Any]) -> dict[str, Any]:
+    values = {name: task.get(name) for name in _TASK_FIELDS}
+    if values["state"] not in TERMINAL:
+        # Unfinished elsewhere: runs again here when the run is continued.
+        values.update(state="pending" if values["state"] != "waiting" else "waiting", started_at=None,
+                      finished_at=None)
+    values["attempts"] = values["attempts"] or 0
+    info = loads(task.get("info")) or {}
+    info["from_task"] = [task["source_run"], task["id"]]
+    values["info"] = dumps(info)
+    return values
+
+
+def run_status(conn, run_id: str) -> str:
+    t = schema.tasks
+    states = {s for (s,) in conn.execute(select(t.c.state).where(t.c.run_id == run_id).distinct())}
+    if states & {"waiting", "pending", "queued", "running"}:
+        return "active"
+    return "finished_with_failures" if states & {"failed", "cancelled"} else "finished"
+
+
+def add_event(ledger: Ledger, run_id: str, kind: str, now: float, message: Any, count: int | None = None) -> None:
+    with ledger.write() as conn:
+        ledger.add_events(conn, [{"at": now, "run_id": run_id, "kind": kind, "count": count,
+                                  "message": message if isinstance(message, str) else dumps(message)}])
+
+
+def merged_row(sources: list[SourceRun], into: str, prefer: str | None, now: float) -> dict[str, Any]:
+    base = next((s for s in sources if s.row["id"] == prefer), sources[0]).row
+    selection = loads(base.get("selection")) or {}
+    order: list[str] = []
+    for source in sources:
+        for name in (loads(source.row.get("selection")) or {}).get("param_order") or []:
+            if name not in order:
+                order.append(name)
+    from corral.spec.loader import config_hash
+
+    return {**{k: base[k] for k in ("name", "campaign", "config", "code_revision", "host", "versions")},
+            "id": into, "created_at": now, "updated_at": now, "finished_at": None, "status": "active",
+            "config_hash": "merge:" + config_hash({"into": into, "from": sorted(s.row["id"] for s in sources)})[:16],
+            "selection": dumps({"limit": None, "shard": None, "merged_from": [s.row["id"] for s in sources],
+                                "prefer": prefer or "newest", "overrides": selection.get("overrides", []),
+                                "param_order": order}),
+            "tags": dumps({}), "notes": None, "item_count": 0}
+
+
+def merge_runs(ledger: Ledger, run_ids: Iterable[str], into: str, prefer: str | None, now: float) -> Outcome:
+    run_ids = list(dict.fromkeys(run_ids))
+    if len(run_ids) < 1:
+        raise CorralError("name at least one run to merge")
+    if into in run_ids:
+        raise CorralError(f"--into {into!r} is one of the runs being merged; choose a new name")
+    if prefer and prefer != "newest" and prefer not in run_ids:
+        raise CorralError(f"--prefer {prefer!r} is not one of the merged runs ({', '.join(run_ids)}) or 'newest'")
+    sources = [read_run(ledger, r) for r in run_ids]
+    existing = ledger.get_run(into)
+    create_row = None
+    if existing is None:
+        create_row = merged_row(sources, into, prefer, now)
+    elif not (loads(existing.get("selection")) or {}).get("merged_from"):
+        raise CorralError(f"run {into!r} exists and is not a merged run; choose another --into name")
+    chosen = choose(sources, prefer)
+    outcome = absorb(ledger, into, sources, chosen, "replace", now, create_row=create_row)
+    if existing is not None:
+        selection = loads(existing["selection"]) or {}
+        merged = list(dict.fromkeys((selection.get("merged_from") or []) + run_ids))
+        with ledger.write() as conn:
+            conn.execute(update(schema.runs).where(schema.runs.c.id == into).values(
+                selection=dumps({**selection, "merged_from": merged, "prefer": prefer or "newest"})))
+    add_event(ledger, into, "merge", now, {"from": run_ids, "prefer": prefer or "newest", **outcome.as_dict()},
+              count=outcome.tasks_added + outcome.tasks_updated)
+    return outcome
