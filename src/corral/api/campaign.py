@@ -164,6 +164,10 @@ class Campaign:
         row = resolve_run(ledger, self.loaded, run_id) if run_id else latest_run(ledger, self.loaded)
         return Run(self, row)
 
+    def results(self, run_id: str | None = None, stage: str | None = None, states: list[str] | None = None):
+        """A run's records (the newest run by default) as a pandas DataFrame."""
+        return self.run(run_id).results(stage=stage, states=states)
+
     def runs(self, all_campaigns: bool = False) -> list[dict[str, Any]]:
         ledger = self.ledger(create=False)
         rows = ledger.find_runs(name=None if all_campaigns else self.spec.name)
@@ -397,6 +401,13 @@ class Run:
         folder = self.run_dir / "logs" / task["stage"]
         key = task_key(task["id"])
         return sorted(folder.glob(f"{key}.*.log"), key=lambda p: int(p.suffixes[0][1:]) if p.suffixes[0][1:].isdigit() else 0)
+
+    def results(self, stage: str | None = None, states: list[str] | None = None):
+        """The records as a pandas DataFrame (``pip install 'corral[pandas]'``): item parameters, result
+        fields and metadata (run id, attempts, timings, tokens, cost), one row per item and stage."""
+        from corral.api.frames import dataframe
+
+        return dataframe(self.records(stage=stage, states=states))
 
     def records(self, stage: str | None = None, states: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """One record per (item, stage): item parameters, result fields and metadata."""

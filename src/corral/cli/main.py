@@ -262,18 +262,28 @@ def logs(args: Optional[List[str]] = typer.Argument(None, help="[CAMPAIGN.yaml] 
 
 @app.command()
 def export(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
-           fmt: str = typer.Option("jsonl", "--format", "-f", help="json | jsonl | csv"),
+           fmt: str = typer.Option("jsonl", "--format", "-f", help="json | jsonl | csv | parquet (needs -o)"),
            out_file: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
            stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
            state: Optional[str] = typer.Option(None, "--state", help="Only tasks in this state, e.g. done.")) -> None:
     """Item parameters + result fields + metadata, one record per item and stage."""
-    if fmt not in ("json", "jsonl", "csv"):
-        raise CorralError(f"--format {fmt!r} is not one of json, jsonl, csv")
+    if fmt not in ("json", "jsonl", "csv", "parquet"):
+        raise CorralError(f"--format {fmt!r} is not one of json, jsonl, csv, parquet")
+    if fmt == "parquet":
+        if out_file is None:
+            raise CorralError("--format parquet writes a file: add -o FILE.parquet")
+        from corral.api.frames import _need
+
+        _need("pyarrow", "parquet")
     campaign, _ = _campaign(args, ledger)
     _check_stage(campaign, stage)
     the_run = campaign.run(run_id)
     records = the_run.records(stage=stage, states=[state] if state else None)
-    if out_file is None:
+    if fmt == "parquet":
+        from corral.api.frames import write_parquet
+
+        count = write_parquet(records, out_file)
+    elif out_file is None:
         count = output.write_records(records, fmt, sys.stdout)
     else:
         tmp = out_file.with_name(f".{out_file.name}.tmp")
