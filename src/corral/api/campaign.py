@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from corral.engine import Clock, Engine, SystemClock, TickReport
 from corral.engine.log import ControllerLog
+from corral.engine.results_files import check_template as check_results_template
 from corral.engine.runs import (Selection, create_run, find_resumable, latest_run, resolve_run, run_config,
                                 snapshot_hash)
 from corral.errors import CorralError, NotFound
@@ -81,6 +82,7 @@ class Campaign:
         items = list(source.items(limit=selection.limit, shard=selection.shard))
         sample = items[0].params if items else {}
         stages = {}
+        check_results_template(self.loaded, sample)
         for name in self.loaded.stage_order():
             stage = self.spec.stages[name]
             _check_templates(self.loaded, name, stage, sample)
@@ -120,6 +122,7 @@ class Campaign:
         if self.spec.items.key:
             source._check_key_template(self.spec.items.key)
         first = next(iter(source.params()), {})
+        check_results_template(self.loaded, first)
         for name, stage in self.spec.stages.items():
             _check_templates(self.loaded, name, stage, first)
             _check_callables(self.loaded, name, stage)
@@ -286,6 +289,13 @@ class Run:
             return engine.tick()
         finally:
             engine.close()
+            self.result_files().sync()
+
+    def result_files(self):
+        """The campaign's ``results:`` files of this run (``sync()`` writes what was recorded since)."""
+        from corral.engine.results_files import ResultFiles
+
+        return ResultFiles(self.campaign.loaded, self.ledger, self.id)
 
     def run(self, *, clock: Clock | None = None, on_tick: Callable[[TickReport], None] | None = None,
             should_stop: Callable[[], bool] = lambda: False, max_interval: float = 5.0) -> TickReport:
@@ -294,9 +304,11 @@ class Run:
         engine = self.engine(clock)
         interval = engine.poll_interval()
         report = TickReport()
+        files = self.result_files()
         try:
             while True:
                 report = engine.tick(wait_for_lock=True)
+                files.sync()
                 if on_tick:
                     on_tick(report)
                 if report.finished or should_stop():
@@ -322,6 +334,7 @@ class Run:
                     report = engine.tick(wait_for_lock=True, submit=False)
         finally:
             engine.close()
+            files.sync()
         return report
 
     # -- reading ------------------------------------------------------------------------
