@@ -10,17 +10,21 @@ from corral.backends.base import Backend
 #: backend type (the ``type:`` of a ``backends:`` entry) -> "module:class", imported on first use
 BACKEND_CLASSES: dict[str, str] = {
     "local": "corral.backends.local:LocalBackendImpl",
+    "openai_batch": "corral.backends.openai_batch:OpenAIBatchBackend",
+    "anthropic_batch": "corral.backends.anthropic_batch:AnthropicBatchBackend",
 }
 
 
 def make_backend(name: str, settings: Any, log: Callable[[str], None] | None = None,
-                 wake: Callable[[], None] | None = None) -> Backend:
+                 wake: Callable[[], None] | None = None, clock: Any | None = None) -> Backend:
     kind = getattr(settings, "type", name)
     target = BACKEND_CLASSES.get(kind)
     if target is None:
         raise ValueError(f"no backend of type {kind!r}")
     module, _, cls = target.partition(":")
-    return getattr(import_module(module), cls)(name, settings, log=log, wake=wake)
+    backend = getattr(import_module(module), cls)(name, settings, log=log, wake=wake)
+    backend.clock = clock
+    return backend
 
 
 __all__ = ["Backend", "BACKEND_CLASSES", "make_backend"]

@@ -7,6 +7,7 @@ crash with the same arguments, so each must be safe to repeat.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class Backlog:
     more_coming: bool = False
     waited: float = 0.0
     mean_seconds: float | None = None   # learned run time of one task, when known
+    cost_spent: float = 0.0             # the run's recorded cost so far (for backends with ``wants_cost``)
 
 
 @dataclass
@@ -129,6 +131,8 @@ class Backend(ABC):
     kind: str = "abstract"
     #: seconds between polls while this backend has work in flight
     poll_interval: float = 1.0
+    #: whether plan() needs ``Backlog.cost_spent`` (a sum over the run's tasks, so only on request)
+    wants_cost: bool = False
 
     def __init__(self, name: str, settings: Any, *, log: Callable[[str], None] | None = None,
                  wake: Callable[[], None] | None = None):
@@ -137,6 +141,11 @@ class Backend(ABC):
         self.log = log or (lambda message: None)
         #: call to end the controller's sleep early when something changed (a worker exited)
         self.wake = wake or (lambda: None)
+        #: the engine's clock (``now()``), virtual in tests and benchmarks; None means wall time
+        self.clock: Any | None = None
+
+    def now(self) -> float:
+        return self.clock.now() if self.clock is not None else time.time()
 
     @abstractmethod
     def plan(self, stage: StageContext, backlog: Backlog, in_flight: list[SubmissionRecord],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,7 +9,8 @@ import typer
 
 from corral.errors import CorralError
 
-ARGS = typer.Argument(None, help="[CAMPAIGN.yaml] [key=value overrides...]", show_default=False)
+ARGS = typer.Argument(None, help="[CAMPAIGN.yaml] [NAME] [key=value overrides...]  (NAME: a report of the "
+                                 "campaign's report: section)", show_default=False)
 
 
 def report(args: Optional[List[str]] = ARGS,
@@ -18,6 +18,8 @@ def report(args: Optional[List[str]] = ARGS,
            run_ids: Optional[List[str]] = typer.Option(
                None, "--run-id", help="A run to report on; repeat to compare runs as columns (default: the newest "
                                       "run of the campaign)."),
+           where: Optional[List[str]] = typer.Option(
+               None, "--where", "-w", help="Report on the runs where KEY=VALUE (as in `corral runs --where`)."),
            by: Optional[List[str]] = typer.Option(
                None, "--by", help="Group by these dimensions, comma-separated: item parameters (setting), config "
                                   "values of the run (params.seed, or policy for params.policy), stage, run, "
@@ -27,7 +29,7 @@ def report(args: Optional[List[str]] = ARGS,
                                       "the first boolean result field."),
            stage: Optional[str] = typer.Option(
                None, "--stage", help="Only this stage (default: the first per-item stage, unless --by stage)."),
-           fmt: str = typer.Option("table", "--format", "-f", help="table | json | md | csv | latex | html"),
+           fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table | json | md | csv | latex | html"),
            out_file: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
            plot_file: Optional[Path] = typer.Option(
                None, "--plot", help="Also save a PNG: the metric by the first --by dimension, and progress over "
@@ -37,39 +39,77 @@ def report(args: Optional[List[str]] = ARGS,
                                               "config value), or pooled."),
            ) -> None:
     """Success rates, means and 95% intervals per group, from the ledger: table, JSON, Markdown, CSV, LaTeX,
-    HTML, PNG."""
-    from corral.cli import output
+    HTML, PNG. With no options, the campaign's named reports (its report: section)."""
     from corral.cli.main import _campaign
-    from corral.report import FORMATS, aggregate, plot, progress_over_time, render
+    from corral.report import FORMATS
 
-    if fmt not in FORMATS:
+    if fmt is not None and fmt not in FORMATS:
         raise CorralError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    campaign, _ = _campaign(args, ledger)
+    campaign, names = _campaign(args, ledger, positional=1)
     try:
-        if run_ids:
-            rows = [campaign.run(r).row for r in run_ids]
-        else:
-            rows = [campaign.run(None).row]
-        dims = [part for value in (by or []) for part in value.split(",")]
-        table = aggregate(campaign.ledger(create=False), rows, by=dims, metric=metric, stage=stage, compare=compare)
-        if plot_file is not None:
-            series = progress_over_time(campaign.ledger(create=False), [r["id"] for r in rows], table.stage)
-            plot(table, plot_file, series)
-        if fmt == "table" and out_file is None:
-            from corral.report.render import rich_table
+        named = campaign.spec.report
+        if names:
+            if names[0] not in named:
+                from corral.errors import SpecError
 
-            output.out.print(rich_table(table))
+                raise SpecError(f"no report named {names[0]!r}", file=str(campaign.loaded.path), key="report",
+                                expected=("one of " + ", ".join(named)) if named else
+                                "a report: section with named reports (see docs/reports.md)")
+            chosen = {names[0]: named[names[0]]}
+        elif named and not any((run_ids, where, by, metric, stage, fmt, out_file, plot_file, compare is not None)):
+            chosen = dict(named)
         else:
-            text = render(table, fmt)
-            if out_file is None:
-                sys.stdout.write(text)
-                sys.stdout.flush()
-            else:
-                tmp = out_file.with_name(f".{out_file.name}.tmp")
-                tmp.write_text(text)
-                tmp.replace(out_file)
-                output.err.print(f"wrote {out_file}", highlight=False)
-        if plot_file is not None:
-            output.err.print(f"wrote {plot_file}", highlight=False)
+            chosen = {}
+        if not chosen:
+            rows = _runs(campaign, run_ids, where)
+            _produce(campaign, rows, by or [], metric, stage, compare, fmt or "table", out_file, plot_file)
+            return
+        for name, spec in chosen.items():
+            rows = _runs(campaign, run_ids, list(where or []) + spec.runs)
+            formats = [fmt] if fmt else spec.formats
+            for one in formats:
+                # -f without -o prints, as for any report; the section's formats go to its files.
+                target = out_file if out_file is not None else (
+                    None if one == "table" or fmt else campaign.root / spec.path_for(name, one))
+                if target is not None:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                plot = plot_file or (campaign.root / spec.plot if spec.plot and one == formats[0] else None)
+                try:
+                    _produce(campaign, rows, by or spec.by, metric or spec.metric, stage or spec.stage,
+                             compare if compare is not None else spec.compare, one, target, plot)
+                except CorralError as exc:
+                    raise CorralError(f"{campaign.loaded.path}: report.{name}: {exc}") from None
     finally:
         campaign.close()
+
+
+def _runs(campaign, run_ids, where) -> list[dict]:
+    if run_ids:
+        return [campaign.run(r).row for r in run_ids]
+    if where:
+        found = campaign.registry().list(where=where)
+        if not found:
+            raise CorralError(f"no run matches {' and '.join(where)}")
+        ids = [r["id"] for r in found]
+        return [campaign.ledger(create=False).get_run(i) for i in ids]
+    return [campaign.run(None).row]
+
+
+def _produce(campaign, rows, by, metric, stage, compare, fmt, out_file, plot_file) -> None:
+    from corral.cli import output
+    from corral.cli.formats import write_text
+    from corral.report import aggregate, plot, progress_over_time, render
+
+    dims = [part for value in (by or []) for part in value.split(",")]
+    table = aggregate(campaign.ledger(create=False), rows, by=dims, metric=metric, stage=stage, compare=compare)
+    if plot_file is not None:
+        series = progress_over_time(campaign.ledger(create=False), [r["id"] for r in rows], table.stage)
+        plot(table, plot_file, series)
+    if fmt == "table" and out_file is None:
+        from corral.report.render import rich_table
+
+        output.out.print(rich_table(table))
+    else:
+        write_text(render(table, fmt), out_file)
+    if plot_file is not None:
+        output.err.print(f"wrote {plot_file}", highlight=False)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from corral.backends import Backend, make_backend
 from corral.backends.base import Backlog, CapacityError, StageContext, SubmissionRecord, TaskSpec
@@ -64,7 +64,7 @@ class Engine:
         for name, settings in campaign.backends.items():
             if name not in self.backends and any(s.backend == name for s in spec.stages.values()):
                 self.backends[name] = make_backend(name, settings, log=self.log,
-                                                   wake=getattr(self.clock, "wake", None))
+                                                   wake=getattr(self.clock, "wake", None), clock=self.clock)
         self.recorder = Recorder(run_id, spec.stages, self.order, log=self.log)
         self._status: str | None = None
         self._run_stamp: tuple | None = None
@@ -229,6 +229,9 @@ class Engine:
                                       mean_seconds=self.mean_seconds.get(name))
                 else:
                     backlog = Backlog(ready=groups, remaining=groups)
+                if backend.wants_cost:
+                    backlog = replace(backlog, cost_spent=conn.execute(select(func.sum(schema.tasks.c.cost)).where(
+                        schema.tasks.c.run_id == self.run_id)).scalar() or 0.0)
             stage_subs = [s for s in backend_subs if s.stage == name]
             sizes = backend.plan(stage, backlog, stage_subs, backend_subs)
             if stage.spec.per == "batch":

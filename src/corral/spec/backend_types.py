@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from corral.spec.llm import AnthropicBatchSettings, OpenAIBatchSettings
 from corral.spec.models import LocalBackend
 
 BACKEND_TYPES: dict[str, type[BaseModel]] = {
     "local": LocalBackend,
+    "openai_batch": OpenAIBatchSettings,
+    "anthropic_batch": AnthropicBatchSettings,
 }

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from corral.refs import CALLABLE_RE, single_callable
 from corral.spec.durations import parse_duration, parse_size
+from corral.spec.reports import NamedReport, check_report_names
 
 STAGE_NAME_RE = re.compile(r"^[A-Za-z_][\w-]*$")
 ERROR_CLASSES = (
@@ -196,6 +197,7 @@ class Campaign(Strict):
     backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
     results: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    report: dict[str, NamedReport] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -203,6 +205,8 @@ class Campaign(Strict):
         if not re.match(r"^[A-Za-z0-9][\w.-]*$", value):
             raise ValueError("a name of letters, digits, '.', '_' or '-', starting with a letter or digit")
         return value
+
+    _check_reports = field_validator("report")(check_report_names)
 
     @field_validator("stages")
     @classmethod

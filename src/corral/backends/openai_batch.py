@@ -1,0 +1,151 @@
+"""The ``openai_batch`` backend: the OpenAI Batch API through the official ``openai`` SDK.
+
+One submission is one batch: its requests go up as a JSONL file (``purpose=batch``), the batch is
+created with ``completion_window=24h`` and the submission's idempotency key in its ``metadata``, so
+that after a crash the batch is found again through the list endpoint and adopted, never created
+twice. When the batch ends its output and error files are read once, line by line, and matched by
+``custom_id``. HTTP retries (429, 5xx, timeouts) are the SDK's own, with ``max_retries`` and
+``timeout`` from the settings. Scheduling, packing and collection are shared with the Anthropic
+backend (corral.llm.batch).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from corral.backends.base import CapacityError, StageContext, SubmissionRecord
+from corral.llm.batch import BatchStatus, LlmBatchBackend, ResultLine, iter_jsonl
+from corral.llm.packing import Entry
+from corral.spec.llm import OpenAIBatchSettings
+
+#: how far back (seconds, by creation time) to look for a batch to adopt after a crash
+FIND_WINDOW = 6 * 3600.0
+_RUNNING = ("in_progress", "finalizing", "cancelling")
+_ENDED = ("completed", "expired", "cancelled", "failed")
+
+
+class OpenAIBatchBackend(LlmBatchBackend):
+    kind = "openai_batch"
+    provider = "openai"
+
+    def __init__(self, name: str, settings: OpenAIBatchSettings, **kwargs: Any):
+        super().__init__(name, settings, **kwargs)
+        self.settings: OpenAIBatchSettings = settings
+
+    def make_client(self) -> Any:
+        import openai
+
+        return openai.OpenAI(api_key=self.api_key(), base_url=self.settings.base_url,
+                             max_retries=self.settings.max_retries, timeout=self.settings.timeout)
+
+    def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"custom_id": custom_id, "method": "POST", "url": self.settings.endpoint, "body": body}
+
+    def create_batch(self, stage: StageContext, submission: SubmissionRecord, entries: list[Entry],
+                     model: str) -> tuple[str, dict[str, Any]]:
+        import openai
+
+        key = submission.idempotency_key
+        data = b"".join(entry.line for entry in entries)
+        upload = self.client.files.create(file=(f"{key}.jsonl", data, "application/jsonl"), purpose="batch")
+        try:
+            batch = self.client.batches.create(
+                input_file_id=upload.id, endpoint=self.settings.endpoint, completion_window="24h",
+                metadata={"corral_key": key, "corral_run": stage.run_id[:512], "corral_stage": stage.name[:512]})
+        except openai.APIStatusError as exc:
+            code = _error_code(exc)
+            self._forget_file(upload.id)
+            if code == "token_limit_exceeded" or exc.status_code == 429:
+                state = self.state(stage)
+                state.token_limit_hit(self.now(), self.settings.token_limit_backoff)
+                self.save_state()
+                raise CapacityError(f"batch refused at creation ({code or exc.status_code}): {_message(exc)}",
+                                    retry_after=state.backoff) from None
+            raise
+        return batch.id, {"input_file_id": upload.id}
+
+    def _forget_file(self, file_id: str) -> None:
+        try:
+            self.client.files.delete(file_id)
+        except Exception:  # noqa: BLE001 - an orphan input file costs nothing but space
+            pass
+
+    def find_batch(self, stage: StageContext, submission: SubmissionRecord) -> tuple[str, dict[str, Any]] | None:
+        key = submission.idempotency_key
+        oldest = submission.created_at - FIND_WINDOW
+        for batch in self.client.batches.list(limit=100):
+            if (batch.metadata or {}).get("corral_key") == key:
+                return batch.id, {"input_file_id": batch.input_file_id}
+            if batch.created_at < oldest:
+                break
+        return None
+
+    def batch_status(self, sub: SubmissionRecord) -> BatchStatus:
+        batch = self.client.batches.retrieve(sub.remote_id)
+        status = batch.status
+        usage = None
+        if batch.usage is not None:
+            usage = {"input_tokens": batch.usage.input_tokens, "output_tokens": batch.usage.output_tokens}
+        if status == "failed":
+            errors = [(e.code or "", e.message or "", e.line) for e in ((batch.errors and batch.errors.data) or [])]
+            return BatchStatus(ended=True, failed=True, errors=errors, raw=batch)
+        return BatchStatus(ended=status in _ENDED, running=status in _RUNNING, usage=usage, raw=batch)
+
+    def result_lines(self, sub: SubmissionRecord, status: BatchStatus) -> Iterator[ResultLine | None]:
+        batch = status.raw
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if not file_id:
+                continue
+            with self.client.files.with_streaming_response.content(file_id) as response:
+                for record in iter_jsonl(response.iter_lines()):
+                    yield _result_line(record)
+
+    def cancel_batch(self, remote_id: str) -> None:
+        self.client.batches.cancel(remote_id)
+
+
+def _result_line(record: dict[str, Any] | None) -> ResultLine | None:
+    if record is None or not isinstance(record.get("custom_id"), str):
+        return None
+    custom_id = record["custom_id"]
+    response = record.get("response") or {}
+    error = record.get("error") or None
+    status_code = response.get("status_code")
+    body = response.get("body")
+    if error:
+        code = error.get("code") or ""
+        if code == "batch_expired":
+            return ResultLine(custom_id, "expired", code=code, message=error.get("message"))
+        if code == "batch_cancelled":
+            return ResultLine(custom_id, "cancelled", code=code, message=error.get("message"))
+        return ResultLine(custom_id, "error", status_code=status_code, code=code, message=error.get("message"))
+    if status_code == 200 and isinstance(body, dict):
+        usage = body.get("usage") or {}
+        tokens_in = usage.get("prompt_tokens", usage.get("input_tokens"))
+        tokens_out = usage.get("completion_tokens", usage.get("output_tokens"))
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+        return ResultLine(custom_id, "ok", body=body, status_code=200, tokens_in=tokens_in, tokens_out=tokens_out,
+                          cached_in=details.get("cached_tokens") or 0)
+    if not isinstance(body, dict):
+        return None if status_code is None else ResultLine(custom_id, "error", status_code=status_code,
+                                                           message="no response body")
+    err = body.get("error") or {}
+    return ResultLine(custom_id, "error", status_code=status_code, code=err.get("code") or err.get("type"),
+                      message=err.get("message") or f"HTTP {status_code}")
+
+
+def _error_code(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        return str(inner.get("code") or inner.get("type") or "")
+    return str(getattr(exc, "code", "") or "")
+
+
+def _message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        if inner.get("message"):
+            return str(inner["message"])
+    return str(exc)

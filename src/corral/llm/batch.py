@@ -1,0 +1,511 @@
+"""The part of the OpenAI and Anthropic batch backends that does not depend on the provider:
+rendering and packing requests, scheduling under the limits, classifying what came back, cost.
+
+A provider subclass implements five calls: create a batch, find one by its idempotency key, read
+a batch's status, stream its result lines, cancel it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from corral.backends.base import (Backend, Backlog, CapacityError, Handle, PollResult, StageContext,
+                                  SubmissionRecord, TaskResult, TaskSpec)
+from corral.errors import CorralError
+from corral.llm.packing import Entry, pack
+from corral.llm.pricing import ModelPrice, price_for
+from corral.llm.requests import RenderError, RequestTemplate, default_parse, load_callable
+from corral.llm.scheduler import InFlight, State, enqueued_capacity, plan_sizes
+from corral.llm.tokens import TokenEstimator
+from corral.states import Outcome
+
+#: retry-after for requests refused inside a batch for rate limits (seconds)
+RATE_LIMIT_RETRY = 60.0
+
+
+@dataclass
+class BatchStatus:
+    """A remote batch as the common code needs it."""
+
+    ended: bool                       # nothing more will change: collect it
+    running: bool = False
+    failed: bool = False              # rejected as a whole (validation, token limit): no results
+    errors: list[tuple[str, str, int | None]] = field(default_factory=list)  # (code, message, line)
+    usage: dict[str, int] | None = None
+    raw: Any = None
+
+
+@dataclass
+class ResultLine:
+    """One request's outcome as the provider reported it."""
+
+    custom_id: str
+    kind: str                          # ok | error | expired | cancelled
+    body: Any = None
+    status_code: int | None = None
+    code: str | None = None
+    message: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cached_in: int = 0
+
+
+class LlmBatchBackend(Backend):
+    provider = "openai"
+    wants_cost = True
+
+    def __init__(self, name: str, settings: Any, **kwargs: Any):
+        super().__init__(name, settings, **kwargs)
+        self.poll_interval = min(5.0, settings.poll_interval)
+        self._client: Any = None
+        self._state: State | None = None
+        self._state_path: Path | None = None
+        self._templates: dict[str, RequestTemplate] = {}
+        self._parsers: dict[str, Any] = {}
+        self._estimators: dict[str | None, TokenEstimator] = {}
+        self._last_poll: dict[int, float] = {}
+        self._spent = 0.0
+        self._in_flight: list[InFlight] = []
+        self._over_budget: dict[str, bool] = {}
+        self._said = ""
+
+    # -- provider calls ---------------------------------------------------------------------
+
+    def make_client(self) -> Any:
+        raise NotImplementedError
+
+    def create_batch(self, stage: StageContext, submission: SubmissionRecord, entries: list[Entry],
+                     model: str) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    def find_batch(self, stage: StageContext, submission: SubmissionRecord) -> tuple[str, dict[str, Any]] | None:
+        raise NotImplementedError
+
+    def batch_status(self, sub: SubmissionRecord) -> BatchStatus:
+        raise NotImplementedError
+
+    def result_lines(self, sub: SubmissionRecord, status: BatchStatus) -> Iterator[ResultLine | None]:
+        """Result lines; None for a line that cannot be read (it counts as missing)."""
+        raise NotImplementedError
+
+    def cancel_batch(self, remote_id: str) -> None:
+        raise NotImplementedError
+
+    def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- shared helpers -----------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            env = self.settings.api_key_env
+            if not os.environ.get(env):
+                raise CorralError(f"backend {self.name!r} needs an API key in the environment variable {env} "
+                                  f"(set backends.{self.name}.api_key_env to use another variable)")
+            self._client = self.make_client()
+        return self._client
+
+    def api_key(self) -> str:
+        return os.environ[self.settings.api_key_env]
+
+    def state(self, stage: StageContext) -> State:
+        if self._state is None:
+            self._state_path = stage.run_dir / "llm" / f"{self.name}.json"
+            self._state = State.load(self._state_path)
+        return self._state
+
+    def save_state(self) -> None:
+        if self._state is not None and self._state_path is not None:
+            self._state.save(self._state_path)
+
+    def journal(self, stage: StageContext) -> Path:
+        return stage.run_dir / "llm" / f"{self.name}-batches.jsonl"
+
+    def write_journal(self, stage: StageContext, key: str, remote_id: str, **extra: Any) -> None:
+        path = self.journal(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            handle.write(json.dumps({"key": key, "remote_id": remote_id, **extra}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read_journal(self, stage: StageContext) -> list[dict[str, Any]]:
+        try:
+            text = self.journal(stage).read_text()
+        except OSError:
+            return []
+        entries = []
+        for line in text.splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue   # a line cut by a crash
+        return entries
+
+    def template(self, stage: StageContext) -> RequestTemplate:
+        if stage.name not in self._templates:
+            if stage.spec.request is None:
+                raise CorralError(f"stage {stage.name!r} runs on the LLM batch backend {self.name!r} but has no "
+                                  "'request:' (the request body template)")
+            try:
+                self._templates[stage.name] = RequestTemplate(stage.spec.request, stage.root)
+            except ValueError as exc:
+                raise CorralError(f"stage {stage.name!r}: request: {exc}") from None
+        return self._templates[stage.name]
+
+    def parser(self, stage: StageContext) -> Any:
+        if stage.name not in self._parsers:
+            ref = stage.spec.parse
+            if ref is None:
+                self._parsers[stage.name] = default_parse
+            else:
+                try:
+                    self._parsers[stage.name] = load_callable(ref, stage.root)
+                except Exception as exc:  # noqa: BLE001 - the user's module failed to import
+                    raise CorralError(f"stage {stage.name!r}: cannot load parse function {ref!r}: "
+                                      f"{type(exc).__name__}: {exc}") from None
+        return self._parsers[stage.name]
+
+    def estimator(self, model: str | None) -> TokenEstimator:
+        if model not in self._estimators:
+            self._estimators[model] = TokenEstimator(provider=self.provider, mode=self.settings.tokenizer,
+                                                     model=model)
+        return self._estimators[model]
+
+    def price(self, model: str | None) -> ModelPrice | None:
+        return price_for(model, self.settings.prices)
+
+    def prefix(self, stage: StageContext) -> str:
+        return "c" + hashlib.sha1(stage.run_id.encode()).hexdigest()[:10]
+
+    def say(self, message: str) -> None:
+        if message != self._said:
+            self._said = message
+            self.log(f"{self.name}: {message}")
+
+    # -- plan ---------------------------------------------------------------------------------
+
+    def plan(self, stage: StageContext, backlog: Backlog, in_flight: list[SubmissionRecord],
+             all_in_flight: list[SubmissionRecord]) -> list[int]:
+        self.template(stage)
+        state = self.state(stage)
+        self._spent = backlog.cost_spent
+        self._in_flight = [self._in_flight_of(s, state) for s in all_in_flight]
+        decision = plan_sizes(self.settings, state, now=self.now(), ready=backlog.ready,
+                              remaining=max(backlog.remaining, backlog.ready), in_flight=self._in_flight,
+                              spent=backlog.cost_spent)
+        self._over_budget[stage.name] = decision.over_budget
+        if decision.reason not in ("fill", "nothing ready"):
+            self.say(f"stage {stage.name}: {decision.reason}")
+        return decision.sizes
+
+    def _in_flight_of(self, sub: SubmissionRecord, state: State) -> InFlight:
+        if "tokens" in sub.info:
+            return InFlight(tokens=float(sub.info["tokens"]), requests=int(sub.info.get("requests", sub.task_count)),
+                            cost=float(sub.info.get("cost") or 0.0))
+        per = state.tokens_per_request or 0.0
+        return InFlight(tokens=per * sub.task_count, requests=sub.task_count,
+                        cost=(state.cost_per_request or 0.0) * sub.task_count)
+
+    # -- submit ---------------------------------------------------------------------------------
+
+    def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> Handle:
+        state = self.state(stage)
+        base_info = {"prefix": self.prefix(stage), "tasks": [t.task_id for t in tasks]}
+        if self._over_budget.get(stage.name):
+            max_usd = self.settings.budget.max_usd
+            message = (f"not sent: the budget of ${max_usd:,.2f} is spent (${self._spent:,.2f} recorded); raise "
+                       f"backends.{self.name}.budget.max_usd, then `corral retry --error-class budget`")
+            return Handle(f"none:{submission.idempotency_key}",
+                          {**base_info, "rejected": {str(t.task_id): ["budget", message] for t in tasks}})
+        entries, rejected, model = self._render(stage, tasks, state)
+        capacity = enqueued_capacity(self.settings, state)
+        used = sum(b.tokens for b in self._in_flight)
+        packed = pack(entries, max_requests=self.settings.max_requests_per_batch,
+                      max_bytes=self.settings.max_bytes_per_batch, max_tokens=None,
+                      token_room=(capacity - used) if capacity is not None else None,
+                      fits_alone_tokens=capacity)
+        for entry, message in packed.oversized:
+            rejected[str(entry.task_id)] = ["invalid_request", f"too large for any batch: {message}"]
+        price = self.price(model)
+        out_tokens = self._expected_output(stage, state, entries)
+        taken, over = self._within_budget(packed.taken, price, out_tokens)
+        deferred = [e.task_id for e in packed.deferred + over]
+        info: dict[str, Any] = {**base_info, "rejected": rejected, "deferred": deferred, "model": model}
+        if not taken:
+            return Handle(f"none:{submission.idempotency_key}", info)
+        raw_tokens = sum(e.meta["raw_tokens"] for e in taken)
+        tokens = sum(e.tokens for e in taken)
+        nbytes = sum(len(e.line) for e in taken)
+        cost = price.cost(raw_tokens * state.calibration.factor, out_tokens * len(taken)) if price else None
+        remote_id, extra = self.create_batch(stage, submission, taken, model)
+        now = self.now()
+        self.write_journal(stage, submission.idempotency_key, remote_id, created_at=now, requests=len(taken))
+        state.learn_request(tokens / len(taken), nbytes / len(taken),
+                            cost / len(taken) if cost is not None else None, len(taken))
+        state.record_submit(now, tokens, keep=max(86400.0, getattr(self.settings.token_window, "window", 0.0)))
+        self.save_state()
+        self._in_flight.append(InFlight(tokens=tokens, requests=len(taken), cost=cost or 0.0))
+        info.update(extra, tokens=tokens, raw_tokens=raw_tokens, requests=len(taken), bytes=nbytes, cost=cost,
+                    tasks=[e.task_id for e in taken], tokenizer=self.estimator(model).tokenizer)
+        return Handle(remote_id, info)
+
+    def _render(self, stage: StageContext, tasks: list[TaskSpec],
+                state: State) -> tuple[list[Entry], dict[str, list[str]], str | None]:
+        template = self.template(stage)
+        prefix = self.prefix(stage)
+        factor = state.calibration.factor
+        entries: list[Entry] = []
+        rejected: dict[str, list[str]] = {}
+        model: str | None = None
+        for task in tasks:
+            try:
+                body = template.render(task.params, attempt=task.attempt, item_key=task.item_key,
+                                       item_id=task.item_id, task_id=task.task_id)
+            except RenderError as exc:
+                rejected[str(task.task_id)] = ["template", str(exc)]
+                continue
+            if self.settings.model:
+                body.setdefault("model", self.settings.model)
+            task_model = body.get("model")
+            if not task_model:
+                rejected[str(task.task_id)] = ["invalid_request", "the request names no model: set 'model' in "
+                                               f"the request or backends.{self.name}.model"]
+                continue
+            if model is None:
+                model = task_model
+            elif task_model != model:
+                rejected[str(task.task_id)] = ["invalid_request", f"model {task_model!r} differs from {model!r}: "
+                                               "one model per stage (a batch holds one model)"]
+                continue
+            custom_id = f"{prefix}-{task.key}"
+            line = (json.dumps(self.line(custom_id, body), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            raw = self.estimator(model).request_tokens(body)
+            entries.append(Entry(task.task_id, line, int(raw * factor + 0.5), custom_id,
+                                 {"raw_tokens": raw, "max_out": _max_output(body)}))
+        return entries, rejected, model
+
+    def _expected_output(self, stage: StageContext, state: State, entries: list[Entry]) -> float:
+        if self.settings.expected_output_tokens is not None:
+            return float(self.settings.expected_output_tokens)
+        if state.output_per_request:
+            return float(state.output_per_request)
+        caps = [e.meta["max_out"] for e in entries if e.meta.get("max_out")]
+        return float(sum(caps) / len(caps)) if caps else 1000.0
+
+    def _within_budget(self, entries: list[Entry], price: ModelPrice | None,
+                       out_tokens: float) -> tuple[list[Entry], list[Entry]]:
+        budget = self.settings.budget
+        if budget is None:
+            return entries, []
+        if price is None:
+            raise CorralError(f"backend {self.name!r} has a budget but no price for this model; add it under "
+                              f"backends.{self.name}.prices")
+        room = budget.max_usd - self._spent - sum(b.cost for b in self._in_flight)
+        taken: list[Entry] = []
+        for index, entry in enumerate(entries):
+            cost = price.cost(entry.tokens, out_tokens)
+            if cost > room:
+                return taken, entries[index:]
+            room -= cost
+            taken.append(entry)
+        return taken, []
+
+    def find(self, stage: StageContext, submission: SubmissionRecord) -> Handle | None:
+        found = self.find_batch(stage, submission)
+        if found is None:
+            return None
+        remote_id, info = found
+        return Handle(remote_id, {"prefix": self.prefix(stage), "adopted": True, **info})
+
+    # -- poll and collect ------------------------------------------------------------------------
+
+    def poll(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> dict[int, PollResult]:
+        out: dict[int, PollResult] = {}
+        now = self.now()
+        for sub in submissions:
+            stage = stages.get(sub.stage)
+            if stage is None:
+                continue
+            early = self._early_results(sub)
+            if sub.remote_id is None or sub.remote_id.startswith("none:"):
+                out[sub.id] = PollResult(finished=True, results=early)
+                continue
+            if early:
+                out[sub.id] = PollResult(running=False, results=early, info={"early_reported": True})
+                continue
+            if now - self._last_poll.get(sub.id, -1e18) < self.settings.poll_interval:
+                continue
+            self._last_poll[sub.id] = now
+            status = self.batch_status(sub)
+            if not status.ended:
+                out[sub.id] = PollResult(running=status.running)
+                continue
+            out[sub.id] = self._collect(stage, sub, status)
+            self._last_poll.pop(sub.id, None)
+        return out
+
+    def _early_results(self, sub: SubmissionRecord) -> list[TaskResult]:
+        """Requests never sent (rejected alone, or deferred to a later batch), reported at once."""
+        if sub.info.get("early_reported"):
+            return []
+        results = []
+        for task_id, (error_class, message) in (sub.info.get("rejected") or {}).items():
+            results.append(TaskResult(int(task_id), Outcome.FAILED, error_class=error_class, error_message=message))
+        for task_id in sub.info.get("deferred") or []:
+            results.append(TaskResult(int(task_id), Outcome.CAPACITY, error_class="capacity",
+                                      error_message="did not fit this batch; goes in a later one",
+                                      info={"retry_after": 0.0}))
+        return results
+
+    def _collect(self, stage: StageContext, sub: SubmissionRecord, status: BatchStatus) -> PollResult:
+        state = self.state(stage)
+        task_ids = [int(t) for t in sub.info.get("tasks") or []]
+        poll = PollResult(finished=True, lost_message="the batch ended without a result for this request")
+        if status.failed:
+            poll.results = self._whole_batch_failed(state, task_ids, status)
+            poll.info = {"failed": [list(e) for e in status.errors[:20]]}
+            self.save_state()
+            return poll
+        state.batch_accepted()
+        parse = self.parser(stage)
+        model = sub.info.get("model")
+        price = self.price(model)
+        prefix = sub.info.get("prefix") or self.prefix(stage)
+        billed_in = billed_out = ok = unreadable = 0
+        for line in self.result_lines(sub, status):
+            if line is None:
+                unreadable += 1
+                continue
+            task_id = _task_of(line.custom_id, prefix)
+            if task_id is None:
+                continue
+            result = self._classify(line, parse, price)
+            result.task_id = task_id
+            poll.results.append(result)
+            if line.kind == "ok" and line.tokens_in is not None:
+                ok += 1
+                billed_in += line.tokens_in
+                billed_out += line.tokens_out or 0
+        if ok and sub.info.get("raw_tokens") and sub.info.get("requests"):
+            raw_per_request = sub.info["raw_tokens"] / sub.info["requests"]
+            state.calibration.add(raw_per_request * ok, billed_in)
+            state.output_per_request = billed_out / ok
+        state.pilot_done = True
+        self.save_state()
+        usage = status.usage or {}
+        poll.info = {"billed_tokens_in": usage.get("input_tokens", billed_in),
+                     "billed_tokens_out": usage.get("output_tokens", billed_out),
+                     "unreadable_lines": unreadable}
+        return poll
+
+    def _whole_batch_failed(self, state: State, task_ids: list[int], status: BatchStatus) -> list[TaskResult]:
+        codes = {code for code, _, _ in status.errors}
+        if "token_limit_exceeded" in codes:
+            state.token_limit_hit(self.now(), self.settings.token_limit_backoff)
+            self.log(f"{self.name}: batch refused with token_limit_exceeded; backing off {state.backoff:.0f}s "
+                     f"and aiming at {state.limit_factor:.0%} of the configured limit")
+            return [TaskResult(t, Outcome.CAPACITY, error_class="token_limit",
+                               error_message="the batch was refused: enqueued token limit exceeded",
+                               info={"retry_after": state.backoff}) for t in task_ids]
+        by_line: dict[int, str] = {}
+        general = []
+        for code, message, line in status.errors:
+            text = f"{code}: {message}" if code else message
+            if line is not None and 1 <= line <= len(task_ids):
+                by_line[line] = text
+            else:
+                general.append(text)
+        results = []
+        for index, task_id in enumerate(task_ids, start=1):
+            if index in by_line:
+                results.append(TaskResult(task_id, Outcome.FAILED, error_class="invalid_request",
+                                          error_message=f"the batch failed validation: {by_line[index]}"))
+            elif by_line:
+                results.append(TaskResult(task_id, Outcome.INTERRUPTED, error_class="invalid_request",
+                                          error_message="another request of its batch failed validation"))
+            else:
+                message = "; ".join(general) or "the batch failed without saying why"
+                results.append(TaskResult(task_id, Outcome.FAILED, error_class="invalid_request",
+                                          error_message=f"the batch failed validation: {message}"))
+        return results
+
+    def _classify(self, line: ResultLine, parse: Any, price: ModelPrice | None) -> TaskResult:
+        usage = {"tokens_in": line.tokens_in, "tokens_out": line.tokens_out}
+        cost = (price.cost(line.tokens_in or 0, line.tokens_out or 0, line.cached_in)
+                if price and line.tokens_in is not None else None)
+        if line.kind == "ok":
+            try:
+                value = parse(line.body)
+            except Exception as exc:  # noqa: BLE001 - the user's parse function failed on this answer
+                return TaskResult(0, Outcome.FAILED, error_class="parse", error_message=f"{type(exc).__name__}: {exc}",
+                                  cost=cost, info={"raw": line.body}, **usage)
+            return TaskResult(0, Outcome.DONE, result=value, cost=cost, **usage)
+        if line.kind in ("expired", "cancelled"):
+            return TaskResult(0, Outcome.INTERRUPTED, error_class="expired" if line.kind == "expired" else None,
+                              error_message=f"the batch {line.kind} before this request ran")
+        code, status = (line.code or ""), line.status_code
+        message = f"{code}: {line.message}" if code else (line.message or "request failed")
+        if status == 429 or "rate_limit" in code:
+            return TaskResult(0, Outcome.CAPACITY, error_class="rate_limit", error_message=message,
+                              info={"retry_after": RATE_LIMIT_RETRY})
+        if (status is not None and status >= 500) or code in ("api_error", "overloaded_error", "server_error"):
+            return TaskResult(0, Outcome.FAILED, error_class="server_error", error_message=message, cost=cost, **usage)
+        return TaskResult(0, Outcome.FAILED, error_class="invalid_request", error_message=message, cost=cost, **usage)
+
+    # -- cancel ----------------------------------------------------------------------------------
+
+    def cancel(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> None:
+        for sub in submissions:
+            if sub.remote_id and not sub.remote_id.startswith("none:"):
+                try:
+                    self.cancel_batch(sub.remote_id)
+                except Exception as exc:  # noqa: BLE001 - already ended, or gone
+                    self.log(f"{self.name}: cancelling {sub.remote_id} failed: {exc}")
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._client = None
+
+
+def _task_of(custom_id: str, prefix: str) -> int | None:
+    head, sep, tail = custom_id.rpartition("-t")
+    if not sep or head != prefix or not tail.isdigit():
+        return None
+    return int(tail)
+
+
+def _max_output(body: dict[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(key)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def capacity_error(message: str, retry_after: float) -> CapacityError:
+    return CapacityError(message, retry_after=retry_after)
+
+
+def iter_jsonl(lines: Iterable[str | bytes]) -> Iterator[dict[str, Any] | None]:
+    for raw in lines:
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", errors="replace")
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            yield None
+            continue
+        yield value if isinstance(value, dict) else None

@@ -1,0 +1,119 @@
+"""Settings of the LLM batch backends (``type: openai_batch`` and ``type: anthropic_batch``).
+
+Everything the scheduler needs to keep a provider's limits full without passing them, the price
+table overrides and the money cap. Documented in docs/backends/llm-batch.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from corral.spec.durations import parse_duration, parse_size
+from corral.spec.models import Strict
+
+
+def _duration(value: Any) -> Any:
+    return None if value is None else parse_duration(value)
+
+
+def _size(value: Any) -> Any:
+    return None if value is None else parse_size(value)
+
+
+class Price(Strict):
+    """USD per million tokens at the provider's standard rate; ``batch_discount`` is taken off."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: Optional[float] = Field(default=None, ge=0)
+    batch_discount: float = Field(default=0.5, ge=0, lt=1)
+
+
+class Budget(Strict):
+    """Stop submitting before the run's spending (billed plus projected for what is in flight) would
+    pass ``max_usd``."""
+
+    max_usd: float = Field(gt=0)
+
+
+class TokenWindow(Strict):
+    """At most ``tokens`` estimated input tokens submitted in any rolling ``window``."""
+
+    tokens: int = Field(gt=0)
+    window: float = 86400.0
+
+    _check_window = field_validator("window", mode="before")(_duration)
+
+
+class LlmBatchSettings(Strict):
+    """What both batch backends share."""
+
+    model: Optional[str] = None
+    base_url: Optional[str] = None
+    api_key_env: str = ""
+    # The SDK's own HTTP behaviour: retries with backoff on 408/409/429/5xx and connection errors.
+    max_retries: int = Field(default=5, ge=0)
+    timeout: float = 600.0
+    # Scheduling
+    enqueued_token_limit: Optional[int] = Field(default=None, gt=0)
+    safety_ratio: float = Field(default=0.9, gt=0, le=1)
+    batches_in_flight: int = Field(default=8, ge=1)
+    max_requests_per_batch: int = Field(default=50_000, ge=1)
+    max_bytes_per_batch: int = 200 * 1000 * 1000
+    min_requests_per_batch: int = Field(default=1, ge=1)
+    max_concurrent_batches: Optional[int] = Field(default=None, ge=1)
+    max_batches_per_hour: Optional[int] = Field(default=None, ge=1)
+    token_window: Optional[TokenWindow] = None
+    pilot: int = Field(default=20, ge=0)
+    poll_interval: float = 30.0
+    token_limit_backoff: float = 60.0
+    # Estimation, cost and projection
+    tokenizer: Literal["auto", "tiktoken", "estimate"] = "auto"
+    expected_output_tokens: Optional[int] = Field(default=None, ge=0)
+    expected_turnaround: float = 3600.0
+    prices: dict[str, Price] = Field(default_factory=dict)
+    budget: Optional[Budget] = None
+
+    _check_durations = field_validator("timeout", "poll_interval", "token_limit_backoff", "expected_turnaround",
+                                       mode="before")(_duration)
+    _check_bytes = field_validator("max_bytes_per_batch", mode="before")(_size)
+
+    @field_validator("max_bytes_per_batch")
+    @classmethod
+    def _positive_bytes(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be a positive size like '200MB'")
+        return value
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "LlmBatchSettings":
+        if self.min_requests_per_batch > self.max_requests_per_batch:
+            raise ValueError("min_requests_per_batch is larger than max_requests_per_batch")
+        return self
+
+
+class OpenAIBatchSettings(LlmBatchSettings):
+    """The OpenAI Batch API: a JSONL file uploaded, one batch per file, 24 h completion window."""
+
+    type: Literal["openai_batch"] = "openai_batch"
+    api_key_env: str = "OPENAI_API_KEY"
+    endpoint: Literal["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions"] = \
+        "/v1/chat/completions"
+    max_requests_per_batch: int = Field(default=50_000, ge=1, le=50_000)
+    max_bytes_per_batch: int = 200 * 1000 * 1000
+
+
+class AnthropicBatchSettings(LlmBatchSettings):
+    """Anthropic Message Batches: requests sent inline, results streamed as JSONL."""
+
+    type: Literal["anthropic_batch"] = "anthropic_batch"
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    max_requests_per_batch: int = Field(default=100_000, ge=1, le=100_000)
+    max_bytes_per_batch: int = 256 * 1000 * 1000
+    # The provider's queue limit counts requests of unfinished batches, not tokens.
+    queue_request_limit: Optional[int] = Field(default=None, gt=0)
+
+
+LLM_BACKEND_TYPES = ("openai_batch", "anthropic_batch")
