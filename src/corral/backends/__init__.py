@@ -12,6 +12,7 @@ BACKEND_CLASSES: dict[str, str] = {
     "local": "corral.backends.local:LocalBackendImpl",
     "openai_batch": "corral.backends.openai_batch:OpenAIBatchBackend",
     "anthropic_batch": "corral.backends.anthropic_batch:AnthropicBatchBackend",
+    "slurm": "corral.backends.slurm:SlurmBackendImpl",
 }
 
 

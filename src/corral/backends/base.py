@@ -29,6 +29,7 @@ class TaskSpec:
     item_key: str
     params: dict[str, Any]
     attempt: int        # 1 for the first attempt
+    last_error: str | None = None   # error class of the previous attempt, if it failed
 
 
 @dataclass
@@ -117,6 +118,18 @@ class PollResult:
     info: dict[str, Any] | None = None
 
 
+_OUTCOMES = {"done": Outcome.DONE, "skipped": Outcome.SKIPPED, "failed": Outcome.FAILED,
+             "interrupted": Outcome.INTERRUPTED}
+
+
+def result_from_record(data: dict[str, Any]) -> TaskResult:
+    """A TaskResult from one line of a worker's ``results.jsonl``."""
+    return TaskResult(task_id=int(data["task_id"]), outcome=_OUTCOMES.get(data.get("status"), Outcome.FAILED),
+                      result=data.get("result"), error_class=data.get("error_class"),
+                      error_message=data.get("error_message"), started_at=data.get("started_at"),
+                      finished_at=data.get("finished_at"), host=data.get("host"))
+
+
 class CapacityError(Exception):
     """The backend refused a submission for lack of capacity or a rate limit: try again later."""
 
@@ -129,6 +142,9 @@ class Backend(ABC):
     """One execution engine. Subclasses live one per file in this package."""
 
     kind: str = "abstract"
+    #: True when a submission can wait remotely for others: ``submission.info["after"]`` lists their
+    #: remote ids (whole-stage dependencies sent ahead, e.g. SLURM's afterok)
+    supports_dependencies: bool = False
     #: seconds between polls while this backend has work in flight
     poll_interval: float = 1.0
     #: whether plan() needs ``Backlog.cost_spent`` (a sum over the run's tasks, so only on request)

@@ -23,15 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from corral.backends.base import (Backend, Backlog, Handle, PollResult, StageContext, SubmissionRecord,
-                                  TaskResult, TaskSpec)
+                                  TaskSpec, result_from_record)
 from corral.errors import CorralError
 from corral.spec.models import LocalBackend as LocalSettings
-from corral.states import Outcome
 from corral.worker import protocol
-
-_OUTCOMES = {"done": Outcome.DONE, "skipped": Outcome.SKIPPED, "failed": Outcome.FAILED,
-             "interrupted": Outcome.INTERRUPTED}
-
 
 def detect_gpus() -> list[int | str]:
     """GPU ids visible here: those in ``CUDA_VISIBLE_DEVICES`` if set (indices or UUIDs, passed on
@@ -225,7 +220,7 @@ class LocalBackendImpl(Backend):
                                 started_at=started)
             records, self._results_offset[sub.id] = protocol.read_results(
                 folder, self._results_offset.get(sub.id, 0))
-            result.results.extend(_task_result(data) for data in records)
+            result.results.extend(result_from_record(data) for data in records)
             if not alive:
                 exit_info = _read_json(folder / protocol.EXIT)
                 if exit_info is None:
@@ -294,10 +289,3 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _task_result(data: dict[str, Any]) -> TaskResult:
-    return TaskResult(task_id=int(data["task_id"]), outcome=_OUTCOMES.get(data.get("status"), Outcome.FAILED),
-                      result=data.get("result"), error_class=data.get("error_class"),
-                      error_message=data.get("error_message"), started_at=data.get("started_at"),
-                      finished_at=data.get("finished_at"), host=data.get("host"))

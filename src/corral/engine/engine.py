@@ -248,6 +248,45 @@ class Engine:
                 open_subs.append(record)
                 if not ok:
                     break
+        self._submit_ahead(open_subs, report)
+
+    def _submit_ahead(self, open_subs: list[SubmissionRecord], report: TickReport) -> None:
+        """Whole-stage dependencies on a backend that can hold a submission until others succeed
+        (SLURM's afterok): send the dependent stage now, so the cluster runs the pipeline even while
+        no controller is running. Item-level dependencies stay with the engine."""
+        for name in self.order:
+            stage = self.stages[name]
+            spec = stage.spec
+            backend = self.backends[spec.backend]
+            if not spec.needs or not backend.supports_dependencies:
+                continue
+            needs = [self.stages[n].spec for n in spec.needs]
+            if any(n.backend != spec.backend for n in needs):
+                continue
+            if spec.per != "all" and any(n.per != "all" for n in needs):
+                continue
+            upstream = [s for s in open_subs if s.stage in spec.needs]
+            if not upstream or any(s.state == "submitting" or not s.remote_id for s in upstream):
+                continue
+            with self.ledger.read() as conn:
+                if not self.ledger.any_in_states(conn, self.run_id, [name], ("waiting",)):
+                    continue
+                if self.ledger.any_in_states(conn, self.run_id, spec.needs,
+                                             ("waiting", "pending", "failed", "cancelled")):
+                    continue
+                waiting = self.ledger.count_states(conn, self.run_id, name, ("waiting",))
+            after = sorted({rid for s in upstream for rid in (s.remote_id or "").split(",") if rid})
+            sizes = backend.plan(stage, Backlog(ready=waiting, remaining=waiting), [], open_subs) or [waiting]
+            for size in sizes:
+                queued = self._queue(stage, size, info={"after": after}, ahead=True)
+                if queued is None:
+                    break
+                record, tasks = queued
+                self.log(f"stage {name}: {len(tasks)} tasks sent ahead, after {', '.join(after)}")
+                ok = self._send(stage, backend, record, tasks, report)
+                open_subs.append(record)
+                if not ok:
+                    break
 
     def _batch_groups(self, conn, stage: StageContext, ready: int, now: float) -> int:
         """How many submissions a stage may make now. ``per: batch`` holds back a partial batch
@@ -267,25 +306,38 @@ class Engine:
             return 1 if waited or not upstream_open else 0
         return full + (1 if waited or not upstream_open else 0)
 
-    def _queue(self, stage: StageContext, size: int) -> tuple[SubmissionRecord, list[TaskSpec]] | None:
-        """Write the submission row and move its tasks to queued, before any backend call."""
+    def _queue(self, stage: StageContext, size: int, info: dict[str, Any] | None = None,
+               ahead: bool = False) -> tuple[SubmissionRecord, list[TaskSpec]] | None:
+        """Write the submission row and move its tasks to queued, before any backend call.
+        ``ahead``: the stage's waiting tasks go out before their needs are done (in the same
+        transaction, so none is left pending for an ordinary submission)."""
         now = self.clock.now()
         key = f"corral-{uuid.uuid4().hex[:20]}"
+        info = dict(info or {})
         with self.ledger.write() as conn:
+            if ahead:
+                t = schema.tasks
+                ids = [r[0] for r in conn.execute(select(t.c.id).where(
+                    t.c.run_id == self.run_id, t.c.stage == stage.name, t.c.state == "waiting")
+                    .order_by(t.c.id).limit(size))]
+                for start in range(0, len(ids), 900):
+                    conn.execute(update(t).where(t.c.id.in_(ids[start:start + 900]), t.c.state == "waiting")
+                                 .values(state="pending", ready_at=now, not_before=None))
             rows = self.ledger.ready_tasks(conn, self.run_id, stage.name, now, size)
             if not rows:
                 return None
             sub_id = self.ledger.insert_submission(conn, {
                 "run_id": self.run_id, "stage": stage.name, "backend": stage.spec.backend,
                 "idempotency_key": key, "state": "submitting", "created_at": now, "task_count": len(rows),
-                "info": dumps({})})
+                "info": dumps(info)})
             ids = [r["id"] for r in rows]
             for start in range(0, len(ids), 900):
                 conn.execute(update(schema.tasks).where(schema.tasks.c.id.in_(ids[start:start + 900]),
                                                         schema.tasks.c.state == "pending")
                              .values(state="queued", submission_id=sub_id, queued_at=now, not_before=None))
         record = SubmissionRecord(id=sub_id, stage=stage.name, idempotency_key=key, remote_id=None,
-                                  state="submitting", created_at=now, submitted_at=None, task_count=len(rows))
+                                  state="submitting", created_at=now, submitted_at=None, task_count=len(rows),
+                                  info=info)
         for row in rows:
             self._stage_of_task[row["id"]] = stage.name
         return record, [self._task_spec(stage.name, r) for r in rows]
@@ -386,7 +438,7 @@ class Engine:
         params = json.loads(row["params"]) if row.get("params") else {}
         return TaskSpec(task_id=row["id"], key=task_key(row["id"]), stage=stage, item_idx=row["item_idx"],
                         item_id=row.get("item_id") or "all", item_key=row.get("key") or "all", params=params,
-                        attempt=row["attempts"] + 1)
+                        attempt=row["attempts"] + 1, last_error=row.get("error_class"))
 
     def poll_interval(self) -> float:
         intervals = [b.poll_interval for b in self.backends.values()]

@@ -36,6 +36,8 @@ class Changes:
 
     done: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     ended_badly: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    #: tasks sent back to pending (interrupted, lost, refused): stages with needs re-check them
+    requeued_items: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     retried: int = 0
     requeued: int = 0
     failed: int = 0
@@ -165,6 +167,7 @@ class Recorder:
                         error_class=res.error_class, error_message=res.error_message,
                         not_before=(now + (res.info or {}).get("retry_after", 0)) if outcome == Outcome.CAPACITY else None)
             changes.requeued += 1
+            changes.requeued_items[row["stage"]].append(row["item_idx"])
             event["message"] = f"{outcome.value}: runs again, attempt kept"
         event["to_state"] = base["state"]
         changes.events.append(event)
@@ -182,6 +185,8 @@ class Recorder:
             stage = self.stages[name]
             if not stage.needs:
                 continue
+            if changes.requeued_items.get(name):
+                self._rewait(conn, name, changes.requeued_items[name], now, changes)
             if stage.per == "all":
                 self._release_once(conn, name, stage, now, changes)
                 continue
@@ -203,6 +208,24 @@ class Recorder:
             done = sorted({i for need in item_needs for i in changes.done.get(need, [])})
             if done:
                 self._promote(conn, name, item_needs, done, now)
+
+    def _rewait(self, conn: Connection, name: str, idxs: list[int], now: float, changes: Changes) -> None:
+        """Tasks sent ahead of their needs (a cluster holding them with afterok) that came back to
+        pending wait again; the release below promotes those whose needs are done, or cancels."""
+        for part in chunks(sorted(set(idxs))):
+            conn.execute(update(T).where(T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "pending",
+                                         T.c.item_idx.in_(part)).values(state="waiting"))
+        stage = self.stages[name]
+        if stage.per == "all":
+            return
+        item_needs = [n for n in stage.needs if self.stages[n].per != "all"]
+        once_needs = [n for n in stage.needs if self.stages[n].per == "all"]
+        if once_needs and _any_state(conn, self.run_id, once_needs, ("failed", "cancelled")):
+            self._cancel_waiting(conn, name, idxs, now, changes, because=once_needs)
+            return
+        if once_needs and not self._once_done(conn, once_needs):
+            return
+        self._promote(conn, name, item_needs, sorted(set(idxs)), now)
 
     def _once_done(self, conn: Connection, stages: list[str]) -> bool:
         for stage in stages:

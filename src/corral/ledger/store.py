@@ -300,7 +300,8 @@ class Ledger:
     def ready_tasks(self, conn: Connection, run_id: str, stage: str, now: float,
                     limit: int) -> list[dict[str, Any]]:
         t, i = schema.tasks, schema.items
-        query = (select(t.c.id, t.c.item_idx, t.c.attempts, t.c.ready_at, i.c.item_id, i.c.key, i.c.params)
+        query = (select(t.c.id, t.c.item_idx, t.c.attempts, t.c.ready_at, t.c.error_class, i.c.item_id, i.c.key,
+                        i.c.params)
                  .select_from(t.outerjoin(i, (i.c.run_id == t.c.run_id) & (i.c.idx == t.c.item_idx)))
                  .where(t.c.run_id == run_id, t.c.stage == stage, t.c.state == "pending",
                         (t.c.not_before.is_(None)) | (t.c.not_before <= now))

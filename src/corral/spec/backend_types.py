@@ -9,9 +9,11 @@ from pydantic import BaseModel
 
 from corral.spec.llm import AnthropicBatchSettings, OpenAIBatchSettings
 from corral.spec.models import LocalBackend
+from corral.spec.slurm import SlurmBackend
 
 BACKEND_TYPES: dict[str, type[BaseModel]] = {
     "local": LocalBackend,
     "openai_batch": OpenAIBatchSettings,
     "anthropic_batch": AnthropicBatchSettings,
+    "slurm": SlurmBackend,
 }

@@ -16,8 +16,10 @@ STAGE_NAME_RE = re.compile(r"^[A-Za-z_][\w-]*$")
 ERROR_CLASSES = (
     "exception", "exit_code", "signal", "timeout", "oom", "preempted", "node_fail", "worker_lost",
     "verify", "template", "submit", "rate_limit", "token_limit", "expired", "invalid_request", "parse",
-    "upstream",
+    "upstream", "server_error", "budget",
 )
+#: retried only when ``retries.on`` names them: the same request would fail the same way again
+NOT_RETRIED_BY_DEFAULT = ("invalid_request", "budget")
 
 
 class Strict(BaseModel):
@@ -38,8 +40,23 @@ class Retries(Strict):
     backoff_factor: float = Field(default=2.0, ge=1.0)
     max_backoff: float = 3600.0
     on: list[str] | None = None
+    #: on a cluster, scale the memory / time limit by this factor for each retry that follows an
+    #: out-of-memory failure / a timeout (``mem: x2``)
+    mem: float | None = Field(default=None, gt=0)
+    time: float | None = Field(default=None, gt=0)
 
     _check_backoff = field_validator("backoff", "max_backoff", mode="before")(_duration)
+
+    @field_validator("mem", "time", mode="before")
+    @classmethod
+    def _factor(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip().lower().removeprefix("x").removesuffix("x")
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a factor like 'x2' or 1.5") from None
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -58,17 +75,32 @@ class Retries(Strict):
         """Whether a failure of this class is retried. ``exception`` stands for any Python exception
         (recorded under its class name, e.g. ``ValueError``)."""
         if self.on is None:
-            return True
+            return error_class not in NOT_RETRIED_BY_DEFAULT
         error_class = error_class or "exception"
         return error_class in self.on or ("exception" in self.on and error_class[:1].isupper())
 
 
 class Resources(Strict):
-    """What one task needs. ``gpus`` unset: one GPU per worker where the backend has GPUs, else none."""
+    """What one task needs. ``gpus`` unset: one GPU per worker where the backend has GPUs, else none.
+
+    The cluster fields (``time`` and below) override the backend's settings for this stage.
+    """
 
     cpus: int = Field(default=1, ge=1)
     gpus: int | None = Field(default=None, ge=0)
     mem: int | None = None
+    time: float | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gres: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    nodes: str | None = None
+    sbatch: list[str] = Field(default_factory=list)
+    setup: list[str] = Field(default_factory=list)
+
+    _check_time = field_validator("time", mode="before")(_duration)
 
     @field_validator("mem", mode="before")
     @classmethod
@@ -81,6 +113,8 @@ class Stage(Strict):
 
     run: list[str] | None = None
     call: str | None = None
+    request: dict[str, Any] | None = None   # an LLM request body; Jinja in its string values
+    parse: str | None = None                # package.module:function turning a response into the result
     per: Literal["item", "all", "batch"] = "item"
     size: int | None = Field(default=None, ge=1)
     every: float | None = None
@@ -115,7 +149,7 @@ class Stage(Strict):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("call")
+    @field_validator("call", "parse")
     @classmethod
     def _callable(cls, value: str | None) -> str | None:
         if value is not None and not CALLABLE_RE.match(value):
@@ -124,8 +158,11 @@ class Stage(Strict):
 
     @model_validator(mode="after")
     def _one_action(self) -> "Stage":
-        if (self.run is None) == (self.call is None):
-            raise ValueError("a stage needs exactly one of 'run' (a command) or 'call' (a Python function)")
+        if sum(action is not None for action in (self.run, self.call, self.request)) != 1:
+            raise ValueError("a stage needs exactly one of 'run' (a command), 'call' (a Python function) or "
+                             "'request' (an LLM request body)")
+        if self.parse is not None and self.request is None:
+            raise ValueError("'parse' only applies to a stage with a 'request'")
         if self.run is not None and not self.run:
             raise ValueError("'run' is an empty command")
         if self.per == "batch" and self.size is None and self.every is None:

@@ -29,6 +29,11 @@ def submission_dir(run_dir: Path, submission_id: int) -> Path:
     return run_dir / "submissions" / str(submission_id)
 
 
+def element_dir(folder: Path, element: int) -> Path:
+    """Where one element of a job array keeps its started/results/exit files."""
+    return folder / f"e{element}"
+
+
 def log_path(run_dir: Path, stage: str, task_key: str, attempt: int) -> Path:
     return run_dir / "logs" / stage / f"{task_key}.{attempt}.log"
 

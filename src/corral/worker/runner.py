@@ -68,9 +68,16 @@ class VerifyFailed(Exception):
 
 
 class Worker:
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, element: int | None = None):
         self.manifest = protocol.read_manifest(folder)
+        self.element = element
+        if element is not None:
+            # One element of a job array: its slice of the tasks, its own files in e<element>/.
+            start, end = self.manifest["elements"][element]
+            self.manifest["tasks"] = self.manifest["tasks"][start:end]
+            folder = protocol.element_dir(folder, element)
+            folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
         self.stage = WorkerStage.from_spec(self.manifest["stage_spec"])
         self.stage_name: str = self.manifest["stage"]
         self.run_id: str = self.manifest["run_id"]
@@ -102,9 +109,13 @@ class Worker:
     def run(self) -> int:
         protocol.write_json_atomic(self.folder / protocol.WORKER_INFO,
                                    {"pid": os.getpid(), "host": HOST, "started_at": time.time()})
+        if not self._claim():
+            return 0
         tasks = self.manifest["tasks"]
         mode = self.manifest.get("mode", "item")
-        done = {int(r["task_id"]) for r in protocol.read_results(self.folder)[0]}
+        # A requeued job runs again in the same folder: what finished is kept, what was interrupted runs again.
+        previous = protocol.read_results(self.folder)[0]
+        done = {int(r["task_id"]) for r in previous if r.get("status") != "interrupted"}
         if mode == "item":
             for task in tasks:
                 if self.stop_requested:
@@ -120,7 +131,30 @@ class Worker:
                     self._write(task, outcome)
         status = "interrupted" if self.stop_requested else "ok"
         protocol.write_json_atomic(self.folder / protocol.EXIT, {"status": status, "at": time.time()})
-        return 0
+        if self.element is None:
+            return 0
+        # A cluster reads the exit status: dependents (afterok) must not start unless all went well.
+        final: dict[int, str] = {}
+        for record in protocol.read_results(self.folder)[0]:
+            final[int(record["task_id"])] = record.get("status", "failed")
+        if self.stop_requested or any(v == "interrupted" for v in final.values()):
+            return 3
+        return 0 if all(v in ("done", "skipped") for v in final.values()) else 1
+
+    def _claim(self) -> bool:
+        """The same work sent to several queues (a race): the first job to start takes each element;
+        a later one leaves it alone (its job is being cancelled)."""
+        if self.element is None or not os.environ.get("CORRAL_RACE"):
+            return True
+        me = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or str(os.getpid())
+        path = self.folder / "claim"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return path.read_text().strip() == me
+        os.write(fd, me.encode())
+        os.close(fd)
+        return True
 
     def _write(self, task: dict[str, Any], outcome: dict[str, Any]) -> None:
         outcome.update(task_id=task["task_id"], attempt=task["attempt"], host=HOST)
@@ -408,10 +442,13 @@ class _redirect_output:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m corral.worker SUBMISSION_DIR", file=sys.stderr)
+    element = None
+    if len(args) == 3 and args[1] == "--element" and args[2].isdigit():
+        element = int(args[2])
+    elif len(args) != 1:
+        print("usage: python -m corral.worker SUBMISSION_DIR [--element K]", file=sys.stderr)
         return 2
-    worker = Worker(Path(args[0]))
+    worker = Worker(Path(args[0]), element)
     worker.install_signals()
     try:
         return worker.run()

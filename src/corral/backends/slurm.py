@@ -1,0 +1,435 @@
+"""The ``slurm`` backend: job arrays whose elements run the worker on slices of tasks.
+
+Ground truth is what the workers write (``submissions/<id>/e<element>/results.jsonl``); SLURM's
+state only says what became of tasks that left no result. One ``sacct --name`` call per poll covers
+every job of the run (each carries the run's job name); without accounting one ``squeue`` call
+does, with the result files for jobs squeue has already forgotten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from corral.backends.base import (
+    Backend,
+    Backlog,
+    CapacityError,
+    Handle,
+    PollResult,
+    StageContext,
+    SubmissionRecord,
+    TaskResult,
+    TaskSpec,
+    result_from_record,
+)
+from corral.backends.slurm_cli import (
+    ENDED,
+    LIVE,
+    STARTED,
+    JobRow,
+    SlurmCommands,
+    SlurmError,
+    SlurmState,
+    Verdict,
+)
+from corral.backends.slurm_script import (
+    ArrayJob,
+    JobResources,
+    base_resources,
+    render_script,
+    sbatch_options,
+    scaled,
+)
+from corral.errors import CorralError
+from corral.spec.slurm import SlurmBackend, SlurmTarget
+from corral.states import Outcome
+from corral.worker import protocol
+
+PLAN = "plan.json"
+
+
+def job_name_for(run_id: str) -> str:
+    """One name for every job of a run: sacct/squeue select them all with one ``--name``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+    if len(safe) > 40:
+        safe = safe[:31] + "-" + hashlib.sha256(run_id.encode()).hexdigest()[:8]
+    return f"corral.{safe}"
+
+
+class SlurmBackendImpl(Backend):
+    kind = "slurm"
+
+    def __init__(self, name: str, settings: SlurmBackend, **kwargs: Any):
+        super().__init__(name, settings, **kwargs)
+        self.settings: SlurmBackend = settings
+        self.commands = SlurmCommands()
+        self.poll_interval = settings.poll_interval
+        self.supports_dependencies = settings.dependencies
+        self._offsets: dict[tuple[int, int], tuple[int, int]] = {}
+        self._closed: set[tuple[int, int]] = set()
+        self._bad_nodes: set[str] = set()
+        self._nodes: dict[str | None, list[str]] = {}
+        self._accounting = True
+        self._quiet_polls = 0
+        self._planned_per: dict[str, int] = {}
+
+    # -- plan -------------------------------------------------------------------------------
+
+    def _elements_in_flight(self, subs: list[SubmissionRecord]) -> int:
+        return sum(int(s.info.get("elements") or s.task_count) for s in subs)
+
+    def has_capacity(self, stage: StageContext, all_in_flight: list[SubmissionRecord]) -> bool:
+        return self._elements_in_flight(all_in_flight) < self.settings.max_jobs
+
+    def tasks_per_element(self, backlog: Backlog) -> int:
+        if self.settings.tasks_per_job:
+            return self.settings.tasks_per_job
+        left = max(backlog.ready, backlog.remaining)
+        per = math.ceil(left / min(self.settings.max_jobs, 1000))
+        if backlog.mean_seconds:
+            # Worth a job's start-up (seconds on a busy cluster), within an hour per element.
+            per = max(per, math.ceil(60 / max(backlog.mean_seconds, 1e-3)))
+            per = min(per, max(1, int(3600 / max(backlog.mean_seconds, 1e-3))))
+        return max(1, per)
+
+    def plan(self, stage: StageContext, backlog: Backlog, in_flight: list[SubmissionRecord],
+             all_in_flight: list[SubmissionRecord]) -> list[int]:
+        if backlog.more_coming and backlog.ready < 100 and backlog.waited < 5.0:
+            return []   # let a few more become ready: one array instead of many tiny ones
+        per = self.tasks_per_element(backlog)
+        self._planned_per[stage.name] = per
+        room = (self.settings.max_jobs - self._elements_in_flight(all_in_flight)) * per
+        size = min(backlog.ready, self.settings.max_tasks_per_submission, room)
+        return [size] if size > 0 else []
+
+    # -- submit ---------------------------------------------------------------------------------
+
+    def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> Handle:
+        folder = protocol.submission_dir(stage.run_dir, submission.id)
+        per = self._planned_per.pop(stage.name, None) or \
+            self.tasks_per_element(Backlog(ready=len(tasks), remaining=len(tasks)))
+        plan = self._write_plan(stage, submission, tasks, folder, per)
+        return self._send_parts(stage, submission, plan, folder)
+
+    def _write_plan(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
+                    folder: Path, per: int) -> dict[str, Any]:
+        spec = stage.spec
+        if stage.spec.per != "item":
+            per = len(tasks)
+        for name in spec.secrets:
+            if name not in os.environ:
+                raise CorralError(f"stage {stage.name!r} needs the secret {name!r} in the environment")
+        # Tasks with equal needs share an array; a retry after an out-of-memory failure may need more.
+        base = base_resources(spec, self.settings, per)
+        groups: dict[JobResources, list[TaskSpec]] = {}
+        for task in tasks:
+            groups.setdefault(scaled(base, spec, task.attempt, task.last_error), []).append(task)
+        ordered: list[TaskSpec] = []
+        elements: list[list[int]] = []
+        jobs: list[ArrayJob] = []
+        max_array = self.commands.max_array_size()
+        for resources, group in groups.items():
+            first_element = len(elements)
+            for start in range(0, len(group), per):
+                elements.append([len(ordered) + start, len(ordered) + min(start + per, len(group))])
+            ordered.extend(group)
+            count = len(elements) - first_element
+            for offset in range(0, count, max_array):
+                for target in self.settings.race or [None]:
+                    jobs.append(ArrayJob(part=len(jobs), offset=first_element + offset,
+                                         count=min(max_array, count - offset), resources=resources,
+                                         target=target))
+        manifest = {
+            "run_id": stage.run_id, "stage": stage.name, "stage_spec": spec.model_dump(mode="json"),
+            "root": str(stage.root), "run_dir": str(stage.run_dir), "ledger_url": stage.ledger_url,
+            "submission_id": submission.id, "mode": spec.per, "gpus": [], "elements": elements,
+            "tasks": [{"task_id": t.task_id, "key": t.key, "item_idx": t.item_idx, "item_id": t.item_id,
+                       "item_key": t.item_key, "params": t.params, "attempt": t.attempt} for t in ordered],
+        }
+        protocol.write_manifest(folder, manifest)
+        exclude = self._exclusions(stage)
+        after = [str(a) for a in submission.info.get("after") or []]
+        name = job_name_for(stage.run_id)
+        parts = []
+        for job in jobs:
+            options = sbatch_options(spec, self.settings, job, job_name=name,
+                                     comment=f"{submission.idempotency_key}#{job.part}",
+                                     output=folder / "slurm-%A_%a.out", root=stage.root, max_array=max_array,
+                                     max_running=self.settings.max_running, exclude=exclude, after=after)
+            script = render_script(options, setup=[*self.settings.setup, *spec.resources.setup],
+                                   launcher=self.settings.launcher, python=self.settings.python, folder=folder,
+                                   root=stage.root, offset=job.offset, race=bool(self.settings.race))
+            parts.append({"part": job.part, "offset": job.offset, "count": job.count,
+                          "target": job.target.partition if job.target else None, "script": script})
+        plan = {"key": submission.idempotency_key, "elements": len(elements), "parts": parts, "job_name": name}
+        protocol.write_json_atomic(folder / PLAN, plan)
+        return plan
+
+    def _send_parts(self, stage: StageContext, submission: SubmissionRecord, plan: dict[str, Any],
+                    folder: Path, found: dict[int, str] | None = None) -> Handle:
+        ids: dict[int, str] = dict(found or {})
+        for part in plan["parts"]:
+            if part["part"] in ids:
+                continue
+            try:
+                ids[part["part"]] = self.commands.sbatch(part["script"])
+            except SlurmError as exc:
+                if ids:
+                    self.commands.scancel(list(ids.values()))
+                if "dependency" in str(exc).lower():
+                    raise CapacityError(f"a dependency is gone: {exc}", retry_after=1.0) from None
+                raise
+            except CapacityError:
+                if ids:
+                    self.commands.scancel(list(ids.values()))
+                raise
+        jobs = [{"id": ids[p["part"]], "offset": p["offset"], "count": p["count"], "target": p["target"]}
+                for p in plan["parts"]]
+        info: dict[str, Any] = {"elements": plan["elements"], "jobs": jobs, "job_name": plan["job_name"]}
+        if submission.info.get("after"):
+            info["after"] = submission.info["after"]
+        return Handle(remote_id=",".join(ids[p["part"]] for p in plan["parts"]), info=info)
+
+    def _exclusions(self, stage: StageContext) -> list[str]:
+        if not self._bad_nodes or not self.settings.exclude_failed_nodes:
+            return []
+        partition = stage.spec.resources.partition or self.settings.partition
+        if partition not in self._nodes:
+            try:
+                self._nodes[partition] = self.commands.partition_nodes(partition)
+            except SlurmError:
+                self._nodes[partition] = []
+        nodes = set(self._nodes[partition])
+        bad = sorted(self._bad_nodes & nodes) if nodes else []
+        # Never exclude every node: the work would never run.
+        return bad if nodes - set(bad) else []
+
+    # -- find (after a crash) ------------------------------------------------------------------
+
+    def find(self, stage: StageContext, submission: SubmissionRecord) -> Handle | None:
+        folder = protocol.submission_dir(stage.run_dir, submission.id)
+        try:
+            plan = json.loads((folder / PLAN).read_text())
+        except (OSError, ValueError):
+            return None      # the plan is written before any sbatch: nothing was sent
+        found: dict[int, str] = {}
+        name = job_name_for(stage.run_id)
+        rows = self._rows(name, submission.created_at, force_squeue=True)
+        if self._accounting:
+            rows += self._rows(name, submission.created_at)
+        for row in rows:
+            key, _, part = row.comment.partition("#")
+            if key == submission.idempotency_key and part.isdigit():
+                found[int(part)] = row.job_id
+        if not found:
+            return None
+        return self._send_parts(stage, submission, plan, folder, found)
+
+    # -- poll --------------------------------------------------------------------------------
+
+    def _rows(self, name: str, since: float, force_squeue: bool = False) -> list[JobRow]:
+        if self._accounting and not force_squeue:
+            try:
+                return self.commands.sacct(name, since)
+            except SlurmError as exc:
+                self.log(f"sacct failed ({exc}); following jobs with squeue and result files")
+                self._accounting = False
+        return self.commands.squeue(name)
+
+    def poll(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> dict[int, PollResult]:
+        subs = [s for s in submissions if s.stage in stages and s.info.get("jobs")]
+        if not subs:
+            return {}
+        run_id = stages[subs[0].stage].run_id
+        name = job_name_for(run_id)
+        rows = self._rows(name, min(s.submitted_at or s.created_at for s in subs))
+        listed = {row.job_id for row in rows}
+        if self._accounting and any(j["id"] not in listed for s in subs for j in s.info["jobs"]):
+            # sacct lists a job once it is eligible: one held by a dependency only squeue shows.
+            rows += [row for row in self.commands.squeue(name) if row.job_id not in listed]
+        by_job: dict[str, dict[int, JobRow]] = {}
+        pending_jobs: dict[str, JobRow] = {}
+        for row in rows:
+            if row.pending_range is not None:
+                pending_jobs[row.job_id] = row
+            else:
+                by_job.setdefault(row.job_id, {})[row.index if row.index is not None else 0] = row
+        out: dict[int, PollResult] = {}
+        changed = False
+        to_cancel: list[str] = []
+        for sub in subs:
+            result = self._poll_one(stages[sub.stage], sub, by_job, pending_jobs, to_cancel)
+            out[sub.id] = result
+            changed = changed or bool(result.results) or result.finished
+        if to_cancel:
+            self.commands.scancel(sorted(set(to_cancel)))
+        # Poll less often while nothing happens, back to the base interval when something does.
+        self._quiet_polls = 0 if changed else self._quiet_polls + 1
+        self.poll_interval = min(self.settings.max_poll_interval,
+                                 self.settings.poll_interval * (1.5 ** min(self._quiet_polls, 10)))
+        return out
+
+    def _race(self, sub: SubmissionRecord, by_job: dict[str, dict[int, JobRow]],
+              pending: dict[str, JobRow], to_cancel: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Jobs of the target that won (the first to start); the others are cancelled."""
+        jobs = sub.info["jobs"]
+        if not self.settings.race:
+            return jobs, {}
+        winner = sub.info.get("race_winner")
+        if winner is None:
+            for job in jobs:
+                rows = by_job.get(job["id"], {}).values()
+                if any(r.state in STARTED or r.state not in LIVE for r in rows):
+                    winner = job["target"]
+                    break
+        if winner is None:
+            return [], {}
+        waits = {}
+        for job in jobs:
+            rows = list(by_job.get(job["id"], {}).values()) + ([pending[job["id"]]] if job["id"] in pending else [])
+            submit = min((r.submit for r in rows if r.submit), default=None)
+            start = min((r.start for r in rows if r.start), default=None)
+            if job["target"] != winner:
+                to_cancel.append(job["id"])
+                waits[job["target"]] = {"queued_s": round((time.time() - submit), 1) if submit else None,
+                                        "started": False}
+            else:
+                waits[job["target"]] = {"queued_s": round(start - submit, 1) if start and submit else None,
+                                        "started": True}
+        info = {} if sub.info.get("race_winner") else {"race_winner": winner, "race": waits}
+        return [j for j in jobs if j["target"] == winner], info
+
+    def _poll_one(self, stage: StageContext, sub: SubmissionRecord, by_job: dict[str, dict[int, JobRow]],
+                  pending: dict[str, JobRow], to_cancel: list[str]) -> PollResult:
+        folder = protocol.submission_dir(stage.run_dir, sub.id)
+        age = time.time() - (sub.submitted_at or sub.created_at)
+        jobs, info = self._race(sub, by_job, pending, to_cancel)
+        if self.settings.race and not jobs:
+            seen = any(j["id"] in by_job or j["id"] in pending for j in sub.info["jobs"])
+            if seen or age < self.settings.missing_grace:
+                return PollResult(info=info or None)
+            return PollResult(finished=True, lost_message="the cluster has no record of this submission's jobs")
+        result = PollResult(info=info or None)
+        manifest: dict[str, Any] | None = None
+        stats = dict(sub.info.get("efficiency") or {})
+        stats_changed = False
+        all_ended = True
+        for job in jobs:
+            rows = by_job.get(job["id"], {})
+            waiting = pending.get(job["id"])
+            for index in range(job["count"]):
+                element = job["offset"] + index
+                if (sub.id, element) in self._closed:
+                    continue
+                row = rows.get(index)
+                if row is None and waiting is not None:
+                    row = JobRow(job_id=job["id"], index=index, pending_range=waiting.pending_range,
+                                 state=waiting.state, reason=waiting.reason)
+                edir = protocol.element_dir(folder, element)
+                started, results = self._read(sub.id, element, edir)
+                result.results.extend(r for r in results if r.outcome != Outcome.INTERRUPTED)
+                result.started_at.update(started)
+                if row is not None and row.state in STARTED:
+                    result.running = True
+                dependency = row is not None and row.state == SlurmState.PENDING and \
+                    "DependencyNeverSatisfied" in row.reason
+                if dependency:
+                    to_cancel.append(job["id"])
+                elif row is not None and row.state in LIVE or row is None and self._maybe_alive(edir, age):
+                    all_ended = False
+                    continue
+                manifest = manifest or protocol.read_manifest(folder)
+                result.results.extend(self._ended(manifest, element, edir, row, dependency))
+                if row is not None and row.elapsed is not None and not dependency:
+                    stats[str(element)] = [f"{row.job_id}_{index}", row.state.value, row.elapsed, row.max_rss,
+                                           row.alloc_cpus, row.node, f"{row.exit_code}:{row.signal}"]
+                    stats_changed = True
+                self._closed.add((sub.id, element))
+        result.finished = all_ended
+        if stats_changed:
+            result.info = {**(result.info or {}), "efficiency": stats}
+        if result.finished:
+            for key in [k for k in self._closed if k[0] == sub.id]:
+                self._closed.discard(key)
+                self._offsets.pop(key, None)
+        return result
+
+    def _maybe_alive(self, edir: Path, age: float) -> bool:
+        """An element neither sacct nor squeue lists: just submitted (not listed yet), or, without
+        accounting, forgotten by squeue after MinJobAge; its files tell whether it finished."""
+        return age < self.settings.missing_grace
+    def _read(self, sub_id: int, element: int, edir: Path) -> tuple[dict[int, float], list[TaskResult]]:
+        started_offset, results_offset = self._offsets.get((sub_id, element), (0, 0))
+        started, started_offset = protocol.read_started(edir, started_offset)
+        records, results_offset = protocol.read_results(edir, results_offset)
+        self._offsets[(sub_id, element)] = (started_offset, results_offset)
+        return started, [result_from_record(r) for r in records]
+
+    def _ended(self, manifest: dict[str, Any], element: int, edir: Path, row: JobRow | None,
+               dependency: bool = False) -> list[TaskResult]:
+        """Results for an element's tasks that reported nothing final before its job ended."""
+        start, end = manifest["elements"][element]
+        tasks = manifest["tasks"][start:end]
+        every, _ = protocol.read_results(edir)
+        final: dict[int, dict[str, Any]] = {}
+        for record in every:
+            final[int(record["task_id"])] = record
+        started, _ = protocol.read_started(edir)
+        out: list[TaskResult] = []
+        state = row.state if row is not None else None
+        where = f"job {row.job_id}_{row.index}" if row is not None and row.index is not None else "its job"
+        node = row.node if row is not None else None
+        if state == SlurmState.NODE_FAIL and node:
+            self._bad_nodes.add(node)
+        for task in tasks:
+            tid = task["task_id"]
+            record = final.get(tid)
+            if record is not None and record.get("status") != "interrupted":
+                continue   # already reported
+            if record is not None:
+                out.append(TaskResult(task_id=tid, outcome=Outcome.INTERRUPTED, error_class="interrupted",
+                                      error_message=record.get("error_message")))
+                continue
+            if dependency:
+                out.append(TaskResult(task_id=tid, outcome=Outcome.LOST, error_class="upstream",
+                                      error_message="a job it depends on did not succeed "
+                                                    "(DependencyNeverSatisfied); cancelled"))
+                continue
+            if state is None:
+                verdict, error_class = Verdict.FAILED, "worker_lost"
+            else:
+                verdict, error_class = ENDED.get(state, (Verdict.FAILED, "worker_lost"))
+            if state == SlurmState.FAILED and row is not None and row.signal == 9:
+                error_class = "oom"
+            message = (f"{where} ended {state.value if state else 'without a trace'}"
+                       + (f" (exit {row.exit_code}:{row.signal})" if row is not None else "")
+                       + (f" on {node}" if node else "") + f"; see {edir.parent}/slurm-*_{row.index if row else ''}.out")
+            if tid not in started or verdict == Verdict.REQUEUE:
+                out.append(TaskResult(task_id=tid, outcome=Outcome.LOST, error_class=error_class,
+                                      error_message=message))
+            else:
+                out.append(TaskResult(task_id=tid, outcome=Outcome.FAILED, error_class=error_class,
+                                      error_message=message, started_at=started.get(tid), host=node,
+                                      info={"slurm_state": state.value if state else None}))
+        return out
+
+    # -- cancel ------------------------------------------------------------------------------
+
+    def cancel(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> None:
+        ids = [job["id"] for sub in submissions for job in sub.info.get("jobs") or []]
+        if ids:
+            self.commands.scancel(ids)
+
+    def interrupt(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord],
+                  grace: float) -> None:
+        """Jobs keep running on the cluster while the controller is away; the next one adopts them."""
+
+
+__all__ = ["SlurmBackendImpl", "SlurmTarget", "job_name_for"]
