@@ -1,0 +1,253 @@
+"""The simulator's HTTP server: routing, injected HTTP faults, and the ``SimServer`` handle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from corral.sim.clock import Clock, RealClock
+from corral.sim.core import Account, SimState
+from corral.sim.model import SimConfig
+from corral.sim.web import ApiError, Req, Resp, json_resp
+
+
+class SimServer:
+    """A local Batch API (OpenAI Files + Batches, Anthropic Message Batches) on 127.0.0.1.
+
+    ``clock`` is anything with ``now()`` (seconds); None means real time. State advances lazily from
+    the clock on each request, so a virtual clock shared with the engine makes days pass in seconds.
+    """
+
+    def __init__(self, config: SimConfig | None = None, clock: Clock | None = None, *, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        from corral.sim.anthropic_api import AnthropicApi
+        from corral.sim.openai_api import OpenAIApi
+
+        self.config = config or SimConfig()
+        self.clock = clock or RealClock()
+        self.host, self.port = host, port
+        self.account = Account(self.config, self.clock.now)
+        self.openai = OpenAIApi(self.account)
+        self.anthropic = AnthropicApi(self.account)
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> SimState:
+        return self.account.state
+
+    @property
+    def base_url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("the simulator is not started")
+        return f"http://{self.host}:{self._httpd.server_address[1]}"
+
+    def start(self) -> str:
+        """Serve in a daemon thread; returns the base URL (OpenAI SDK: base_url + "/v1")."""
+        if self._httpd is None:
+            self._httpd = _HTTPServer((self.host, self.port), _Handler)
+            self._httpd.sim = self
+            self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                            name="corral-sim", daemon=True)
+            self._thread.start()
+        return self.base_url
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until ``stop()`` (from a signal handler or another thread)."""
+        if self._httpd is None:
+            self._httpd = _HTTPServer((self.host, self.port), _Handler)
+            self._httpd.sim = self
+        self._httpd.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._httpd = self._thread = None
+
+    def __enter__(self) -> "SimServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def set_faults(self, **rates: float) -> None:
+        """Change fault rates now (batch-level and line-level rates apply to batches created from now on)."""
+        with self.account.lock:
+            self.config.set_faults(**rates)
+
+    def advance(self, seconds: float) -> None:
+        """Move a virtual clock forward (only for clocks that can be advanced)."""
+        if not hasattr(self.clock, "advance"):
+            raise TypeError("this simulator runs on real time; give it a virtual clock to advance")
+        self.clock.advance(seconds)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able view of the state (also served at GET /sim/state)."""
+        with self.account.lock:
+            now = self.clock.now()
+            self.account.sync(now)
+            state = self.state
+            phases: dict[str, int] = {}
+            for batch in state.batches.values():
+                key = f"{batch.provider}:{batch.phase(now)}"
+                phases[key] = phases.get(key, 0) + 1
+            return {"now": now, "batches_created": dict(state.batches_created),
+                    "requests_enqueued": dict(state.requests_enqueued), "batches_by_status": phases,
+                    "faults": dict(state.faults), "rejections": dict(state.rejections),
+                    "token_limit_failures": state.token_limit_failures, "files_uploaded": state.files_uploaded,
+                    "http_requests": dict(state.http_requests), "fault_rates": self.config.fault_rates()}
+
+    # -- dispatch -------------------------------------------------------------------------------------
+    def handle(self, req: Req) -> tuple[Resp, float]:
+        """Answer one request; the float is how long to hold the answer back (an injected timeout)."""
+        if req.path.startswith("/sim/") or req.path == "/sim":
+            return self._control(req), 0.0
+        api = self.anthropic if req.path.startswith("/v1/messages") else self.openai
+        route, handler, args = self._route(api, req)
+        rng_lock = self.account.lock
+        with rng_lock:
+            self.state.http_requests[route] += 1
+            fault = self._http_fault()
+        if fault == "http_5xx":
+            status, kind = (529, "overloaded_error") if api is self.anthropic else (500, "server_error")
+            return api.error(ApiError(status, kind, "The server had an error while processing your request. "
+                                      "(injected fault)", headers=self._retry_headers())), 0.0
+        if fault == "http_429":
+            return api.error(ApiError(429, "rate_limit_error" if api is self.anthropic else "requests",
+                                      "Rate limit reached for requests. (injected fault)", code="rate_limit_exceeded",
+                                      headers=self._retry_headers())), 0.0
+        if handler is None:
+            return api.error(ApiError(404, "not_found_error" if api is self.anthropic else "invalid_request_error",
+                                      f"Unknown request URL: {req.method} {req.path}.")), 0.0
+        if not (req.headers.get("authorization") or req.headers.get("x-api-key")):
+            return api.error(ApiError(401, "authentication_error" if api is self.anthropic else "invalid_request_error",
+                                      "You didn't provide an API key.")), 0.0
+        with self.account.lock:
+            now = self.clock.now()
+            self.account.sync(now)
+            try:
+                resp = handler(req, now, *args)
+            except ApiError as exc:
+                resp = api.error(exc)
+        return resp, (self.config.timeout_delay_s if fault == "timeout" else 0.0)
+
+    @staticmethod
+    def _route(api: Any, req: Req) -> tuple[str, Any, tuple[str, ...]]:
+        for method, pattern, name, handler in api.routes:
+            match = pattern.fullmatch(req.path)
+            if match and method == req.method:
+                return name, handler, match.groups()
+        return f"{req.method} (unknown)", None, ()
+
+    def _http_fault(self) -> str | None:
+        for name in ("http_5xx", "http_429", "timeout"):
+            if self.account.roll(getattr(self.config, name)):
+                self.state.faults[name] += 1
+                return name
+        return None
+
+    def _retry_headers(self) -> dict[str, str]:
+        seconds = self.config.retry_after_s
+        return {"retry-after-ms": str(int(seconds * 1000)), "retry-after": str(max(1, round(seconds)))}
+
+    def _control(self, req: Req) -> Resp:
+        """Sim-only endpoints for rehearsals: GET /sim/state, POST /sim/faults, POST /sim/advance."""
+        try:
+            if req.method == "GET" and req.path == "/sim/state":
+                return json_resp(self.summary())
+            body = req.json() or {}
+            if req.method == "POST" and req.path == "/sim/faults" and isinstance(body, dict):
+                self.set_faults(**body)
+                return json_resp(self.config.fault_rates())
+            if req.method == "POST" and req.path == "/sim/advance" and isinstance(body, dict):
+                self.advance(float(body.get("seconds", 0)))
+                return json_resp({"now": self.clock.now()})
+        except (ValueError, TypeError) as exc:
+            return json_resp({"error": {"message": str(exc), "type": "invalid_request_error"}}, 400)
+        except ApiError as exc:
+            return self.openai.error(exc)
+        return json_resp({"error": {"message": f"unknown simulator control {req.method} {req.path}",
+                                    "type": "invalid_request_error"}}, 404)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    sim: SimServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # One buffered write per answer and no Nagle delay: keep-alive round trips take microseconds, not 40 ms.
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _serve(self) -> None:
+        try:
+            body = self._read_body()
+        except ValueError:
+            self._send(json_resp({"error": {"message": "unreadable request body", "type": "invalid_request_error"}},
+                                 400))
+            return
+        parts = urlsplit(self.path)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        host = headers.get("host") or f"{self.server.sim.host}:{self.server.server_address[1]}"
+        req = Req(self.command, parts.path.rstrip("/") or "/", Req.parse_query(parts.query), headers, body,
+                  f"http://{host}")
+        try:
+            resp, delay = self.server.sim.handle(req)
+        except Exception as exc:  # a bug in the simulator: answer like a server would, never hang the client
+            resp, delay = json_resp({"error": {"message": f"simulator error: {type(exc).__name__}: {exc}",
+                                               "type": "server_error"}}, 500, {"x-should-retry": "false"}), 0.0
+        if delay:
+            time.sleep(delay)
+        self._send(resp)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, resp: Resp) -> None:
+        try:
+            self.send_response(resp.status)
+            self.send_header("content-type", resp.content_type)
+            self.send_header("content-length", str(len(resp.body)))
+            for name, value in resp.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(resp.body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
