@@ -313,3 +313,251 @@ def test_anthropic_invalid_custom_id_is_refused(make_sim):
     with pytest.raises(anthropic.BadRequestError):
         client.messages.batches.create(requests=[{**a_request(1), "custom_id": "x" * 65}])
     assert sim.state.batches_created["anthropic"] == 0
+
+
+def test_anthropic_cancel_and_expiry(make_sim, clock):
+    sim = make_sim(turnaround={"validating": {"median_s": 10}, "in_progress": {"median_s": 1000},
+                               "cancelling": {"median_s": 60}})
+    client = ant(sim)
+    batch = client.messages.batches.create(requests=[a_request(i) for i in range(40)])
+    clock.advance(510)
+    canceling = client.messages.batches.cancel(batch.id)
+    assert canceling.processing_status == "canceling" and canceling.cancel_initiated_at is not None
+    done = a_wait(client, clock, batch.id, step=30)
+    counts = done.request_counts
+    assert counts.canceled > 0 and counts.succeeded > 0 and counts.canceled + counts.succeeded == 40
+    kinds = [r.result.type for r in client.messages.batches.results(batch.id)]
+    assert kinds.count("canceled") == counts.canceled and kinds.count("succeeded") == counts.succeeded
+    with pytest.raises(anthropic.BadRequestError):
+        client.with_options(max_retries=0).messages.batches.cancel(batch.id)
+
+    sim.set_faults(expire=1.0)
+    batch = client.messages.batches.create(requests=[a_request(i) for i in range(40)])
+    clock.advance(DAY - 60)
+    assert client.messages.batches.retrieve(batch.id).processing_status == "in_progress"
+    clock.advance(60)
+    done = client.messages.batches.retrieve(batch.id)
+    assert done.processing_status == "ended" and 0 < done.request_counts.expired < 40
+    kinds = [r.result.type for r in client.messages.batches.results(batch.id)]
+    assert kinds.count("expired") == done.request_counts.expired
+    assert kinds.count("succeeded") == done.request_counts.succeeded
+
+
+def test_anthropic_list_pagination_and_queue_limit(make_sim, clock):
+    sim = make_sim(anthropic_queue_limit=25, retry_after_s=0.01)
+    client = ant(sim, max_retries=0)
+    ids = []
+    for i in range(5):
+        ids.append(client.messages.batches.create(requests=[a_request(j) for j in range(5)]).id)
+        clock.advance(1)
+    with pytest.raises(anthropic.RateLimitError):
+        client.messages.batches.create(requests=[a_request(0)])
+    assert sim.state.rejections["queue_limit"] == 1
+    page = client.messages.batches.list(limit=2)
+    assert [b.id for b in page.data] == ids[::-1][:2] and page.has_more and page.last_id == ids[3]
+    assert [b.id for b in client.messages.batches.list(limit=2)] == ids[::-1]
+    before = client.messages.batches.list(before_id=ids[2], limit=10)
+    assert [b.id for b in before.data] == [ids[4], ids[3]]
+    for batch_id in ids:
+        a_wait(client, clock, batch_id)
+    client.messages.batches.create(requests=[a_request(0)])  # the queue has room again
+
+
+# -- faults ------------------------------------------------------------------------------------------------
+
+def test_http_5xx_and_429_are_retried_by_the_sdks(make_sim, clock):
+    sim = make_sim(seed=5, http_5xx=0.3, http_429=0.2, retry_after_s=0.001)
+    client = oai(sim, max_retries=20)
+    batch = submit(client, [chat_line(i) for i in range(5)])
+    done, _ = wait(client, clock, batch.id, step=1800)
+    assert len(jsonl(client, done.output_file_id)) == 5
+    a_client = ant(sim, max_retries=20)
+    a_batch = a_client.messages.batches.create(requests=[a_request(i) for i in range(5)])
+    a_wait(a_client, clock, a_batch.id, step=1800)
+    assert len(list(a_client.messages.batches.results(a_batch.id))) == 5
+    assert sim.state.faults["http_5xx"] >= 3 and sim.state.faults["http_429"] >= 2
+    sim.set_faults(http_5xx=1.0, http_429=0.0)
+    with pytest.raises(openai.InternalServerError):
+        oai(sim, max_retries=1).batches.list()
+    with pytest.raises(anthropic.APIStatusError) as overloaded:
+        ant(sim, max_retries=1).messages.batches.list()
+    assert overloaded.value.status_code == 529
+
+
+def test_timeouts_are_retried_and_the_effect_happened(make_sim, clock):
+    sim = make_sim(timeout=1.0, timeout_delay_s=0.6)
+    client = oai(sim, max_retries=0, timeout=0.2)
+    with pytest.raises(openai.APITimeoutError):
+        client.batches.list()
+    sim.set_faults(timeout=0.0)
+    lines = [chat_line(0)]
+    data = "\n".join(json.dumps(line) for line in lines).encode()
+    file_id = client.files.create(file=("b.jsonl", data), purpose="batch").id
+    sim.set_faults(timeout=1.0)
+    with pytest.raises(openai.APITimeoutError):
+        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    # The answer was lost but the batch exists, as with a real network timeout: find it by listing.
+    assert sim.state.batches_created["openai"] == 1
+    sim.set_faults(timeout=0.5)
+    retried = oai(sim, max_retries=10, timeout=0.2)
+    assert len(retried.batches.list().data) == 1
+    assert sim.state.faults["timeout"] >= 2
+
+
+def test_malformed_and_missing_lines_at_the_configured_rates(make_sim, clock):
+    sim = make_sim(seed=11, malformed_lines=0.1, missing_lines=0.05)
+    client = oai(sim)
+    n = 2000
+    done, _ = wait(client, clock, submit(client, [chat_line(i) for i in range(n)]).id, step=3600)
+    raw = client.files.content(done.output_file_id).text.splitlines()
+    good = bad = 0
+    for line in raw:
+        try:
+            json.loads(line)
+            good += 1
+        except ValueError:
+            bad += 1
+    missing = n - len(raw)
+    assert done.request_counts.completed == n      # counts still cover every request
+    assert 0.07 * n < bad < 0.13 * n and 0.03 * n < missing < 0.07 * n
+    a_client = ant(sim)
+    batch = a_client.messages.batches.create(requests=[a_request(i) for i in range(n)])
+    a_wait(a_client, clock, batch.id, step=3600)
+    response = a_client.messages.batches.with_raw_response.results(batch.id)
+    lines = response.http_response.read().decode().splitlines()
+    assert 0.03 * n < n - len(lines) < 0.07 * n
+    assert 0.07 * n < sum(1 for line in lines if not _parses(line)) < 0.13 * n
+
+
+def test_request_errors_at_the_configured_rate(make_sim, clock):
+    sim = make_sim(seed=4, request_error=0.2)
+    client = oai(sim)
+    done, _ = wait(client, clock, submit(client, [chat_line(i) for i in range(500)]).id, step=3600)
+    errors = jsonl(client, done.error_file_id)
+    assert 60 < len(errors) < 140 and {e["response"]["status_code"] for e in errors} == {500}
+    assert done.request_counts.failed == len(errors)
+    assert done.request_counts.completed + len(errors) == 500
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
+
+
+# -- token model -------------------------------------------------------------------------------------------
+
+def png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_token_model_on_a_literal_request():
+    image = base64.b64encode(png(1024, 768)).decode()
+    text = "Describe the two frames."      # 24 bytes: 6 tokens
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": text},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}]}]}
+    # 3 per request + 4 per message + 6 text + (85 + 170 * 2x2 tiles) = 778
+    assert openai_request_tokens(body) == 778
+    body["messages"][0]["content"][1]["image_url"]["detail"] = "low"
+    assert openai_request_tokens(body) == 3 + 4 + 6 + 85
+    params = {"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": text},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}}]}]}
+    assert anthropic_request_tokens(params) == 3 + 4 + 6 + 1049   # ceil(1024 * 768 / 750)
+
+
+def test_token_model_reads_jpeg_sizes_and_scales_large_images():
+    from io import BytesIO
+
+    PIL = pytest.importorskip("PIL.Image")
+    buffer = BytesIO()
+    PIL.new("RGB", (2000, 1000), (10, 20, 30)).save(buffer, format="JPEG")
+    url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]}
+    # 2000x1000 -> shortest side 768: 1536x768 -> 3x2 tiles
+    assert openai_request_tokens(body) == 3 + 4 + 85 + 170 * 6
+    params = {"messages": [{"role": "user", "content": [{"type": "image", "source": {
+        "type": "base64", "media_type": "image/jpeg", "data": url.split(",", 1)[1]}}]}]}
+    assert anthropic_request_tokens(params) == 3 + 4 + 1640   # 1568x784 / 750
+
+
+def test_billed_usage_follows_the_token_model(make_sim, clock):
+    sim = make_sim(output_tokens=1199)
+    client = oai(sim)
+    line = chat_line(0, text="y" * 400)
+    done, _ = wait(client, clock, submit(client, [line]).id)
+    usage = jsonl(client, done.output_file_id)[0]["response"]["body"]["usage"]
+    assert usage["prompt_tokens"] == openai_request_tokens(line["body"]) and usage["completion_tokens"] == 1199
+
+
+# -- settings and command line -----------------------------------------------------------------------------
+
+def test_settings_from_yaml_and_errors(tmp_path):
+    from corral.errors import SpecError
+
+    path = tmp_path / "sim.yaml"
+    path.write_text("seed: 4\nlimits:\n  enqueued_token_limit: 1000\nfaults:\n  http_5xx: 0.1\n"
+                    "turnaround:\n  in_progress: {median_s: 60, sigma: 0.5}\n")
+    config = SimConfig.from_yaml(path)
+    assert (config.seed, config.enqueued_token_limit, config.http_5xx) == (4, 1000, 0.1)
+    assert config.turnaround.in_progress.sigma == 0.5 and config.turnaround.validating.median_s == 120
+    path.write_text("faults:\n  http_5x: 0.1\n")
+    with pytest.raises(SpecError) as bad:
+        SimConfig.from_yaml(path)
+    assert "http_5xx" in str(bad.value) and str(path) in str(bad.value)
+    with pytest.raises(SpecError):
+        SimConfig.from_dict({"expire": 2})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_corral_sim_serve_answers(tmp_path):
+    port = free_port()
+    (tmp_path / "sim.yaml").write_text("turnaround:\n  validating: {median_s: 0}\n  in_progress: {median_s: 0}\n"
+                                       "  finalizing: {median_s: 0}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "corral", "sim", "serve", "--port", str(port), "--seed", "3",
+                             "--config", str(tmp_path / "sim.yaml"), "--speed", "100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sim", max_retries=0)
+        deadline = time.time() + 20
+        while True:
+            try:
+                client.batches.list()
+                break
+            except openai.APIConnectionError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        batch = submit(client, [chat_line(0)])
+        for _ in range(100):
+            batch = client.batches.retrieve(batch.id)
+            if batch.status == "completed":
+                break
+            time.sleep(0.05)
+        assert batch.status == "completed"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 0, stderr
+    assert f"http://127.0.0.1:{port}" in stderr
+
+
+def test_corral_sim_serve_refuses_a_bad_config(tmp_path):
+    (tmp_path / "sim.yaml").write_text("faults: {expire: 3}\n")
+    done = subprocess.run([sys.executable, "-m", "corral", "sim", "serve", "--config", str(tmp_path / "sim.yaml")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "expire" in done.stderr and "Traceback" not in done.stderr
