@@ -25,13 +25,13 @@ def version_rows(ledger: Ledger) -> list[tuple[str, str]]:
         return [tuple(r) for r in conn.execute(select(schema.meta.c.key, schema.meta.c.value))]
 
 
-def test_schema_is_created_with_version_1(ledger_url: str):
+def test_schema_is_created_at_the_current_version(ledger_url: str):
     ledger = Ledger(ledger_url)
     try:
-        assert SCHEMA_VERSION == 1
-        assert version_rows(ledger) == [("schema_version", "1")]
+        assert SCHEMA_VERSION == 2
+        assert version_rows(ledger) == [("schema_version", "2")]
         tables = set(inspect(ledger.engine).get_table_names())
-        assert {"corral_meta", "runs", "items", "tasks", "submissions", "events"} <= tables
+        assert {"corral_meta", "runs", "items", "tasks", "submissions", "events", "controllers"} <= tables
     finally:
         ledger.close()
 
@@ -45,7 +45,7 @@ def test_reopening_is_a_no_op(ledger_url: str):
         first.close()
     second = Ledger(ledger_url)
     try:
-        assert version_rows(second) == [("schema_version", "1")]
+        assert version_rows(second) == [("schema_version", str(SCHEMA_VERSION))]
         with second.read() as conn:
             messages = [r[0] for r in conn.execute(select(schema.events.c.message))]
         assert messages == ["kept"]
@@ -56,12 +56,13 @@ def test_reopening_is_a_no_op(ledger_url: str):
 def test_newer_schema_version_is_refused(ledger_url: str):
     ledger = Ledger(ledger_url)
     with ledger.write() as conn:
-        conn.execute(update(schema.meta).where(schema.meta.c.key == "schema_version").values(value="2"))
+        conn.execute(update(schema.meta).where(schema.meta.c.key == "schema_version")
+                     .values(value=str(SCHEMA_VERSION + 1)))
     ledger.close()
     with pytest.raises(LedgerError) as info:
         Ledger(ledger_url)
     text = str(info.value)
-    assert "schema version 2" in text and "newer" in text and "upgrade corral" in text
+    assert f"schema version {SCHEMA_VERSION + 1}" in text and "newer" in text and "upgrade corral" in text
 
 
 def test_newer_schema_version_is_a_clean_cli_error(tmp_path: Path):

@@ -26,6 +26,21 @@ LEDGER = typer.Option(None, "--ledger", help="Ledger URL or SQLite path (default
                       "ledger:, or .corral/ledger.db beside the campaign file).")
 RUN_ID = typer.Option(None, "--run-id", help="Act on this run (default: the newest run of the campaign).")
 JSON = typer.Option(False, "--json", help="Print JSON on stdout.")
+CONTROLLER_ID = typer.Option(None, "--controller-id", help="This controller's name on a shared ledger (default: "
+                             "CORRAL_HOST or the host name); it polls only its own submissions.")
+LEASE = typer.Option(None, "--lease", help="Seconds without a tick after which other controllers of a shared "
+                     "ledger take this one's tasks back (default: CORRAL_LEASE or 60).")
+
+
+def _controller(controller_id: str | None, lease: float | None) -> None:
+    import os
+
+    if controller_id:
+        os.environ["CORRAL_CONTROLLER_ID"] = controller_id
+    if lease is not None:
+        if lease <= 0:
+            raise CorralError("--lease must be a positive number of seconds")
+        os.environ["CORRAL_LEASE"] = str(lease)
 
 
 def _campaign(args: list[str] | None, ledger: str | None, positional: int = 0):
@@ -88,8 +103,10 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
         force: bool = typer.Option(False, "--force", help="Continue --run-id even if its config differs."),
         tag: Optional[List[str]] = typer.Option(None, "--tag", help="Tag the run: key=value (repeatable)."),
         note: Optional[str] = typer.Option(None, "--note", help="Add a note to the run."),
+        controller_id: Optional[str] = CONTROLLER_ID, lease: Optional[float] = LEASE,
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display.")) -> None:
     """Run the campaign until every task is done, failed or cancelled (resumes an unfinished run)."""
+    _controller(controller_id, lease)
     campaign, _ = _campaign(args, ledger)
     selection = _selection(limit, shard)
     if dry_run:
@@ -143,8 +160,9 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
 @app.command()
 def tick(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
          limit: Optional[int] = typer.Option(None, "--limit"), shard: Optional[str] = typer.Option(None, "--shard"),
-         as_json: bool = JSON) -> None:
+         as_json: bool = JSON, controller_id: Optional[str] = CONTROLLER_ID, lease: Optional[float] = LEASE) -> None:
     """One pass (poll, collect, plan, submit) and exit: for cron."""
+    _controller(controller_id, lease)
     campaign, _ = _campaign(args, ledger)
     the_run, created = campaign.start(_selection(limit, shard), run_id=run_id)
     report = the_run.tick()

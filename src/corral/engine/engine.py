@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 
 from corral.backends import Backend, make_backend
 from corral.backends.base import Backlog, CapacityError, StageContext, SubmissionRecord, TaskSpec
+from corral.engine.claims import Claims
 from corral.engine.clock import Clock, SystemClock
 from corral.engine.record import Changes, Recorder
 from corral.errors import CorralError
@@ -66,6 +67,7 @@ class Engine:
                 self.backends[name] = make_backend(name, settings, log=self.log,
                                                    wake=getattr(self.clock, "wake", None), clock=self.clock)
         self.recorder = Recorder(run_id, spec.stages, self.order, log=self.log)
+        self.claims = Claims(ledger, run_id, log=self.log)
         self._status: str | None = None
         self._run_stamp: tuple | None = None
         self._next_wake: float | None = None
@@ -78,10 +80,13 @@ class Engine:
     def tick(self, *, wait_for_lock: bool = False, submit: bool = True) -> TickReport:
         """One pass. With ``submit=False`` it only reconciles, polls and records (used when stopping)."""
         report = TickReport()
-        with self.ledger.tick_lock(self.run_id, wait=wait_for_lock) as got:
+        with self.ledger.tick_lock(self.claims.lock_name, wait=wait_for_lock) as got:
             if not got:
                 report.locked = True
                 return report
+            if self.claims.shared:
+                self.claims.heartbeat(self.clock.now())
+                report.requeued += self.claims.reclaim_expired(self.recorder, self.clock.now())
             subs = self._open_submissions()
             if any(s.state == "submitting" for s in subs):
                 self._reconcile(subs, report)
@@ -104,7 +109,7 @@ class Engine:
 
     def _open_submissions(self) -> list[SubmissionRecord]:
         with self.ledger.read() as conn:
-            rows = self.ledger.open_submissions(conn, self.run_id)
+            rows = self.claims.mine(self.ledger.open_submissions(conn, self.run_id))
         return [_record(row) for row in rows]
 
     def _reconcile(self, subs: list[SubmissionRecord], report: TickReport) -> None:
@@ -323,13 +328,13 @@ class Engine:
                 for start in range(0, len(ids), 900):
                     conn.execute(update(t).where(t.c.id.in_(ids[start:start + 900]), t.c.state == "waiting")
                                  .values(state="pending", ready_at=now, not_before=None))
-            rows = self.ledger.ready_tasks(conn, self.run_id, stage.name, now, size)
+            rows = self.claims.ready_tasks(conn, stage.name, now, size)
             if not rows:
                 return None
             sub_id = self.ledger.insert_submission(conn, {
                 "run_id": self.run_id, "stage": stage.name, "backend": stage.spec.backend,
                 "idempotency_key": key, "state": "submitting", "created_at": now, "task_count": len(rows),
-                "info": dumps(info)})
+                "info": dumps(info), "controller": self.claims.controller})
             ids = [r["id"] for r in rows]
             for start in range(0, len(ids), 900):
                 conn.execute(update(schema.tasks).where(schema.tasks.c.id.in_(ids[start:start + 900]),

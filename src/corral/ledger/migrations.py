@@ -10,8 +10,18 @@ from sqlalchemy.engine import Connection, Engine
 from corral.errors import LedgerError
 from corral.ledger import schema
 
+def _v2_controllers(conn: Connection) -> None:
+    """Submissions name the controller that polls them; controllers hold leases."""
+    columns = {c["name"] for c in inspect(conn).get_columns("submissions")}
+    if "controller" not in columns:
+        conn.exec_driver_sql("ALTER TABLE submissions ADD COLUMN controller VARCHAR(255)")
+    schema.controllers.create(conn, checkfirst=True)
+
+
+# Version 1 creates the current tables, so on a new ledger the later steps find nothing to do.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: lambda conn: schema.metadata.create_all(conn),
+    2: _v2_controllers,
 }
 
 

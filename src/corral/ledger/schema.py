@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text, text
 from sqlalchemy import BigInteger
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -98,7 +98,20 @@ submissions = Table(
     Column("finished_at", Float),
     Column("task_count", Integer, nullable=False),
     Column("info", Text),
+    # The controller that polls it (schema 2); NULL: any controller (ledgers from before).
+    Column("controller", String(255)),
     Index("ix_submissions_state", "run_id", "state"),
+)
+
+# Controllers sharing a ledger (schema 2): one row each, its lease renewed every tick.
+controllers = Table(
+    "controllers", metadata,
+    Column("id", String(255), primary_key=True),
+    Column("host", String(255)),
+    Column("pid", Integer),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
 )
 
 events = Table(
