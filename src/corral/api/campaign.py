@@ -93,6 +93,11 @@ class Campaign:
                 "action": stage.call or " ".join(stage.run or []),
                 "retries": stage.retries.max, "timeout": stage.timeout,
             }
+            if stage.request is not None:
+                from corral.llm.projection import project
+
+                stages[name].update(kind="request", action=f"LLM request ({stage.request.get('model') or 'model'})",
+                                    llm=project(self.loaded, name, stage, items))
         resumable = None
         ledger_path = Path(self.ledger_url.split("sqlite:///", 1)[1]) if self.ledger_url.startswith("sqlite") else None
         if ledger_path is None or ledger_path.exists():
@@ -233,7 +238,11 @@ def _check_callables(loaded: LoadedCampaign, name: str, stage) -> None:
 
     from corral.errors import SpecError
 
-    refs = [("call", stage.call), ("skip_if", stage.skip_callable), ("verify", stage.verify_callable)]
+    from corral.llm.projection import check_llm_stage
+
+    check_llm_stage(loaded, name, stage)
+    refs = [("call", stage.call), ("skip_if", stage.skip_callable), ("verify", stage.verify_callable),
+            ("parse", stage.parse)]
     for key, ref in refs:
         if not ref:
             continue
@@ -364,7 +373,27 @@ class Run:
             "stages": stages, "totals": totals,
             "progress": (finished / totals["total"]) if totals["total"] else 1.0,
             "submissions_open": len(open_subs),
+            **self.usage(stages),
         }
+
+    def usage(self, stages: dict[str, dict[str, int]]) -> dict[str, Any]:
+        """Tokens and money recorded per stage, and the whole stage's cost projected from the tasks
+        that recorded one (only stages that record tokens or cost)."""
+        from sqlalchemy import func
+
+        t = schema.tasks
+        query = (select(t.c.stage, func.sum(t.c.tokens_in), func.sum(t.c.tokens_out), func.sum(t.c.cost),
+                        func.count(t.c.cost)).where(t.c.run_id == self.id, (t.c.tokens_in.is_not(None)) |
+                                                    (t.c.cost.is_not(None))).group_by(t.c.stage))
+        with self.ledger.read() as conn:
+            rows = conn.execute(query).all()
+        usage = {}
+        for stage, tokens_in, tokens_out, cost, priced in rows:
+            total = stages.get(stage, {}).get("total", 0)
+            usage[stage] = {"tokens_in": int(tokens_in or 0), "tokens_out": int(tokens_out or 0),
+                            "cost": round(cost or 0.0, 6),
+                            "cost_projected": round((cost or 0.0) / priced * total, 4) if priced else None}
+        return {"usage": usage} if usage else {}
 
     def submissions(self, open_only: bool = True) -> list[dict[str, Any]]:
         s = schema.submissions

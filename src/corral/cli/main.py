@@ -86,8 +86,12 @@ def check(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, as_j
     output.out.print(f"items: {plan['items']}   tasks: {plan['tasks']}   ledger: {plan['ledger']}", highlight=False)
     rows = [{"stage": name, "per": s["per"], "tasks": s["tasks"], "needs": ",".join(s["needs"]) or "-",
              "backend": s["backend"], s["kind"]: s["action"]} for name, s in plan["stages"].items()]
-    output.out.print(output.table([{**r, "action": r.get("call") or r.get("run")} for r in rows],
+    output.out.print(output.table([{**r, "action": r.get("call") or r.get("run") or r.get("request")} for r in rows],
                                   ["stage", "per", "tasks", "needs", "backend", "action"]))
+    from corral.cli.llm_output import projection_lines
+
+    for line in projection_lines(plan["stages"]):
+        output.out.print(line, highlight=False)
     if plan["resumes"]:
         output.out.print(f"`corral run` would continue run {plan['resumes']}", highlight=False)
     else:
@@ -213,6 +217,10 @@ def _print_summary(data, to=None) -> None:
     for stage, states in data["stages"].items():
         rows.append({"stage": stage, **{k: v for k, v in states.items()}})
     console.print(output.table(rows, STATUS_COLUMNS))
+    from corral.cli.llm_output import usage_lines
+
+    for line in usage_lines(data):
+        console.print(line, highlight=False)
 
 
 STATUS_COLUMNS = ["stage", "total", "done", "failed", "cancelled", "running", "queued", "pending", "waiting"]

@@ -1,0 +1,52 @@
+"""How `corral check` shows an LLM stage's projection and `corral status` its tokens and money."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral.spec.durations import format_duration
+
+
+def _tokens(value: float) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:,.1f}M"
+    if value >= 1e4:
+        return f"{value / 1e3:,.0f}K"
+    return f"{value:,.0f}"
+
+
+def projection_lines(stages: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, stage in stages.items():
+        llm = stage.get("llm")
+        if not llm:
+            continue
+        if "tokens_in" not in llm:
+            lines.append(f"{name}: no request could be built from the sampled items: "
+                         + "; ".join(llm.get("render_errors") or []))
+            continue
+        cost = f"${llm['cost_usd']:,.2f}" if llm["cost_usd"] is not None else "unknown (no price for this model)"
+        pilot = f" (a pilot of {llm['pilot']} first)" if llm["pilot"] else ""
+        lines.append(
+            f"{name}: {llm['requests']:,} requests to {llm['model']} in about {llm['batches']:,} batches of up to "
+            f"{llm['requests_per_batch']:,}{pilot}; input ~{_tokens(llm['tokens_in'])} tokens "
+            f"({llm['tokens_per_request']:,.0f} per request, {llm['tokenizer']}), output ~{_tokens(llm['tokens_out'])} "
+            f"tokens ({llm['output_basis']}); cost ~{cost} at the batch price; about "
+            f"{format_duration(llm['seconds_to_finish'])} to finish, bound by {llm['bound_by']} with "
+            f"{format_duration(llm['turnaround'])} per batch")
+        if llm["render_failures"]:
+            lines.append(f"  {llm['render_failures']} of {llm['sampled']} sampled items cannot be rendered: "
+                         + "; ".join(llm["render_errors"]))
+        if llm["oversized_in_sample"]:
+            lines.append(f"  {llm['oversized_in_sample']} sampled requests are too large for any batch")
+    return lines
+
+
+def usage_lines(data: dict[str, Any]) -> list[str]:
+    lines = []
+    for stage, usage in (data.get("usage") or {}).items():
+        projected = (f", ~${usage['cost_projected']:,.2f} projected for the stage"
+                     if usage.get("cost_projected") is not None else "")
+        lines.append(f"{stage}: {usage['tokens_in']:,} input + {usage['tokens_out']:,} output tokens, "
+                     f"${usage['cost']:,.4f} spent{projected}")
+    return lines

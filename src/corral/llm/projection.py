@@ -1,0 +1,120 @@
+"""What an LLM stage will take before it runs: requests, batches, tokens, cost and time to finish
+under the limits (``corral check``), and the checks that a stage and its backend fit together."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from corral.errors import SpecError
+from corral.llm.pricing import price_for
+from corral.llm.requests import RenderError, RequestTemplate
+from corral.llm.scheduler import State, enqueued_capacity, target_batch_requests
+from corral.llm.tokens import TokenEstimator
+from corral.spec.llm import LLM_BACKEND_TYPES
+
+SAMPLE = 50
+
+
+def is_llm(loaded: Any, stage: Any) -> bool:
+    settings = loaded.backends.get(stage.backend)
+    return getattr(settings, "type", None) in LLM_BACKEND_TYPES
+
+
+def check_llm_stage(loaded: Any, name: str, stage: Any) -> None:
+    """A ``request:`` stage runs on an LLM batch backend, and an LLM batch backend runs only those."""
+    llm = is_llm(loaded, stage)
+    if stage.request is not None and not llm:
+        raise SpecError(f"a stage with 'request:' needs an LLM batch backend, not {stage.backend!r}",
+                        file=str(loaded.path), key=f"stages.{name}.backend",
+                        expected="a backend of type " + " or ".join(LLM_BACKEND_TYPES))
+    if llm and stage.request is None:
+        raise SpecError(f"backend {stage.backend!r} sends LLM requests: the stage needs 'request:' (the request "
+                        "body template), not 'run' or 'call'", file=str(loaded.path), key=f"stages.{name}")
+    if llm and stage.per != "item":
+        raise SpecError("an LLM stage sends one request per item", file=str(loaded.path), key=f"stages.{name}.per",
+                        expected="item")
+    if llm:
+        try:
+            RequestTemplate(stage.request, loaded.root)
+        except ValueError as exc:
+            raise SpecError(str(exc), file=str(loaded.path), key=f"stages.{name}.request") from None
+
+
+def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, Any] | None:
+    """Render a sample of the items and extrapolate to all of them."""
+    if not is_llm(loaded, stage):
+        return None
+    settings = loaded.backends[stage.backend]
+    provider = "anthropic" if settings.type == "anthropic_batch" else "openai"
+    template = RequestTemplate(stage.request, loaded.root)
+    count = len(items)
+    step = max(1, count // SAMPLE)
+    sample = items[::step][:SAMPLE]
+    tokens: list[int] = []
+    sizes: list[int] = []
+    outputs: list[int] = []
+    errors: list[str] = []
+    model = settings.model
+    estimator: TokenEstimator | None = None
+    for item in sample:
+        try:
+            body = template.render(item.params, attempt=1, item_key=item.key, item_id=item.item_id, task_id=0)
+        except RenderError as exc:
+            errors.append(f"{item.key}: {exc}")
+            continue
+        if settings.model:
+            body.setdefault("model", settings.model)
+        model = body.get("model") or model
+        if estimator is None:
+            estimator = TokenEstimator(provider=provider, mode=settings.tokenizer, model=model)
+        tokens.append(estimator.request_tokens(body))
+        line = {"custom_id": "c0000000000-t0000000", "params": body} if provider == "anthropic" else \
+            {"custom_id": "c0000000000-t0000000", "method": "POST", "url": getattr(settings, "endpoint", ""),
+             "body": body}
+        sizes.append(len(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()) + 1)
+        for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+            if isinstance(body.get(key), int):
+                outputs.append(body[key])
+                break
+    out: dict[str, Any] = {"requests": count, "model": model, "sampled": len(sample), "render_errors": errors[:5],
+                           "render_failures": len(errors)}
+    if not tokens:
+        return out
+    per_in = sum(tokens) / len(tokens)
+    per_bytes = sum(sizes) / len(sizes)
+    if settings.expected_output_tokens is not None:
+        per_out, out_basis = float(settings.expected_output_tokens), "expected_output_tokens"
+    elif outputs:
+        per_out, out_basis = sum(outputs) / len(outputs), "max_tokens (an upper bound)"
+    else:
+        per_out, out_basis = 1000.0, "a guess of 1,000 per request"
+    state = State(tokens_per_request=per_in, bytes_per_request=per_bytes)
+    per_batch = target_batch_requests(settings, state, count)
+    pilot = min(settings.pilot, count)
+    batches = (1 if pilot else 0) + math.ceil(max(0, count - pilot) / per_batch)
+    tokens_in, tokens_out = per_in * count, per_out * count
+    price = price_for(model, settings.prices)
+    turnaround = settings.expected_turnaround
+    capacity = enqueued_capacity(settings, state)
+    seconds = turnaround * (2 if pilot else 1)       # the pilot's turnaround, then the last batch's
+    bound = "turnaround"
+    if capacity:
+        seconds = max(seconds, tokens_in / capacity * turnaround + turnaround * (1 if pilot else 0))
+        bound = f"the enqueued-token limit ({settings.enqueued_token_limit:,} x {settings.safety_ratio:g})"
+    if settings.max_batches_per_hour and batches / settings.max_batches_per_hour * 3600 > seconds:
+        seconds = batches / settings.max_batches_per_hour * 3600 + turnaround
+        bound = f"max_batches_per_hour ({settings.max_batches_per_hour})"
+    oversized = [t for t, b in zip(tokens, sizes) if b > settings.max_bytes_per_batch or (capacity and t > capacity)]
+    out.update(tokens_per_request=round(per_in, 1), bytes_per_request=round(per_bytes), output_basis=out_basis,
+               requests_per_batch=per_batch, batches=batches, pilot=pilot, tokens_in=round(tokens_in),
+               tokens_out=round(tokens_out), cost_usd=round(price.cost(tokens_in, tokens_out), 4) if price else None,
+               priced=price is not None, seconds_to_finish=round(seconds), bound_by=bound,
+               turnaround=turnaround, tokenizer=estimator.tokenizer if estimator else None,
+               oversized_in_sample=len(oversized))
+    if settings.budget is not None and price is None:
+        raise SpecError(f"backend {stage.backend!r} has a budget but the model {model!r} has no price",
+                        file=str(loaded.path), key=f"backends.{stage.backend}.prices",
+                        expected=f"{model}: {{input: USD per 1M tokens, output: USD per 1M tokens}}")
+    return out
