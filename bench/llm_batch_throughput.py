@@ -1,0 +1,392 @@
+"""LLM batch throughput: the frame-pair labelling workload under an enqueued-token limit, in virtual time.
+
+80,614 requests of 2,617 input tokens (a prompt, two 1024x768 frames and a JSON schema, sized so the
+simulator's token model bills exactly 2,617) and 1,199 billed output tokens each, against the
+OpenAI Batch API simulator (corral.sim) with an enqueued limit of 40M input tokens, the simulator's
+documented turnaround distribution (median tens of minutes, a tail of hours) and 24 h expiry.
+Every policy gets its own simulated account with the same settings and the same seed, so the k-th
+batch created draws the same turnaround in each, and starts at 00:04 UTC:
+
+1. corral: a campaign with an `openai_batch` backend, run by the real engine (SQLite ledger) on a
+   VirtualClock shared with the simulator; time to finish = when the run has recorded every result;
+2. cron: their script, a daily tick at 00:04 that submits 33 batches of 300 (failed or expired
+   requests go back to the queue at the next tick); time to finish = the last batch's completion;
+3. submit-all: every batch of 300 created at once, batches that fail with token_limit_exceeded
+   (or are refused at creation) created again at the next poll, every 10 minutes;
+4. the Little's-law bound: total input tokens / limit x mean turnaround of a batch (at corral's
+   mean batch size; at 300 requests for reference).
+
+Policies 1-3 talk to the simulator over HTTP, 1 through corral's backend, 2 and 3 through the
+official openai SDK. Cost is priced with corral's shipped table (gpt-4o-mini, batch rate).
+
+    python bench/llm_batch_throughput.py [--requests 80614] [--seed 0] [--policies corral,cron,submit-all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from openai import OpenAI
+
+from corral.llm.pricing import price_for
+from corral.sim import ManualClock, SimConfig, SimServer
+from corral.sim.tokens import openai_request_tokens
+
+T0 = 1_700_006_640.0          # 2023-11-15 00:04:00 UTC: the cron tick
+DAY = 86_400.0
+IN_TOKENS, OUT_TOKENS = 2_617, 1_199
+LIMIT = 40_000_000
+MODEL = "gpt-4o-mini"
+BATCH = 300                   # their batch size (cron and submit-all)
+CRON_BATCHES = 33
+RESUBMIT_EVERY = 600.0
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["instructions", "descriptions"],
+          "properties": {"instructions": {"type": "array", "items": {"type": "string"}, "minItems": 5,
+                                          "maxItems": 5},
+                         "descriptions": {"type": "array", "items": {"type": "string"}, "minItems": 2,
+                                          "maxItems": 2}}}
+PROMPT_SEED = ("You see two frames of a robot trajectory, frame k and frame k+1. Write five short imperative "
+               "instructions that would take the robot from the first frame to the second, then one description "
+               "of each frame. Be concrete about objects, colours and directions. ")
+
+
+# -- the workload --------------------------------------------------------------------------------------
+
+def png(width: int, height: int, level: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes([level]) * width
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(row * height, 9)) + chunk(b"IEND", b""))
+
+
+def body_for(prompt: str, url_k: str, url_k1: str) -> dict[str, Any]:
+    return {"model": MODEL, "max_tokens": 1400,
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "frame_pair_labels", "strict": True, "schema": SCHEMA}},
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": prompt},
+                {"type": "image_url", "image_url": {"url": url_k}},
+                {"type": "image_url", "image_url": {"url": url_k1}}]}]}
+
+
+def make_workload(folder: Path, requests: int) -> dict[str, Any]:
+    """Frames, frame_pairs.json and prompt.txt; the prompt is sized so a request bills IN_TOKENS."""
+    frames = folder / "frames"
+    frames.mkdir(parents=True, exist_ok=True)
+    urls = []
+    for k in range(8):
+        data = png(1024, 768, 40 + 20 * k)
+        (frames / f"f{k}.png").write_bytes(data)
+        urls.append("data:image/png;base64," + __import__("base64").b64encode(data).decode())
+    fixed = openai_request_tokens(body_for("", urls[0], urls[1]))
+    text = (PROMPT_SEED * 40)[: 4 * (IN_TOKENS - fixed)]
+    (folder / "prompt.txt").write_text(text)
+    assert openai_request_tokens(body_for(text, urls[0], urls[1])) == IN_TOKENS
+    pairs = [{"pair_index": i, "trajectory_id": f"traj_{i // 40:05d}", "frame_k": i % 40, "frame_k1": i % 40 + 1,
+              "delta": 1, "frame_k_path": f"frames/f{i % 8}.png", "frame_k1_path": f"frames/f{(i + 1) % 8}.png"}
+             for i in range(requests)]
+    (folder / "frame_pairs.json").write_text(json.dumps(pairs))
+    lines = [json.dumps({"custom_id": f"pair-{i}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": body_for(text, urls[i % 8], urls[(i + 1) % 8])}, separators=(",", ":")).encode()
+             for i in range(requests)]
+    return {"lines": lines, "prompt": text}
+
+
+def sim_config(seed: int) -> SimConfig:
+    return SimConfig(seed=seed, enqueued_token_limit=LIMIT, output_tokens=OUT_TOKENS, keep_input_content=False,
+                     retry_after_s=0.01)
+
+
+def billed(sim: SimServer) -> dict[str, Any]:
+    """What the provider charges: tokens of every request it finished, in every batch."""
+    tokens_in = tokens_out = 0
+    for batch in sim.state.batches.values():
+        if batch.failed_at is None:
+            counts = batch.counts(batch.end_time)
+            tokens_in += counts["input_tokens"]
+            tokens_out += counts["output_tokens"]
+    price = price_for(MODEL)
+    return {"tokens_in": tokens_in, "tokens_out": tokens_out, "usd": round(price.cost(tokens_in, tokens_out), 2)}
+
+
+def submissions(sim: SimServer) -> dict[str, int]:
+    state = sim.state
+    return {"batches_created": state.batches_created["openai"],
+            "failed_submissions": state.token_limit_failures + state.rejections["token_limit_exceeded"]
+            + state.rejections["batch_creation_rate"]}
+
+
+def last_end(sim: SimServer) -> float:
+    return max(b.end_time for b in sim.state.batches.values() if b.phase(b.end_time) == "completed")
+
+
+# -- policy 1: corral ------------------------------------------------------------------------------------
+
+def run_corral(folder: Path, seed: int, requests: int, pilot: int | None) -> dict[str, Any]:
+    from corral.api import Campaign
+    from corral.engine import VirtualClock
+
+    clock = VirtualClock(start=T0)
+    sim = SimServer(sim_config(seed), clock=clock)
+    url = sim.start()
+    os.environ["OPENAI_API_KEY"] = "sim"
+    backend: dict[str, Any] = {"type": "openai_batch", "base_url": url + "/v1", "enqueued_token_limit": LIMIT,
+                               "expected_output_tokens": OUT_TOKENS, "model": MODEL}
+    if pilot is not None:
+        backend["pilot"] = pilot
+    spec = {"name": "frame-labels", "items": {"from": "frame_pairs.json"},
+            "stages": {"label": {"backend": "openai", "retries": {"max": 3},
+                                 "request": _template()}},
+            "backends": {"openai": backend}}
+    import yaml
+
+    (folder / "corral.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    started = time.perf_counter()
+    campaign = Campaign.load(folder / "corral.yaml")
+    plan = campaign.check()
+    projection = _projection(plan)
+    run, _ = campaign.start(clock=clock)
+    deadline = T0 + 30 * DAY
+    report = run.run(clock=clock, max_interval=60.0, should_stop=lambda: clock.now() > deadline)
+    finished_at = clock.now()
+    status = run.status()
+    wall = time.perf_counter() - started
+    sizes = [b.n for b in sim.state.batches.values()]
+    result = {"policy": "corral", "seconds": finished_at - T0, "last_batch_end": last_end(sim) - T0,
+              "finished": bool(report.finished), "done": status["totals"].get("done"),
+              "failed": status["totals"].get("failed"), **submissions(sim),
+              "mean_batch_requests": sum(sizes) / len(sizes), "projected_usd": projection.get("cost_usd"),
+              "projected_tokens_in": projection.get("tokens_in"), "projected_seconds": projection.get("seconds_to_finish"),
+              "billed": billed(sim), "recorded": _recorded(status), "wall_s": round(wall, 1),
+              "transport": "HTTP, corral's openai_batch backend (official SDK)"}
+    sim.stop()
+    return result
+
+
+def _template() -> dict[str, Any]:
+    body = body_for("{{ file_text('prompt.txt') }}", "{{ image_data_url(item.frame_k_path) }}",
+                    "{{ image_data_url(item.frame_k1_path) }}")
+    body.pop("model")
+    return body
+
+
+def _projection(plan: dict[str, Any]) -> dict[str, Any]:
+    for stage in (plan.get("stages") or {}).values():
+        for key in ("llm", "projection"):
+            if isinstance(stage.get(key), dict):
+                return stage[key]
+    return {}
+
+
+def _recorded(status: dict[str, Any]) -> dict[str, Any]:
+    """Tokens and cost the run recorded in its ledger (from billed usage)."""
+    usage = (status.get("usage") or {}).get("label") or {}
+    return {"tokens_in": usage.get("tokens_in"), "tokens_out": usage.get("tokens_out"),
+            "usd": round(usage["cost"], 2) if usage.get("cost") is not None else None}
+
+
+# -- policy 2: their cron script -----------------------------------------------------------------------
+
+def run_cron(lines: list[bytes], seed: int) -> dict[str, Any]:
+    clock = ManualClock(T0)
+    sim = SimServer(sim_config(seed), clock=clock)
+    client = OpenAI(base_url=sim.start() + "/v1", api_key="sim", max_retries=5)
+    queue: deque[int] = deque(range(len(lines)))
+    active: dict[str, list[int]] = {}
+    ticks = 0
+    while queue or active:
+        tick = T0 + ticks * DAY
+        clock.advance(tick - clock.now())
+        for batch_id, members in list(active.items()):
+            batch = client.batches.retrieve(batch_id)
+            if batch.status in TERMINAL:
+                del active[batch_id]
+                queue.extendleft(reversed(_unfinished(client, batch, members)))
+        for _ in range(CRON_BATCHES):
+            if not queue:
+                break
+            members = [queue.popleft() for _ in range(min(BATCH, len(queue)))]
+            batch = _create(client, lines, members)
+            if batch is None:
+                queue.extendleft(reversed(members))
+                break
+            active[batch.id] = members
+        ticks += 1
+        if ticks > 60:
+            raise RuntimeError("cron policy did not finish in 60 days")
+    result = {"policy": "cron (33 x 300 at 00:04 daily)", "seconds": last_end(sim) - T0, "ticks": ticks,
+              **submissions(sim), "billed": billed(sim), "transport": "HTTP, official openai SDK"}
+    sim.stop()
+    return result
+
+
+# -- policy 3: submit everything at once ------------------------------------------------------------------
+
+def run_submit_all(lines: list[bytes], seed: int) -> dict[str, Any]:
+    clock = ManualClock(T0)
+    sim = SimServer(sim_config(seed), clock=clock)
+    client = OpenAI(base_url=sim.start() + "/v1", api_key="sim", max_retries=5)
+    groups = [list(range(i, min(i + BATCH, len(lines)))) for i in range(0, len(lines), BATCH)]
+    files = [_upload(client, lines, members) for members in groups]
+    waiting = list(range(len(groups)))            # groups with no live batch
+    active: dict[str, int] = {}
+    polls = 0
+    while waiting or active:
+        still = []
+        for group in waiting:
+            batch = _create_from(client, files[group])
+            if batch is None:
+                still.append(group)
+            else:
+                active[batch.id] = group
+        waiting = still
+        clock.advance(RESUBMIT_EVERY)
+        polls += 1
+        for batch_id, group in list(active.items()):
+            batch = client.batches.retrieve(batch_id)
+            if batch.status not in TERMINAL:
+                continue
+            del active[batch_id]
+            if batch.status != "completed":
+                rest = _unfinished(client, batch, groups[group])
+                if rest and rest != groups[group]:
+                    groups.append(rest)
+                    files.append(_upload(client, lines, rest))
+                    waiting.append(len(groups) - 1)
+                elif rest:
+                    waiting.append(group)
+        if polls > 30 * 144:
+            raise RuntimeError("submit-all policy did not finish in 30 days")
+    result = {"policy": "submit-all, resubmit on token_limit_exceeded every 10 min", "seconds": last_end(sim) - T0,
+              "polls": polls, **submissions(sim), "billed": billed(sim), "transport": "HTTP, official openai SDK"}
+    sim.stop()
+    return result
+
+
+def _upload(client: OpenAI, lines: list[bytes], members: list[int]) -> str:
+    data = b"\n".join(lines[i] for i in members) + b"\n"
+    return client.files.create(file=("batch.jsonl", data), purpose="batch").id
+
+
+def _create_from(client: OpenAI, file_id: str):
+    import openai
+
+    try:
+        return client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    except (openai.BadRequestError, openai.RateLimitError):
+        return None
+
+
+def _create(client: OpenAI, lines: list[bytes], members: list[int]):
+    return _create_from(client, _upload(client, lines, members))
+
+
+def _unfinished(client: OpenAI, batch: Any, members: list[int]) -> list[int]:
+    """Requests of an ended batch that did not succeed."""
+    if batch.status == "completed" and not batch.request_counts.failed:
+        return []
+    if batch.status == "failed" or not batch.output_file_id:
+        return list(members)
+    done = {json.loads(line)["custom_id"] for line in client.files.content(batch.output_file_id).text.splitlines()
+            if line.strip()}
+    return [i for i in members if f"pair-{i}" not in done]
+
+
+# -- report ----------------------------------------------------------------------------------------------
+
+def fmt_time(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h ({seconds / DAY:.2f} d)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=80_614)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policies", default="corral,cron,submit-all")
+    parser.add_argument("--pilot", type=int, default=None, help="corral's pilot batch size (default: its default)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    policies = args.policies.split(",")
+    out: dict[str, Any] = {"requests": args.requests, "seed": args.seed, "limit": LIMIT, "model": MODEL,
+                           "tokens_per_request": [IN_TOKENS, OUT_TOKENS]}
+    with tempfile.TemporaryDirectory(prefix="corral-llm-bench-") as tmp:
+        folder = Path(tmp)
+        started = time.perf_counter()
+        work = make_workload(folder, args.requests)
+        print(f"workload: {args.requests:,} requests, {len(work['lines'][0]):,} bytes each "
+              f"({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+        results = []
+        for policy in policies:
+            started = time.perf_counter()
+            if policy == "corral":
+                result = run_corral(folder, args.seed, args.requests, args.pilot)
+            elif policy == "cron":
+                result = run_cron(work["lines"], args.seed)
+            elif policy == "submit-all":
+                result = run_submit_all(work["lines"], args.seed)
+            else:
+                raise SystemExit(f"unknown policy {policy!r}")
+            result["key"] = policy
+            result.setdefault("wall_s", round(time.perf_counter() - started, 1))
+            print(f"{result['policy']}: {fmt_time(result['seconds'])}, {result['batches_created']} batches, "
+                  f"{result['failed_submissions']} failed submissions ({result['wall_s']} s)", file=sys.stderr)
+            results.append(result)
+    total_in = args.requests * IN_TOKENS
+    config = sim_config(args.seed)
+    corral = next((r for r in results if r["policy"] == "corral"), None)
+    size = corral["mean_batch_requests"] if corral else BATCH
+    bound = {"mean_batch_requests": round(size, 1), "mean_turnaround_s": round(config.turnaround.mean(round(size))),
+             "seconds": total_in / LIMIT * config.turnaround.mean(round(size)),
+             "seconds_at_300": total_in / LIMIT * config.turnaround.mean(BATCH)}
+    price = price_for(MODEL)
+    out.update(results=results, bound=bound,
+               hand_table_usd=round(price.cost(total_in, args.requests * OUT_TOKENS), 2))
+    by = {r["key"]: r for r in results}
+    ratios = {}
+    if "corral" in by:
+        ratios["corral / bound"] = by["corral"]["seconds"] / bound["seconds"]
+        if "cron" in by:
+            ratios["cron / corral"] = by["cron"]["seconds"] / by["corral"]["seconds"]
+        if "submit-all" in by:
+            ratios["submit-all / corral"] = by["submit-all"]["seconds"] / by["corral"]["seconds"]
+    out["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    print_table(out)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def print_table(out: dict[str, Any]) -> None:
+    rows = [("policy", "time to finish", "batches", "failed submissions", "billed USD", "projected USD")]
+    for r in out["results"]:
+        rows.append((r["policy"], fmt_time(r["seconds"]), str(r["batches_created"]), str(r["failed_submissions"]),
+                     f"{r['billed']['usd']:.2f}",
+                     f"{r['projected_usd']:.2f}" if r.get("projected_usd") is not None
+                     else f"{out['hand_table_usd']:.2f} (hand table)"))
+    b = out["bound"]
+    rows.append((f"Little's law bound (batches of {b['mean_batch_requests']:.0f}, mean turnaround "
+                 f"{b['mean_turnaround_s'] / 60:.1f} min)", fmt_time(b["seconds"]), "-", "-", "-", "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)), file=sys.stderr)
+    for name, value in out["ratios"].items():
+        print(f"{name}: {value:.2f}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
