@@ -15,6 +15,10 @@ def _tokens(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _usd(value: float) -> str:
+    return f"${value:,.2f}" if value >= 10 else f"${value:,.4f}"
+
+
 def projection_lines(stages: dict[str, Any]) -> list[str]:
     lines = []
     for name, stage in stages.items():
@@ -25,7 +29,7 @@ def projection_lines(stages: dict[str, Any]) -> list[str]:
             lines.append(f"{name}: no request could be built from the sampled items: "
                          + "; ".join(llm.get("render_errors") or []))
             continue
-        cost = f"${llm['cost_usd']:,.2f}" if llm["cost_usd"] is not None else "unknown (no price for this model)"
+        cost = _usd(llm["cost_usd"]) if llm["cost_usd"] is not None else "unknown (no price for this model)"
         pilot = f" (a pilot of {llm['pilot']} first)" if llm["pilot"] else ""
         lines.append(
             f"{name}: {llm['requests']:,} requests to {llm['model']} in about {llm['batches']:,} batches of up to "
@@ -45,8 +49,8 @@ def projection_lines(stages: dict[str, Any]) -> list[str]:
 def usage_lines(data: dict[str, Any]) -> list[str]:
     lines = []
     for stage, usage in (data.get("usage") or {}).items():
-        projected = (f", ~${usage['cost_projected']:,.2f} projected for the stage"
+        projected = (f", ~{_usd(usage['cost_projected'])} projected for the stage"
                      if usage.get("cost_projected") is not None else "")
         lines.append(f"{stage}: {usage['tokens_in']:,} input + {usage['tokens_out']:,} output tokens, "
-                     f"${usage['cost']:,.4f} spent{projected}")
+                     f"{_usd(usage['cost'])} spent{projected}")
     return lines
