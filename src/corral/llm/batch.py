@@ -57,7 +57,10 @@ class ResultLine:
 
 class LlmBatchBackend(Backend):
     provider = "openai"
-    wants_cost = True
+
+    @property
+    def wants_cost(self) -> bool:   # the run's recorded cost is a sum over its tasks: only for a budget
+        return self.settings.budget is not None
 
     def __init__(self, name: str, settings: Any, **kwargs: Any):
         super().__init__(name, settings, **kwargs)
@@ -379,6 +382,7 @@ class LlmBatchBackend(Backend):
         price = self.price(model)
         prefix = sub.info.get("prefix") or self.prefix(stage)
         billed_in = billed_out = ok = unreadable = 0
+        started, finished = sub.submitted_at or sub.created_at, self.now()
         for line in self.result_lines(sub, status):
             if line is None:
                 unreadable += 1
@@ -388,6 +392,7 @@ class LlmBatchBackend(Backend):
                 continue
             result = self._classify(line, parse, price)
             result.task_id = task_id
+            result.started_at, result.finished_at = started, finished
             poll.results.append(result)
             if line.kind == "ok" and line.tokens_in is not None:
                 ok += 1
