@@ -157,7 +157,8 @@ def absorb(ledger: Ledger, target_id: str, sources: list[SourceRun], chosen: dic
                 outcome.unchanged += 1
                 continue
             if mode == "keep" and have["state"] == "done" and task["state"] == "done":
-                outcome.conflicts.append({"stage": stage, "item_id": identity, "item_key": items.get(identity, ("",))[0],
+                outcome.conflicts.append({"stage": stage, "item_id": identity,
+                                          "item_key": items.get(identity, ("",))[0],
                                           "here": _result_value(have), "there": _result_value(task),
                                           "from": task["source_run"]})
                 continue

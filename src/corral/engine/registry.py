@@ -46,7 +46,8 @@ def parse_tags(values: Iterable[str], what: str = "--tag") -> dict[str, str]:
     return tags
 
 
-def add_tags(ledger: Ledger, run_id: str, tags: dict[str, str], now: float, remove: Sequence[str] = ()) -> dict[str, str]:
+def add_tags(ledger: Ledger, run_id: str, tags: dict[str, str], now: float,
+             remove: Sequence[str] = ()) -> dict[str, str]:
     with ledger.write() as conn:
         row = conn.execute(schema.runs.select().where(schema.runs.c.id == run_id)).mappings().first()
         if row is None:
