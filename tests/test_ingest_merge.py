@@ -6,6 +6,8 @@ import json
 import shutil
 import sqlite3
 
+import pytest
+
 from conftest import corral_cli, write_campaign, write_module
 
 CAMPAIGN = """
@@ -110,3 +112,24 @@ def test_merge_prefers_a_chosen_run(tmp_path):
     assert "not one of the merged runs" in corral_cli(a, "runs", "merge", old, "--into", "m3", "--prefer", new,
                                                        check=2).stderr
     assert "not a merged run" in corral_cli(a, "runs", "merge", old, "--into", new, check=2).stderr
+
+
+@pytest.mark.postgres
+def test_ingest_and_merge_into_postgresql(tmp_path, pg_fresh_url):
+    a, b = machine(tmp_path, "a"), machine(tmp_path, "b")
+    corral_cli(a, "run", "-q", "--shard", "0/2", check=0)
+    corral_cli(b, "run", "-q", "--shard", "1/2", check=0)
+    pg = ["--ledger", pg_fresh_url]
+    sources = [str(a / ".corral" / "ledger.db"), str(b / ".corral" / "ledger.db")]
+    first = json.loads(corral_cli(a, "ingest", *sources, *pg, "--json", check=0).stdout)
+    assert [o["created"] for o in first] == [True, True] and sum(o["tasks_added"] for o in first) == 10
+    again = json.loads(corral_cli(a, "ingest", *sources, *pg, "--json", check=0).stdout)
+    assert sum(o["tasks_added"] + o["tasks_updated"] for o in again) == 0
+    ids = [o["run"] for o in first]
+    merged = json.loads(corral_cli(a, "runs", "merge", *ids, "--into", "all", *pg, "--json", check=0).stdout)
+    assert merged["tasks_added"] == 10
+    remerge = json.loads(corral_cli(a, "runs", "merge", *ids, "--into", "all", *pg, "--json", check=0).stdout)
+    assert remerge["tasks_added"] == 0 and remerge["unchanged"] == 10
+    report = json.loads(corral_cli(a, "report", "--run-id", "all", "--by", "setting", "-f", "json", *pg,
+                                   check=0).stdout)
+    assert report["total"]["done"] == 10 and report["total"]["success"]["k"] == 6
