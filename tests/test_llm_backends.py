@@ -311,3 +311,22 @@ def test_a_batch_created_before_a_crash_is_adopted(tmp_path, clock, sim_factory,
     assert {r["state"] for r in tasks(run)} == {"done"}
     assert_no_batch_twice(run, sim, provider)
     camp.close()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_stragglers_at_the_end_are_cancelled_and_their_rest_sent_again(tmp_path, clock, sim_factory, provider):
+    # A heavy tail (sigma 1.5): once everything is in flight, batches far past the median
+    # turnaround are cancelled; their finished requests are kept, the rest go out again.
+    sim = sim_factory(turnaround=Turnaround(validating=Phase(10.0), in_progress=Phase(300.0, 1.5),
+                                            finalizing=Phase(10.0)))
+    path = campaign(tmp_path, sim, provider, items=60, backend={"pilot": 0, "max_requests_per_batch": 6,
+                                                               "straggler_after": 1.5})
+    camp, run = run_to_end(path, clock)
+    rows = tasks(run)
+    assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
+    stragglers = [s for s in run.submissions(open_only=False) if s["info"].get("straggler")]
+    assert stragglers, "no batch was slow enough to be cancelled"
+    cancels = sum(n for call, n in sim.state.http_requests.items() if call.endswith("/cancel"))
+    assert cancels == len(stragglers)
+    assert sim.state.requests_enqueued[provider] > 60, "the unfinished requests of a cancelled batch went out again"
+    camp.close()

@@ -182,8 +182,10 @@ def test_fills_the_enqueued_limit_in_shares_and_never_passes_it():
                       in_flight=in_flight).sizes == []
 
 
-def test_tail_batches_shrink():
-    decision = plan_sizes(settings(), measured(), now=0, ready=100, remaining=100, in_flight=[])
+def test_the_last_round_is_split_only_when_asked():
+    # Turnaround mostly independent of size: fewer last batches, fewer chances of a straggler.
+    assert plan_sizes(settings(), measured(), now=0, ready=100, remaining=100, in_flight=[]).sizes == [100]
+    decision = plan_sizes(settings(split_tail=True), measured(), now=0, ready=100, remaining=100, in_flight=[])
     assert decision.sizes == [25, 25, 25, 25]
 
 
@@ -194,12 +196,12 @@ def test_request_bytes_and_counts_bound_a_batch():
 
 
 def test_concurrency_hourly_and_window_limits():
-    s = settings(enqueued_token_limit=None, max_concurrent_batches=2, batches_in_flight=10)
+    s = settings(enqueued_token_limit=None, max_concurrent_batches=2, batches_in_flight=10, split_tail=True)
     assert len(plan_sizes(s, measured(), now=0, ready=10_000, remaining=10_000,
                           in_flight=[InFlight(1, 1)]).sizes) == 1
     state = measured()
     state.history = [(100.0, 1000.0)] * 3
-    s = settings(enqueued_token_limit=None, max_batches_per_hour=4, batches_in_flight=10)
+    s = settings(enqueued_token_limit=None, max_batches_per_hour=4, batches_in_flight=10, split_tail=True)
     assert len(plan_sizes(s, state, now=200, ready=10_000, remaining=10_000, in_flight=[]).sizes) == 1
     assert len(plan_sizes(s, state, now=100 + 3601, ready=10_000, remaining=10_000, in_flight=[]).sizes) == 4
     s = settings(enqueued_token_limit=None, token_window=TokenWindow(tokens=10_000, window="1h"), batches_in_flight=1)

@@ -85,7 +85,8 @@ class AnthropicBatchBackend(LlmBatchBackend):
     def batch_status(self, sub: SubmissionRecord) -> BatchStatus:
         batch = self.client.messages.batches.retrieve(sub.remote_id)
         status = batch.processing_status
-        return BatchStatus(ended=status == "ended", running=status in ("in_progress", "canceling"), raw=batch)
+        return BatchStatus(ended=status == "ended", running=status in ("in_progress", "canceling"), phase=status,
+                           raw=batch)
 
     def result_lines(self, sub: SubmissionRecord, status: BatchStatus) -> Iterator[ResultLine | None]:
         if not status.raw.results_url:

@@ -88,8 +88,8 @@ class OpenAIBatchBackend(LlmBatchBackend):
             usage = {"input_tokens": batch.usage.input_tokens, "output_tokens": batch.usage.output_tokens}
         if status == "failed":
             errors = [(e.code or "", e.message or "", e.line) for e in ((batch.errors and batch.errors.data) or [])]
-            return BatchStatus(ended=True, failed=True, errors=errors, raw=batch)
-        return BatchStatus(ended=status in _ENDED, running=status in _RUNNING, usage=usage, raw=batch)
+            return BatchStatus(ended=True, failed=True, errors=errors, phase=status, raw=batch)
+        return BatchStatus(ended=status in _ENDED, running=status in _RUNNING, phase=status, usage=usage, raw=batch)
 
     def result_lines(self, sub: SubmissionRecord, status: BatchStatus) -> Iterator[ResultLine | None]:
         batch = status.raw

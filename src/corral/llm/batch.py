@@ -34,6 +34,7 @@ class BatchStatus:
 
     ended: bool                       # nothing more will change: collect it
     running: bool = False
+    phase: str = ""                   # the provider's status word
     failed: bool = False              # rejected as a whole (validation, token limit): no results
     errors: list[tuple[str, str, int | None]] = field(default_factory=list)  # (code, message, line)
     usage: dict[str, int] | None = None
@@ -75,6 +76,7 @@ class LlmBatchBackend(Backend):
         self._spent = 0.0
         self._in_flight: list[InFlight] = []
         self._over_budget: dict[str, bool] = {}
+        self._tail: dict[str, bool] = {}
         self._said = ""
 
     # -- provider calls ---------------------------------------------------------------------
@@ -204,6 +206,8 @@ class LlmBatchBackend(Backend):
                               remaining=max(backlog.remaining, backlog.ready), in_flight=self._in_flight,
                               spent=backlog.cost_spent)
         self._over_budget[stage.name] = decision.over_budget
+        # Everything left is being sent: from now on the stage ends when its slowest batch does.
+        self._tail[stage.name] = not backlog.more_coming and sum(decision.sizes) >= backlog.remaining
         if decision.reason not in ("fill", "nothing ready"):
             self.say(f"stage {stage.name}: {decision.reason}")
         return decision.sizes
@@ -346,13 +350,40 @@ class LlmBatchBackend(Backend):
             if now - self._last_poll.get(sub.id, -1e18) < self.settings.poll_interval:
                 continue
             self._last_poll[sub.id] = now
-            status = self.batch_status(sub)
+            try:
+                status = self.batch_status(sub)
+            except Exception as exc:  # noqa: BLE001 - the SDK gave up on this call; the next poll retries
+                self.log(f"{self.name}: reading batch {sub.remote_id} failed: {type(exc).__name__}: {exc}")
+                continue
             if not status.ended:
-                out[sub.id] = PollResult(running=status.running)
+                out[sub.id] = PollResult(running=status.running, info=self._cancel_if_straggler(stage, sub, status))
                 continue
             out[sub.id] = self._collect(stage, sub, status)
             self._last_poll.pop(sub.id, None)
         return out
+
+    def _cancel_if_straggler(self, stage: StageContext, sub: SubmissionRecord,
+                             status: BatchStatus) -> dict[str, Any] | None:
+        """Once all of a stage's work is in flight, a batch far past the typical turnaround is
+        cancelled: its finished requests come back and only the rest go out again, in a fresh batch
+        with a fresh draw of the turnaround (against a heavy tail, the last batches decide the end)."""
+        factor = self.settings.straggler_after
+        state = self.state(stage)
+        if not factor or sub.info.get("straggler") or status.phase not in ("validating", "in_progress") or \
+                len(state.turnarounds) < 4 or not self._tail.get(stage.name):
+            return None
+        typical = sorted(state.turnarounds)[len(state.turnarounds) // 2]
+        elapsed = self.now() - (sub.submitted_at or sub.created_at)
+        if elapsed <= factor * typical:
+            return None
+        try:
+            self.cancel_batch(sub.remote_id)
+        except Exception as exc:  # noqa: BLE001 - it may have ended meanwhile
+            self.log(f"{self.name}: cancelling straggler {sub.remote_id} failed: {exc}")
+            return None
+        self.log(f"{self.name}: batch {sub.remote_id} has run {elapsed / 60:.0f} min, {elapsed / typical:.1f}x the "
+                 "median turnaround: cancelled; its finished requests are kept and the rest sent again")
+        return {"straggler": True}
 
     def _early_results(self, sub: SubmissionRecord) -> list[TaskResult]:
         """Requests never sent (rejected alone, or deferred to a later batch), reported at once."""
@@ -403,6 +434,8 @@ class LlmBatchBackend(Backend):
             state.calibration.add(raw_per_request * ok, billed_in)
             state.output_per_request = billed_out / ok
         state.pilot_done = True
+        if not sub.info.get("straggler") and sub.submitted_at:
+            state.turnarounds = (state.turnarounds + [self.now() - sub.submitted_at])[-50:]
         self.save_state()
         usage = status.usage or {}
         poll.info = {"billed_tokens_in": usage.get("input_tokens", billed_in),

@@ -49,6 +49,7 @@ class State:
     blocked_until: float = 0.0
     backoff: float = 0.0
     history: list[tuple[float, float]] = field(default_factory=list)   # (submitted at, tokens)
+    turnarounds: list[float] = field(default_factory=list)             # seconds, last finished batches
 
     @classmethod
     def load(cls, path: Path) -> "State":
@@ -178,15 +179,16 @@ def enqueued_capacity(settings: Any, state: State) -> float | None:
 
 
 def target_batch_requests(settings: Any, state: State, remaining: int) -> int:
-    """Requests per batch: the provider's limits, a share of the enqueued limit, and a shorter
-    tail (the remaining work spread over ``batches_in_flight`` batches)."""
+    """Requests per batch: the provider's limits and a share of the enqueued limit; with
+    ``split_tail``, the last round spread over ``batches_in_flight`` batches."""
     per_tokens = max(1.0, state.tokens_per_request or 1.0)
     per_bytes = max(1.0, state.bytes_per_request or 1.0)
     target = min(settings.max_requests_per_batch, math.floor(settings.max_bytes_per_batch * 0.98 / per_bytes))
     capacity = enqueued_capacity(settings, state)
     if capacity is not None:
         target = min(target, math.floor(capacity / settings.batches_in_flight / per_tokens))
-    target = min(target, max(settings.min_requests_per_batch, math.ceil(remaining / settings.batches_in_flight)))
+    if settings.split_tail:
+        target = min(target, max(settings.min_requests_per_batch, math.ceil(remaining / settings.batches_in_flight)))
     return max(1, settings.min_requests_per_batch if target < settings.min_requests_per_batch else target)
 
 
