@@ -69,3 +69,40 @@ def test_report_section_is_validated(tmp_path):
     corral_cli(tmp_path, "run", "-q", check=0)
     bad = corral_cli(tmp_path, "report", "by_setting", check=2)
     assert "report.by_setting" in bad.stderr and "settng" in bad.stderr
+
+
+def test_sqlite_reports_without_sqlalchemy(tmp_path):
+    """On a SQLite ledger, `corral report` reads it with the standard library (SQLAlchemy is never
+    imported) and prints exactly what the SQLAlchemy path prints."""
+    import corral
+
+    write_module(tmp_path, "m", MODULE)
+    write_campaign(tmp_path, CAMPAIGN.replace("    runs: [status=done]\n", ""))
+    ids = []
+    for overrides in ([], ["params.policy=learned"]):
+        campaign = corral.open(str(tmp_path / "corral.yaml"), overrides)
+        try:
+            run, _ = campaign.start(new=True)
+            run.run(max_interval=0.2)
+            ids.append(run.id)
+        finally:
+            campaign.close()
+    cases = [["--by", "setting", "-f", "csv"],
+             ["--run-id", ids[0], "--run-id", ids[1], "--by", "setting,repeat", "-f", "json"]]
+    for args in cases:
+        light = corral_cli(tmp_path, "report", *args, check=0).stdout
+        full = corral_cli(tmp_path, "report", *args, env={"CORRAL_REPORT_SQLALCHEMY": "1"}, check=0).stdout
+        assert light == full and light
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "corral", "report", "--by", "setting", "-f",
+                           "md"], cwd=tmp_path, capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert proc.returncode == 0 and "| setting |" in proc.stdout
+    assert " sqlalchemy" not in proc.stderr
+    # --where needs the registry, which reads through SQLAlchemy: the same report either way.
+    where = corral_cli(tmp_path, "report", "--where", "policy=learned", "--by", "setting", "-f", "csv", check=0)
+    assert where.stdout == corral_cli(tmp_path, "report", "--run-id", ids[1], "--by", "setting", "-f", "csv",
+                                      check=0).stdout

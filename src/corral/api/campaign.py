@@ -14,8 +14,8 @@ from corral.engine.results_files import check_template as check_results_template
 from corral.engine.runs import (Selection, create_run, find_resumable, latest_run, resolve_run, run_config,
                                 snapshot_hash)
 from corral.errors import CorralError, NotFound
-from corral.ledger import Ledger, default_url, loads, parse_task_key, schema, task_key
-from corral.ledger.store import normalise_url
+from corral.ledger import Ledger, loads, parse_task_key, schema, task_key
+from corral.ledger.location import campaign_ledger_url
 from corral.spec import ItemSource, LoadedCampaign, load_campaign
 from corral.states import ALL_STATES, TERMINAL
 
@@ -27,12 +27,7 @@ class Campaign:
         self.loaded = loaded
         self.spec = loaded.spec
         self.root = loaded.root
-        if ledger_url:
-            # An explicit ledger (--ledger, or the API): a URL, or a SQLite file path relative to here.
-            self.ledger_url = normalise_url(ledger_url) if "://" in ledger_url else \
-                f"sqlite:///{Path(ledger_url).expanduser().resolve()}"
-        else:
-            self.ledger_url = default_url(loaded.root, loaded.spec.workdir, loaded.spec.ledger)
+        self.ledger_url = campaign_ledger_url(loaded.root, loaded.spec.workdir, loaded.spec.ledger, ledger_url)
         self._ledger: Ledger | None = None
         self.log = ControllerLog(self.root / self.spec.workdir / "corral.log")
 

@@ -45,7 +45,9 @@ def report(args: Optional[List[str]] = ARGS,
 
     if fmt is not None and fmt not in FORMATS:
         raise CorralError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    campaign, names = _campaign(args, ledger, positional=1)
+    campaign, names = _light_campaign(args, ledger, run_ids, where)
+    if campaign is None:
+        campaign, names = _campaign(args, ledger, positional=1)
     try:
         named = campaign.spec.report
         if names:
@@ -81,6 +83,57 @@ def report(args: Optional[List[str]] = ARGS,
                     raise CorralError(f"{campaign.loaded.path}: report.{name}: {exc}") from None
     finally:
         campaign.close()
+
+
+class _SqliteCampaign:
+    """The part of ``Campaign`` a report uses, over a SQLite ledger read with the standard library."""
+
+    def __init__(self, loaded, reader, rows: dict[str, dict]):
+        self.loaded, self.spec, self.root = loaded, loaded.spec, loaded.root
+        self._reader, self._rows = reader, rows
+
+    def ledger(self, create: bool = True):
+        return self._reader
+
+    def run(self, run_id):
+        row = self._rows[run_id]
+        return type("RunRow", (), {"row": row})()
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def _light_campaign(args, ledger, run_ids, where):
+    """(campaign, other arguments) read without SQLAlchemy, or (None, None) when the report needs the
+    full ledger: PostgreSQL, an older schema, --where or a named report's runs: query, a run id that is
+    not exact, no run yet (the full path says what is wrong)."""
+    import os
+
+    if where or os.environ.get("CORRAL_REPORT_SQLALCHEMY"):
+        return None, None
+    from corral.cli.args import split_args
+    from corral.ledger.location import campaign_ledger_url, sqlite_path
+    from corral.report.sqlite_reader import SqliteReader
+    from corral.spec import load_campaign
+
+    path, overrides, others = split_args(args, positional=1)
+    if len(others) > 1:
+        return None, None
+    loaded = load_campaign(path, overrides)
+    if any(named.runs for named in loaded.spec.report.values()):
+        return None, None
+    url = campaign_ledger_url(loaded.root, loaded.spec.workdir, loaded.spec.ledger, ledger)
+    reader = SqliteReader.open(sqlite_path(url))
+    if reader is None:
+        return None, None
+    rows = {}
+    for ref in run_ids or [None]:
+        row = reader.run(ref) if ref is not None else reader.newest_run(loaded.spec.name)
+        if row is None:
+            reader.close()
+            return None, None
+        rows[ref] = row
+    return _SqliteCampaign(loaded, reader, rows), others
 
 
 def _runs(campaign, run_ids, where) -> list[dict]:

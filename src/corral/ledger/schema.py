@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text, text
 from sqlalchemy import BigInteger
 
-SCHEMA_VERSION = 2
+from corral.ledger.location import SCHEMA_VERSION  # noqa: E402,F401 - the version is known without SQLAlchemy
 
 metadata = MetaData()
 

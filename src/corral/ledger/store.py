@@ -8,7 +8,6 @@ import queue
 import threading
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -19,6 +18,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from corral.errors import LedgerError
 from corral.ledger import schema
 from corral.ledger.migrations import migrate
+from corral.ledger.location import default_url, normalise_url  # noqa: F401 - part of this module
 from corral.states import OPEN_SUBMISSIONS, TaskState
 
 INSERT_CHUNK = 20_000
@@ -32,23 +32,6 @@ def dumps(value: Any) -> str | None:
 
 def loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
-
-
-def default_url(root: Path, workdir: str = ".corral", configured: str | None = None) -> str:
-    """The ledger URL: ``CORRAL_LEDGER``, then the campaign's ``ledger:``, then ``.corral/ledger.db``."""
-    chosen = os.environ.get("CORRAL_LEDGER") or configured
-    if chosen:
-        if "://" in chosen:
-            return normalise_url(chosen)
-        path = Path(chosen).expanduser()
-        return f"sqlite:///{(root / path) if not path.is_absolute() else path}"
-    return f"sqlite:///{root / workdir / 'ledger.db'}"
-
-
-def normalise_url(url: str) -> str:
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
 
 
 class Ledger:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
-
-from sqlalchemy import text
 
 from corral.errors import CorralError
 
@@ -177,6 +176,16 @@ class Report:
         }
 
 
+def _execute(conn, sql: str, params: dict[str, Any]):
+    """Rows of ``sql`` (``:name`` parameters) on a SQLAlchemy connection, or on a plain sqlite3
+    connection (``corral report`` on a SQLite ledger does without SQLAlchemy)."""
+    if isinstance(conn, sqlite3.Connection):
+        return conn.execute(sql, params)
+    from sqlalchemy import text
+
+    return conn.execute(text(sql), params)
+
+
 def _discover_results(conn, run_ids: list[str], stage: str | None, limit: int = 500) -> dict[str, str]:
     """Result field name -> 'bool' | 'numeric' | 'other', from a sample of finished results."""
     kinds: dict[str, set] = {}
@@ -186,7 +195,7 @@ def _discover_results(conn, run_ids: list[str], stage: str | None, limit: int = 
         if stage is not None:
             sql += " AND stage = :stage"
             params["stage"] = stage
-        for (raw,) in conn.execute(text(sql + " LIMIT :limit"), params):
+        for (raw,) in _execute(conn, sql + " LIMIT :limit", params):
             try:
                 value = json.loads(raw)
             except (TypeError, ValueError):
@@ -212,7 +221,7 @@ def _param_names(conn, run_rows: list[dict[str, Any]]) -> list[str]:
             if name not in names:
                 names.append(name)
         # Item sources without a fixed order (lists, files): look at the first items.
-        for (raw,) in conn.execute(text("SELECT params FROM items WHERE run_id = :run LIMIT 200"), {"run": row["id"]}):
+        for (raw,) in _execute(conn, "SELECT params FROM items WHERE run_id = :run LIMIT 200", {"run": row["id"]}):
             for name in json.loads(raw or "{}"):
                 if name not in names:
                     names.append(name)
@@ -331,7 +340,7 @@ def _sql_cells(conn, dialect: str, run_ids: list[str], stage: str | None, dims: 
     group = ", ".join(["run_id"] + group_cols)
     cells: dict[tuple, Stats] = {}
     query = f"WITH s AS MATERIALIZED ({sub}) SELECT {', '.join(outer)} FROM s GROUP BY {group}"
-    for row in conn.execute(text(query), params):
+    for row in _execute(conn, query, params):
         row = tuple(row)
         key = (row[0],) + tuple(_norm(v) for v in row[1:1 + len(group_cols)])
         rest = row[1 + len(group_cols):]
@@ -348,7 +357,7 @@ def _sql_cells(conn, dialect: str, run_ids: list[str], stage: str | None, dims: 
     failed = f"SELECT {', '.join(inner[:3 + len(group_cols)])} FROM tasks t{join} WHERE {where} AND t.state = 'failed'"
     error_sql = (f"SELECT run_id, {', '.join(group_cols) + ', ' if group_cols else ''}error_class, COUNT(*) "
                  f"FROM ({failed}) s GROUP BY {group}, error_class")
-    for row in conn.execute(text(error_sql), params):
+    for row in _execute(conn, error_sql, params):
         row = tuple(row)
         key = (row[0],) + tuple(_norm(v) for v in row[1:1 + len(group_cols)])
         if key in cells:
@@ -368,7 +377,7 @@ def _python_cells(conn, run_ids: list[str], stage: str | None, dims: list[Dimens
         if stage is not None:
             sql += " AND t.stage = :stage"
             params["stage"] = stage
-        for stage_name, state, raw_result, error_class, raw_params in conn.execute(text(sql), params):
+        for stage_name, state, raw_result, error_class, raw_params in _execute(conn, sql, params):
             item = json.loads(raw_params) if raw_params else {}
             result = json.loads(raw_result) if raw_result else None
             if not isinstance(result, dict):
@@ -456,12 +465,12 @@ def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), me
     if len(set(run_ids)) != len(run_ids):
         raise CorralError("the same run is named twice")
     configs = {r["id"]: flatten(json.loads(r.get("config") or "{}") or {}) for r in run_rows}
-    dialect = ledger.engine.dialect.name
+    dialect = getattr(ledger, "dialect_name", None) or ledger.engine.dialect.name
     with ledger.read() as conn:
         stage_counts: Counter = Counter()
         marks = ", ".join(f":r{n}" for n in range(len(run_ids)))
-        for name, count in conn.execute(
-                text(f"SELECT stage, COUNT(*) FROM tasks WHERE run_id IN ({marks}) GROUP BY stage"),
+        for name, count in _execute(
+                conn, f"SELECT stage, COUNT(*) FROM tasks WHERE run_id IN ({marks}) GROUP BY stage",
                 {f"r{n}": r for n, r in enumerate(run_ids)}):
             stage_counts[name] += int(count)
         by = [b.strip() for b in by if b and b.strip()]
@@ -582,11 +591,11 @@ def progress_over_time(ledger, run_ids: list[str], stage: str | None = None) -> 
             sql = ("SELECT at, COALESCE(count, 1) FROM events WHERE run_id = :run AND to_state = 'done'"
                    + (" AND stage = :stage" if stage else "") + " ORDER BY at")
             params = {"run": run_id, "stage": stage}
-            points = [(float(a), int(c)) for a, c in conn.execute(text(sql), params)]
+            points = [(float(a), int(c)) for a, c in _execute(conn, sql, params)]
             if not points:
                 sql = ("SELECT finished_at, 1 FROM tasks WHERE run_id = :run AND state = 'done' AND finished_at "
                        "IS NOT NULL" + (" AND stage = :stage" if stage else "") + " ORDER BY finished_at")
-                points = [(float(a), 1) for a, _ in conn.execute(text(sql), params)]
+                points = [(float(a), 1) for a, _ in _execute(conn, sql, params)]
             series, total = [], 0
             for at, count in points:
                 total += count
