@@ -215,6 +215,11 @@ def test_token_limit_refusal_backs_off_and_aims_lower():
     assert plan_sizes(settings(), state, now=1061, ready=10, remaining=10, in_flight=[]).sizes
     state.token_limit_hit(now=2000, base=60)
     assert state.backoff == 120 and state.limit_factor == pytest.approx(0.95 ** 2)
+    # refused with 300,000 tokens in flight against a configured 900,000: aim under 270,000
+    state.token_limit_hit(now=3000, base=60, ceiling=300_000, configured=900_000)
+    assert state.limit_factor == pytest.approx(0.3)
+    assert plan_sizes(settings(), state, now=5000, ready=10_000, remaining=10_000, in_flight=[]).sizes == \
+        [67, 67, 67, 67]
 
 
 def test_budget_stops_before_the_cap():

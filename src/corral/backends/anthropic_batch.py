@@ -55,8 +55,7 @@ class AnthropicBatchBackend(LlmBatchBackend):
             batch = self.client.messages.batches.create(requests=requests)
         except anthropic.RateLimitError as exc:
             state = self.state(stage)
-            state.token_limit_hit(self.now(), self.settings.token_limit_backoff)
-            self.save_state()
+            self.limit_refused(state, None)
             raise CapacityError(f"batch refused at creation (rate or queue limit): {exc}",
                                 retry_after=state.backoff) from None
         return batch.id, {}

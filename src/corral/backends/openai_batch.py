@@ -57,8 +57,7 @@ class OpenAIBatchBackend(LlmBatchBackend):
             self._forget_file(upload.id)
             if code == "token_limit_exceeded" or exc.status_code == 429:
                 state = self.state(stage)
-                state.token_limit_hit(self.now(), self.settings.token_limit_backoff)
-                self.save_state()
+                self.limit_refused(state, sum(b.tokens for b in self._in_flight) + sum(e.tokens for e in entries))
                 raise CapacityError(f"batch refused at creation ({code or exc.status_code}): {_message(exc)}",
                                     retry_after=state.backoff) from None
             raise

@@ -292,7 +292,12 @@ class LlmBatchBackend(Backend):
                                                "one model per stage (a batch holds one model)"]
                 continue
             custom_id = f"{prefix}-{task.key}"
-            line = (json.dumps(self.line(custom_id, body), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            try:
+                line = (json.dumps(self.line(custom_id, body), ensure_ascii=False, separators=(",", ":"))
+                        + "\n").encode()
+            except (TypeError, ValueError) as exc:
+                rejected[str(task.task_id)] = ["template", f"the request is not JSON: {exc}"]
+                continue
             raw = self.estimator(model).request_tokens(body)
             entries.append(Entry(task.task_id, line, int(raw * factor + 0.5), custom_id,
                                  {"raw_tokens": raw, "max_out": _max_output(body)}))
@@ -325,7 +330,14 @@ class LlmBatchBackend(Backend):
         return taken, []
 
     def find(self, stage: StageContext, submission: SubmissionRecord) -> Handle | None:
-        found = self.find_batch(stage, submission)
+        try:
+            found = self.find_batch(stage, submission)
+        except CorralError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - sending again without knowing could pay twice
+            raise CorralError(f"backend {self.name!r}: cannot look up whether submission {submission.id} was "
+                              f"created before the last stop ({type(exc).__name__}: {exc}); nothing was sent "
+                              "again; run again when the API answers") from None
         if found is None:
             return None
         remote_id, info = found
@@ -443,10 +455,15 @@ class LlmBatchBackend(Backend):
                      "unreadable_lines": unreadable}
         return poll
 
+    def limit_refused(self, state: State, ceiling: float | None) -> None:
+        configured = enqueued_capacity(self.settings, State())
+        state.token_limit_hit(self.now(), self.settings.token_limit_backoff, ceiling, configured)
+        self.save_state()
+
     def _whole_batch_failed(self, state: State, task_ids: list[int], status: BatchStatus) -> list[TaskResult]:
         codes = {code for code, _, _ in status.errors}
         if "token_limit_exceeded" in codes:
-            state.token_limit_hit(self.now(), self.settings.token_limit_backoff)
+            self.limit_refused(state, sum(b.tokens for b in self._in_flight))
             self.log(f"{self.name}: batch refused with token_limit_exceeded; backing off {state.backoff:.0f}s "
                      f"and aiming at {state.limit_factor:.0%} of the configured limit")
             return [TaskResult(t, Outcome.CAPACITY, error_class="token_limit",

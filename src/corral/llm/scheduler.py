@@ -6,8 +6,9 @@ tokens in flight under ``enqueued_token_limit x safety_ratio``, refills the mome
 finishes, splits what fits into about ``batches_in_flight`` batches (so capacity frees in steps
 and the tail is short), and honours the optional limits: concurrent batches, batches per hour,
 tokens per rolling window and the money budget. A ``token_limit_exceeded`` refusal backs off
-(doubling, up to 30 minutes) and lowers the limit it aims for by 5% each time (to 50% at most):
-the provider counts tokens its own way and no endpoint tells what is left.
+(doubling, up to 30 minutes) and lowers the limit it aims for, by 5% and to below what was in
+flight when the refusal came: the provider counts tokens its own way and no endpoint tells what
+is left.
 """
 
 from __future__ import annotations
@@ -86,10 +87,16 @@ class State:
             if cost is not None:
                 self.cost_per_request = mix(self.cost_per_request, cost)
 
-    def token_limit_hit(self, now: float, base: float) -> None:
+    def token_limit_hit(self, now: float, base: float, ceiling: float | None = None,
+                        configured: float | None = None) -> None:
+        """A refusal: wait, and aim lower: 5% lower, and below 90% of ``ceiling`` (the tokens in
+        flight, this batch included, when it was refused: the real limit is under that)."""
         self.backoff = min(MAX_BACKOFF, max(base, self.backoff * 2 if self.backoff else base))
         self.blocked_until = now + self.backoff
-        self.limit_factor = max(0.5, self.limit_factor * 0.95)
+        factor = self.limit_factor * 0.95
+        if ceiling and configured:
+            factor = min(factor, 0.9 * ceiling / configured)
+        self.limit_factor = max(0.01, factor)
 
     def batch_accepted(self) -> None:
         self.backoff = 0.0
