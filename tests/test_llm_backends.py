@@ -330,3 +330,18 @@ def test_stragglers_at_the_end_are_cancelled_and_their_rest_sent_again(tmp_path,
     assert cancels == len(stragglers)
     assert sim.state.requests_enqueued[provider] > 60, "the unfinished requests of a cancelled batch went out again"
     camp.close()
+
+
+def test_anthropic_invalid_params_fail_alone_and_are_not_retried(tmp_path, clock, sim_factory):
+    # Message batches validate params after accepting the batch: a bad request becomes an errored
+    # result of its own, class invalid_request, and is not retried although retries allow it.
+    sim = sim_factory()
+    request = {"model": MODELS["anthropic"], "max_tokens": "{{ 0 if item.pair == 3 else 400 }}",
+               "messages": [{"role": "user", "content": "Label {{ item.note }}."}]}
+    path = campaign(tmp_path, sim, "anthropic", items=8, stage={"request": request})
+    camp, run = run_to_end(path, clock)
+    rows = {r["item_idx"]: r for r in tasks(run)}
+    assert (rows[3]["state"], rows[3]["error_class"], rows[3]["attempts"]) == ("failed", "invalid_request", 1)
+    assert "max_tokens" in rows[3]["error_message"]
+    assert all(rows[i]["state"] == "done" for i in rows if i != 3)
+    camp.close()
