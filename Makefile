@@ -61,9 +61,8 @@ endef
 test: $(VENV)/.installed-dev
 	@set -o pipefail; \
 	$(call service,scripts/pg-test-server,CORRAL_TEST_PG_URL,PostgreSQL) \
+	$(call service,scripts/slurm-local-cluster,CORRAL_TEST_SLURM_URL,SLURM) \
 	$(PYTEST) $(PYTEST_ARGS)
-# A second service later, e.g. a SLURM test cluster, is one more line above:
-#	$(call service,scripts/slurm-test-cluster,CORRAL_TEST_SLURM_URL,SLURM) \
 
 # ---------------------------------------------------------------- demo ---
 

@@ -9,7 +9,9 @@ from typing import Any, Callable, Iterator
 from sqlalchemy import select
 
 from corral.engine import Clock, Engine, SystemClock, TickReport
+from corral.engine.inspect import remote_details
 from corral.engine.log import ControllerLog
+from corral.engine.preview import preview_submissions
 from corral.engine.results_files import check_template as check_results_template
 from corral.engine.runs import (Selection, create_run, find_resumable, latest_run, resolve_run, run_config,
                                 snapshot_hash)
@@ -70,8 +72,9 @@ class Campaign:
 
     # -- plan --------------------------------------------------------------------------
 
-    def check(self, selection: Selection | None = None) -> dict[str, Any]:
-        """Validate everything that can be checked without running, and describe the plan."""
+    def check(self, selection: Selection | None = None, preview: bool = False) -> dict[str, Any]:
+        """Validate everything that can be checked without running, and describe the plan; with
+        ``preview``, also what the backends would send (sbatch scripts, ...)."""
         selection = selection or Selection()
         source = ItemSource(self.spec.items, self.root, self.loaded.path)
         items = list(source.items(limit=selection.limit, shard=selection.shard))
@@ -103,6 +106,7 @@ class Campaign:
                 resumable = None
         return {
             "campaign": str(self.loaded.path), "name": self.spec.name, "items": len(items),
+            **({"submissions": preview_submissions(self.loaded, items)} if preview else {}),
             "stages": stages, "tasks": sum(s["tasks"] for s in stages.values()),
             "backends": {n: b.model_dump(mode="json") for n, b in self.loaded.backends.items()},
             "ledger": Ledger.__new__(Ledger).display_url if False else _display(self.ledger_url),
@@ -433,6 +437,10 @@ class Run:
         row = rows[0]
         row["key_text"] = task_key(row["id"])
         return row
+
+    def remote_details(self, task: dict[str, Any]) -> dict[str, Any] | None:
+        """Where the task last ran remotely (a SLURM job: id, state, stdout file, Elapsed, MaxRSS...)."""
+        return remote_details(self.campaign.loaded, self.ledger, self.id, self.run_dir, task)
 
     def log_files(self, task: dict[str, Any]) -> list[Path]:
         folder = self.run_dir / "logs" / task["stage"]

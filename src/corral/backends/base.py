@@ -181,6 +181,14 @@ class Backend(ABC):
     def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> Handle:
         """Start ``tasks`` remotely. Raise CapacityError when refused for capacity."""
 
+    def preview(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> dict[str, Any] | None:
+        """For ``--dry-run``: what ``submit`` would send (commands, scripts, requests), sending nothing."""
+        return None
+
+    def describe_task(self, stage: StageContext, submission: SubmissionRecord, task_id: int) -> dict[str, Any] | None:
+        """For ``corral logs``: where the task ran remotely (job id, state, output file, usage)."""
+        return None
+
     @abstractmethod
     def find(self, stage: StageContext, submission: SubmissionRecord) -> Handle | None:
         """After a crash between writing a submission and recording its remote id: find it by its

@@ -53,6 +53,7 @@ from corral.states import Outcome
 from corral.worker import protocol
 
 PLAN = "plan.json"
+MAYBE_REQUEUED = frozenset({SlurmState.NODE_FAIL, SlurmState.PREEMPTED, SlurmState.BOOT_FAIL})
 
 
 def job_name_for(run_id: str) -> str:
@@ -115,17 +116,27 @@ class SlurmBackendImpl(Backend):
         folder = protocol.submission_dir(stage.run_dir, submission.id)
         per = self._planned_per.pop(stage.name, None) or \
             self.tasks_per_element(Backlog(ready=len(tasks), remaining=len(tasks)))
-        plan = self._write_plan(stage, submission, tasks, folder, per)
+        for name in stage.spec.secrets:
+            if name not in os.environ:
+                raise CorralError(f"stage {stage.name!r} needs the secret {name!r} in the environment")
+        manifest, plan = self._build_plan(stage, submission, tasks, folder, per)
+        protocol.write_manifest(folder, manifest)
+        protocol.write_json_atomic(folder / PLAN, plan)
         return self._send_parts(stage, submission, plan, folder)
 
-    def _write_plan(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
-                    folder: Path, per: int) -> dict[str, Any]:
+    def preview(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> dict[str, Any]:
+        """What ``submit`` would send, sending nothing: the sbatch command and script of each array."""
+        folder = protocol.submission_dir(stage.run_dir, submission.id)
+        per = self.tasks_per_element(Backlog(ready=len(tasks), remaining=len(tasks)))
+        _, plan = self._build_plan(stage, submission, tasks, folder, per)
+        return {"tasks_per_job": per if stage.spec.per == "item" else len(tasks), "elements": plan["elements"],
+                "sbatch": [{"command": "sbatch --parsable", "script": p["script"]} for p in plan["parts"]]}
+
+    def _build_plan(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
+                    folder: Path, per: int) -> tuple[dict[str, Any], dict[str, Any]]:
         spec = stage.spec
         if stage.spec.per != "item":
             per = len(tasks)
-        for name in spec.secrets:
-            if name not in os.environ:
-                raise CorralError(f"stage {stage.name!r} needs the secret {name!r} in the environment")
         # Tasks with equal needs share an array; a retry after an out-of-memory failure may need more.
         base = base_resources(spec, self.settings, per)
         groups: dict[JobResources, list[TaskSpec]] = {}
@@ -153,14 +164,13 @@ class SlurmBackendImpl(Backend):
             "tasks": [{"task_id": t.task_id, "key": t.key, "item_idx": t.item_idx, "item_id": t.item_id,
                        "item_key": t.item_key, "params": t.params, "attempt": t.attempt} for t in ordered],
         }
-        protocol.write_manifest(folder, manifest)
         exclude = self._exclusions(stage)
         after = [str(a) for a in submission.info.get("after") or []]
         name = job_name_for(stage.run_id)
         parts = []
         for job in jobs:
             options = sbatch_options(spec, self.settings, job, job_name=name,
-                                     comment=f"{submission.idempotency_key}#{job.part}",
+                                     comment=f"{submission.idempotency_key}:{job.part}",
                                      output=folder / "slurm-%A_%a.out", root=stage.root, max_array=max_array,
                                      max_running=self.settings.max_running, exclude=exclude, after=after)
             script = render_script(options, setup=[*self.settings.setup, *spec.resources.setup],
@@ -169,8 +179,7 @@ class SlurmBackendImpl(Backend):
             parts.append({"part": job.part, "offset": job.offset, "count": job.count,
                           "target": job.target.partition if job.target else None, "script": script})
         plan = {"key": submission.idempotency_key, "elements": len(elements), "parts": parts, "job_name": name}
-        protocol.write_json_atomic(folder / PLAN, plan)
-        return plan
+        return manifest, plan
 
     def _send_parts(self, stage: StageContext, submission: SubmissionRecord, plan: dict[str, Any],
                     folder: Path, found: dict[int, str] | None = None) -> Handle:
@@ -221,11 +230,13 @@ class SlurmBackendImpl(Backend):
             return None      # the plan is written before any sbatch: nothing was sent
         found: dict[int, str] = {}
         name = job_name_for(stage.run_id)
-        rows = self._rows(name, submission.created_at, force_squeue=True)
+        # squeue with every state (jobs that ended recently too; accounting may not have their
+        # comment yet), then sacct for jobs older than the controller keeps.
+        rows = self.commands.squeue(name, all_states=True)
         if self._accounting:
             rows += self._rows(name, submission.created_at)
         for row in rows:
-            key, _, part = row.comment.partition("#")
+            key, _, part = row.comment.partition(":")
             if key == submission.idempotency_key and part.isdigit():
                 found[int(part)] = row.job_id
         if not found:
@@ -234,8 +245,8 @@ class SlurmBackendImpl(Backend):
 
     # -- poll --------------------------------------------------------------------------------
 
-    def _rows(self, name: str, since: float, force_squeue: bool = False) -> list[JobRow]:
-        if self._accounting and not force_squeue:
+    def _rows(self, name: str, since: float) -> list[JobRow]:
+        if self._accounting:
             try:
                 return self.commands.sacct(name, since)
             except SlurmError as exc:
@@ -251,9 +262,16 @@ class SlurmBackendImpl(Backend):
         name = job_name_for(run_id)
         rows = self._rows(name, min(s.submitted_at or s.created_at for s in subs))
         listed = {row.job_id for row in rows}
-        if self._accounting and any(j["id"] not in listed for s in subs for j in s.info["jobs"]):
-            # sacct lists a job once it is eligible: one held by a dependency only squeue shows.
-            rows += [row for row in self.commands.squeue(name) if row.job_id not in listed]
+        missing = any(j["id"] not in listed for s in subs for j in s.info["jobs"])
+        requeued = any(row.state in MAYBE_REQUEUED for row in rows)
+        if self._accounting and (missing or requeued):
+            # sacct lists a job once it is eligible: one held by a dependency only squeue shows. And
+            # a job that SLURM requeues after a node failure or preemption keeps its ended record
+            # in sacct until it starts again; squeue shows it pending.
+            queue = self.commands.squeue(name)
+            live = {row.key: row for row in queue}
+            rows = [live.get(row.key, row) if row.state in MAYBE_REQUEUED else row for row in rows]
+            rows += [row for row in queue if row.job_id not in listed]
         by_job: dict[str, dict[int, JobRow]] = {}
         pending_jobs: dict[str, JobRow] = {}
         for row in rows:
@@ -393,7 +411,14 @@ class SlurmBackendImpl(Backend):
             record = final.get(tid)
             if record is not None and record.get("status") != "interrupted":
                 continue   # already reported
+            if record is not None and state in (SlurmState.TIMEOUT, SlurmState.DEADLINE):
+                # Stopped by the time limit itself (the --signal warning, if any, did not save it).
+                out.append(TaskResult(task_id=tid, outcome=Outcome.FAILED, error_class="timeout",
+                                      error_message=f"{where} reached its time limit ({state.value})",
+                                      started_at=record.get("started_at"), host=node))
+                continue
             if record is not None:
+                # Stopped cleanly by a signal (--signal before the limit, preemption): runs again.
                 out.append(TaskResult(task_id=tid, outcome=Outcome.INTERRUPTED, error_class="interrupted",
                                       error_message=record.get("error_message")))
                 continue
@@ -418,6 +443,35 @@ class SlurmBackendImpl(Backend):
                 out.append(TaskResult(task_id=tid, outcome=Outcome.FAILED, error_class=error_class,
                                       error_message=message, started_at=started.get(tid), host=node,
                                       info={"slurm_state": state.value if state else None}))
+        return out
+
+    # -- describe ------------------------------------------------------------------------------
+
+    def describe_task(self, stage: StageContext, submission: SubmissionRecord, task_id: int) -> dict[str, Any] | None:
+        folder = protocol.submission_dir(stage.run_dir, submission.id)
+        try:
+            manifest = protocol.read_manifest(folder)
+        except (OSError, ValueError):
+            return None
+        position = next((n for n, t in enumerate(manifest["tasks"]) if t["task_id"] == task_id), None)
+        if position is None:
+            return None
+        element = next(e for e, (start, end) in enumerate(manifest["elements"]) if start <= position < end)
+        jobs = submission.info.get("jobs") or []
+        winner = submission.info.get("race_winner")
+        job = next((j for j in jobs if j["offset"] <= element < j["offset"] + j["count"]
+                    and (winner is None or j["target"] == winner)), None)
+        out: dict[str, Any] = {"submission": submission.id, "element": element}
+        if job is not None:
+            index = element - job["offset"]
+            out["job"] = f"{job['id']}_{index}"
+            out["stdout"] = str(folder / f"slurm-{job['id']}_{index}.out")
+        stats = (submission.info.get("efficiency") or {}).get(str(element))
+        if stats:
+            keys = ("job", "state", "elapsed_s", "max_rss_bytes", "alloc_cpus", "node", "exit_code")
+            out.update(dict(zip(keys, stats)))
+        else:
+            out["state"] = "queued or running" if submission.state in ("submitted", "running") else submission.state
         return out
 
     # -- cancel ------------------------------------------------------------------------------

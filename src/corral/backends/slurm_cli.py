@@ -264,8 +264,10 @@ class SlurmCommands:
                          "--endtime", "now", "--format", ",".join(SACCT_FIELDS)])
         return parse_sacct(out)
 
-    def squeue(self, name: str) -> list[JobRow]:
-        out = self._run(["squeue", "--name", name, "--noheader", "--array", "--format", "%i|%T|%r|%k|%N"])
+    def squeue(self, name: str, all_states: bool = False) -> list[JobRow]:
+        """Jobs the controller holds; ``all_states`` adds those ended in the last MinJobAge seconds."""
+        states = ["--states", "all"] if all_states else []
+        out = self._run(["squeue", "--name", name, "--noheader", "--array", *states, "--format", "%i|%T|%r|%k|%N"])
         return parse_squeue(out)
 
     def scancel(self, job_ids: list[str]) -> None:
@@ -283,9 +285,11 @@ class SlurmCommands:
         return self._config
 
     def max_array_size(self) -> int:
+        """The cluster's MaxArraySize (array indexes must stay below it); 1001, SLURM's default,
+        where the cluster cannot be asked (a dry run on a laptop)."""
         try:
             return max(1, int(self.config().get("MaxArraySize", "1001")))
-        except ValueError:
+        except (SlurmError, CapacityError, ValueError):
             return 1001
 
     def partition_nodes(self, partition: str | None) -> list[str]:

@@ -114,7 +114,7 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
     campaign, _ = _campaign(args, ledger)
     selection = _selection(limit, shard)
     if dry_run:
-        plan = campaign.check(selection)
+        plan = campaign.check(selection, preview=True)
         print_json(plan)
         return
     from corral.engine.registry import parse_tags
@@ -277,7 +277,12 @@ def logs(args: Optional[List[str]] = typer.Argument(None, help="[CAMPAIGN.yaml] 
                      f"attempts={task['attempts']}", highlight=False)
     if task["error_class"]:
         output.out.print(f"error ({task['error_class']}): {task['error_message']}", highlight=False)
+    remote = the_run.remote_details(task)
+    if remote:
+        output.out.print(" ".join(f"{k}={v}" for k, v in remote.items() if v is not None), highlight=False)
     files = the_run.log_files(task)
+    if remote and remote.get("stdout") and Path(remote["stdout"]).exists():
+        files = [*files, Path(remote["stdout"])] if all_attempts else files
     if not files:
         output.out.print("(no log output)")
         return
