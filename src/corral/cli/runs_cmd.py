@@ -49,9 +49,13 @@ def runs(args: Optional[List[str]] = typer.Argument(
     try:
         if action is None:
             rows = registry.list(where=where or [], all_campaigns=all_campaigns)
+            shown = []
             for row in rows:
                 row["created"] = when(row["created_at"])
-            emit(rows, LIST_COLUMNS, fmt, out_file, data=rows)
+                # A percentage to read; CSV and JSON keep the fraction.
+                shown.append({**row, "progress": row["progress"] if fmt in ("csv", "json") else
+                              f"{row['progress']:.1%}"})
+            emit(shown, LIST_COLUMNS, fmt, out_file, data=rows)
         elif action == "show":
             _need(rest, 1, "corral runs show ID")
             record = registry.show(rest[0])
