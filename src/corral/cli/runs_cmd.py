@@ -38,7 +38,11 @@ def runs(args: Optional[List[str]] = typer.Argument(
          remove: Optional[List[str]] = typer.Option(None, "--remove", help="tag: remove this tag."),
          fmt: Optional[str] = FORMAT, out_file: Optional[Path] = OUTPUT,
          as_json: bool = typer.Option(False, "--json", help="Same as --format json.")) -> None:
-    """The runs in the ledger (the registry): list and filter, show, diff, tag, note, merge."""
+    """The runs in the ledger (the registry): list and filter, show, diff, tag, note, merge.
+
+    corral runs [--where KEY=VALUE]... | runs show ID | runs diff A B | runs tag ID KEY=VALUE... |
+    runs note ID TEXT | runs merge A B... --into NAME [--prefer RUN]
+    """
     from corral.cli.main import _campaign
     from corral.cli.output import err, out, when
 
