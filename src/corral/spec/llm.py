@@ -67,7 +67,7 @@ class LlmBatchSettings(Strict):
     max_batches_per_hour: Optional[int] = Field(default=None, ge=1)
     token_window: Optional[TokenWindow] = None
     pilot: int = Field(default=20, ge=0)
-    straggler_after: Optional[float] = Field(default=1.5, ge=1.2)
+    straggler_after: Optional[float] = Field(default=2.0, ge=1.2)
     split_tail: bool = False
     poll_interval: float = 30.0
     token_limit_backoff: float = 60.0
