@@ -100,10 +100,15 @@ def make_workload(folder: Path, requests: int) -> dict[str, Any]:
               "delta": 1, "frame_k_path": f"frames/f{i % 8}.png", "frame_k1_path": f"frames/f{(i + 1) % 8}.png"}
              for i in range(requests)]
     (folder / "frame_pairs.json").write_text(json.dumps(pairs))
-    lines = [json.dumps({"custom_id": f"pair-{i}", "method": "POST", "url": "/v1/chat/completions",
-                         "body": body_for(text, urls[i % 8], urls[(i + 1) % 8])}, separators=(",", ":")).encode()
-             for i in range(requests)]
-    return {"lines": lines, "prompt": text}
+    return {"prompt": text, "urls": urls, "requests": requests}
+
+
+def jsonl_lines(work: dict[str, Any]) -> list[bytes]:
+    """The same requests as corral renders them, as batch input lines (for the baseline policies)."""
+    text, urls = work["prompt"], work["urls"]
+    return [json.dumps({"custom_id": f"pair-{i}", "method": "POST", "url": "/v1/chat/completions",
+                        "body": body_for(text, urls[i % 8], urls[(i + 1) % 8])}, separators=(",", ":")).encode()
+            for i in range(work["requests"])]
 
 
 def sim_config(seed: int) -> SimConfig:
@@ -127,7 +132,34 @@ def submissions(sim: SimServer) -> dict[str, int]:
     state = sim.state
     return {"batches_created": state.batches_created["openai"],
             "failed_submissions": state.token_limit_failures + state.rejections["token_limit_exceeded"]
-            + state.rejections["batch_creation_rate"]}
+            + state.rejections["batch_creation_rate"],
+            "failed_token_limit_exceeded": state.token_limit_failures,
+            "refused_at_creation": state.rejections["token_limit_exceeded"] + state.rejections["batch_creation_rate"]}
+
+
+def timeline(sim: SimServer, seconds: float) -> dict[str, Any]:
+    """Where the time went: how full the enqueued limit was kept, when the last batch was created,
+    how long batches took, how many were cancelled or expired."""
+    batches = list(sim.state.batches.values())
+    admitted = [b for b in batches if b.admitted and b.failed_at is None]
+    end = T0 + seconds
+    busy = sum(b.tokens * max(0.0, min(b.end_time, end) - b.valid_at) for b in admitted)
+    turnaround = sorted(b.end_time - b.created_at for b in admitted)
+    phases = [b.phase(b.end_time) for b in batches]
+    hours = max(1, math.ceil(seconds / 3600))
+    by_hour = []
+    for h in range(hours):
+        lo, hi = T0 + h * 3600, min(end, T0 + (h + 1) * 3600)
+        held = sum(b.tokens * max(0.0, min(b.end_time, hi) - max(b.valid_at, lo)) for b in admitted)
+        by_hour.append(round(held / (LIMIT * (hi - lo)), 2))
+    trace = [[round(b.created_at - T0), round(b.valid_at - T0) if b.admitted else None, round(b.end_time - T0),
+              b.n, b.tokens, phase] for b, phase in zip(batches, phases)]
+    return {"enqueued_share_by_hour": by_hour, "trace": trace,"mean_enqueued_share": round(busy / (LIMIT * seconds), 3),
+            "first_admitted_h": round((min(b.valid_at for b in admitted) - T0) / 3600, 2),
+            "last_created_h": round((max(b.created_at for b in batches) - T0) / 3600, 2),
+            "turnaround_median_min": round(turnaround[len(turnaround) // 2] / 60, 1),
+            "turnaround_max_h": round(turnaround[-1] / 3600, 2),
+            "cancelled": phases.count("cancelled"), "expired": phases.count("expired")}
 
 
 def last_end(sim: SimServer) -> float:
@@ -167,6 +199,7 @@ def run_corral(folder: Path, seed: int, requests: int, pilot: int | None) -> dic
     wall = time.perf_counter() - started
     sizes = [b.n for b in sim.state.batches.values()]
     result = {"policy": "corral", "seconds": finished_at - T0, "last_batch_end": last_end(sim) - T0,
+              "timeline": timeline(sim, finished_at - T0),
               "finished": bool(report.finished), "done": status["totals"].get("done"),
               "failed": status["totals"].get("failed"), **submissions(sim),
               "mean_batch_requests": sum(sizes) / len(sizes), "projected_usd": projection.get("cost_usd"),
@@ -229,6 +262,7 @@ def run_cron(lines: list[bytes], seed: int) -> dict[str, Any]:
         if ticks > 60:
             raise RuntimeError("cron policy did not finish in 60 days")
     result = {"policy": "cron (33 x 300 at 00:04 daily)", "seconds": last_end(sim) - T0, "ticks": ticks,
+              "timeline": timeline(sim, last_end(sim) - T0),
               **submissions(sim), "billed": billed(sim), "transport": "HTTP, official openai SDK"}
     sim.stop()
     return result
@@ -272,7 +306,7 @@ def run_submit_all(lines: list[bytes], seed: int) -> dict[str, Any]:
         if polls > 30 * 144:
             raise RuntimeError("submit-all policy did not finish in 30 days")
     result = {"policy": "submit-all, resubmit on token_limit_exceeded every 10 min", "seconds": last_end(sim) - T0,
-              "polls": polls, **submissions(sim), "billed": billed(sim), "transport": "HTTP, official openai SDK"}
+              "polls": polls, "timeline": timeline(sim, last_end(sim) - T0), **submissions(sim), "billed": billed(sim), "transport": "HTTP, official openai SDK"}
     sim.stop()
     return result
 
@@ -318,7 +352,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", default="corral,cron,submit-all")
     parser.add_argument("--pilot", type=int, default=None, help="corral's pilot batch size (default: its default)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the results here, with a row per batch (created, admitted, ended, "
+                             "requests, tokens, final status; seconds from the start)")
     args = parser.parse_args()
     policies = args.policies.split(",")
     out: dict[str, Any] = {"requests": args.requests, "seed": args.seed, "limit": LIMIT, "model": MODEL,
@@ -327,17 +363,17 @@ def main() -> int:
         folder = Path(tmp)
         started = time.perf_counter()
         work = make_workload(folder, args.requests)
-        print(f"workload: {args.requests:,} requests, {len(work['lines'][0]):,} bytes each "
-              f"({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+        lines = jsonl_lines(work) if set(policies) - {"corral"} else []
+        print(f"workload: {args.requests:,} requests ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
         results = []
         for policy in policies:
             started = time.perf_counter()
             if policy == "corral":
                 result = run_corral(folder, args.seed, args.requests, args.pilot)
             elif policy == "cron":
-                result = run_cron(work["lines"], args.seed)
+                result = run_cron(lines, args.seed)
             elif policy == "submit-all":
-                result = run_submit_all(work["lines"], args.seed)
+                result = run_submit_all(lines, args.seed)
             else:
                 raise SystemExit(f"unknown policy {policy!r}")
             result["key"] = policy
@@ -367,7 +403,10 @@ def main() -> int:
     print_table(out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    brief = json.loads(json.dumps(out))
+    for result in brief["results"]:
+        result["timeline"].pop("trace", None)     # per-batch rows: only in --json
+    print(json.dumps(brief, indent=2))
     return 0
 
 

@@ -11,8 +11,8 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 import zlib
-from pathlib import Path
 
 import anthropic
 import openai
@@ -439,6 +439,20 @@ def test_request_errors_at_the_configured_rate(make_sim, clock):
     assert done.request_counts.completed + len(errors) == 500
 
 
+def test_anthropic_all_failed_and_request_errors(make_sim, clock):
+    sim = make_sim(seed=8, all_failed=1.0)
+    client = ant(sim)
+    batch = client.messages.batches.create(requests=[a_request(i) for i in range(6)])
+    done = a_wait(client, clock, batch.id)
+    assert done.request_counts.errored == 6
+    errors = [r.result for r in client.messages.batches.results(batch.id)]
+    assert {e.error.error.type for e in errors} == {"api_error"}
+    sim.set_faults(all_failed=0.0, request_error=0.5)
+    batch = client.messages.batches.create(requests=[a_request(i) for i in range(200)])
+    done = a_wait(client, clock, batch.id)
+    assert 60 < done.request_counts.errored < 140 and done.request_counts.succeeded + done.request_counts.errored == 200
+
+
 def _parses(line: str) -> bool:
     try:
         json.loads(line)
@@ -549,6 +563,13 @@ def test_corral_sim_serve_answers(tmp_path):
                 break
             time.sleep(0.05)
         assert batch.status == "completed"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/sim/state", timeout=5) as answer:
+            state = json.load(answer)
+        assert state["batches_created"] == {"openai": 1} and state["batches_by_status"] == {"openai:completed": 1}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/sim/faults", data=b'{"http_429": 0.5}',
+                                         method="POST")
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert json.load(answer)["http_429"] == 0.5
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=10)

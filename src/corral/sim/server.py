@@ -111,8 +111,7 @@ class SimServer:
             return self._control(req), 0.0
         api = self.anthropic if req.path.startswith("/v1/messages") else self.openai
         route, handler, args = self._route(api, req)
-        rng_lock = self.account.lock
-        with rng_lock:
+        with self.account.lock:
             self.state.http_requests[route] += 1
             fault = self._http_fault()
         if fault == "http_5xx":
