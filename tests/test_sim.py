@@ -273,6 +273,62 @@ def test_openai_batch_creation_rate_limit(make_sim, clock):
     client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
 
 
+def test_openai_file_limits_fail_validation(make_sim, clock):
+    sim = make_sim(openai_max_requests=3, openai_max_file_bytes=1_000)
+    client = oai(sim)
+    done, _ = wait(client, clock, submit(client, [chat_line(i) for i in range(4)]).id)
+    assert done.status == "failed"
+    assert {e.code for e in done.errors.data} == {"too_many_requests", "file_too_large"}
+    done, _ = wait(client, clock, submit(client, [chat_line(0)]).id)
+    assert done.status == "completed"
+
+
+def test_raw_http_chunked_upload_and_error_shapes(make_sim):
+    import http.client
+
+    sim = make_sim()
+    host, port = sim.base_url.removeprefix("http://").split(":")
+    line = json.dumps(chat_line(0)).encode()
+    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n"
+            b"Content-Type: application/jsonl\r\n\r\n" + line + b"\n\r\n--XyZ--\r\n")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    conn.putrequest("POST", "/v1/files")
+    conn.putheader("Authorization", "Bearer sim")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=XyZ")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    for start in range(0, len(body), 100):
+        piece = body[start:start + 100]
+        conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+    conn.send(b"0\r\n\r\n")
+    answer = conn.getresponse()
+    uploaded = json.loads(answer.read())
+    assert answer.status == 200 and uploaded["bytes"] == len(line) + 1 and uploaded["purpose"] == "batch"
+    # the same connection is kept alive for the next request
+    conn.request("GET", "/v1/batches/batch_nope", headers={"Authorization": "Bearer sim"})
+    answer = conn.getresponse()
+    assert answer.status == 404 and json.loads(answer.read())["error"]["type"] == "invalid_request_error"
+    conn.request("GET", "/v1/messages/batches/msgbatch_nope", headers={"x-api-key": "sim"})
+    answer = conn.getresponse()
+    error = json.loads(answer.read())
+    assert answer.status == 404 and error["type"] == "error" and error["error"]["type"] == "not_found_error"
+    conn.request("GET", "/v1/batches")
+    answer = conn.getresponse()
+    assert answer.status == 401 and "API key" in json.loads(answer.read())["error"]["message"]
+    conn.close()
+
+
+def test_anthropic_size_limits(make_sim):
+    sim = make_sim(anthropic_max_requests=3, anthropic_max_bytes=5_000)
+    client = ant(sim, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.batches.create(requests=[a_request(i) for i in range(4)])
+    with pytest.raises(anthropic.APIStatusError) as too_large:
+        client.messages.batches.create(requests=[a_request(0, system="s" * 6000)])
+    assert too_large.value.status_code == 413
+
+
 # -- Anthropic ---------------------------------------------------------------------------------------------
 
 def a_request(i: int, **params) -> dict:
