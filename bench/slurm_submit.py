@@ -193,7 +193,7 @@ def cancel_by_name(name: str, real_scancel: str, wait: float = 300) -> None:
 # -- corral -----------------------------------------------------------------------------------
 
 
-def corral_campaign(folder: Path, tasks: int, partition: str) -> Path:
+def corral_campaign(folder: Path, tasks: int, partition: str, tasks_per_job: int | None) -> Path:
     (folder / "noop.py").write_text("def noop(item, ctx=None):\n    return {}\n")
     path = folder / "corral.yaml"
     path.write_text(textwrap.dedent(f"""\
@@ -211,15 +211,16 @@ def corral_campaign(folder: Path, tasks: int, partition: str) -> Path:
             partition: {partition}
             poll_interval: 1s
             max_poll_interval: 5s
-        """))
+        """) + (f"    tasks_per_job: {tasks_per_job}\n" if tasks_per_job else ""))
     return path
 
 
-def corral_part(folder: Path, tasks: int, partition: str, call_log: Path, real_scancel: str) -> dict[str, Any]:
+def corral_part(folder: Path, tasks: int, partition: str, call_log: Path, real_scancel: str,
+                tasks_per_job: int | None = None) -> dict[str, Any]:
     import corral
     from corral.backends.slurm import job_name_for
 
-    path = corral_campaign(folder, tasks, partition)
+    path = corral_campaign(folder, tasks, partition, tasks_per_job)
     os.environ["BENCH_SLURM_CALL_LOG"] = str(call_log)
     wall_start, started = time.time(), time.perf_counter()
     before = sdiag()
@@ -245,6 +246,8 @@ def corral_part(folder: Path, tasks: int, partition: str, call_log: Path, real_s
         delta = {tool: calls[tool] - seen[tool] for tool in calls if calls[tool] != seen[tool]}
         seen.update(delta)
         marks["submitted"] += report.submitted_tasks
+        if report.submitted_tasks and "first_submission_s" not in marks:
+            marks["first_submission_s"] = now
         ticks.append({"t": round(now, 3), "calls": delta, "status_calls": delta.get("sacct", 0) + delta.get("squeue", 0),
                       "submitted_tasks": report.submitted_tasks, "completed": report.completed,
                       "in_flight": report.in_flight})
@@ -258,6 +261,7 @@ def corral_part(folder: Path, tasks: int, partition: str, call_log: Path, real_s
     except BaseException:
         cancel_by_name(job_name, real_scancel)
         raise
+    time.sleep(3)    # accounting records the last elements' end a moment after they end
     done = run.counts()["work"]["done"]
     subs = run.submissions(open_only=False)
     campaign.close()
@@ -268,8 +272,8 @@ def corral_part(folder: Path, tasks: int, partition: str, call_log: Path, real_s
     per_tick = [t["status_calls"] for t in polled] or [0]
     elements = sum(int(s["info"].get("elements") or 0) for s in subs)
     return {
-        "tasks": tasks, "done": done, "create_run_s": round(created_s, 2),
-        "submit_s": round(marks["submitted_s"], 2), "finish_s": round(marks["finished_s"], 2),
+        "tasks": tasks, "done": done, "tasks_per_job_setting": tasks_per_job, "create_run_s": round(created_s, 2),
+        "first_submission_s": round(marks["first_submission_s"], 2), "submit_s": round(marks["submitted_s"], 2), "finish_s": round(marks["finished_s"], 2),
         "submissions": len(subs), "array_elements": elements,
         "tasks_per_element": round(tasks / elements, 1) if elements else None,
         "calls_counted_by_backend": dict(seen), "calls_logged_by_shims": logged_calls(call_log),
@@ -280,6 +284,7 @@ def corral_part(folder: Path, tasks: int, partition: str, call_log: Path, real_s
         "rpc_to_finished": rpc_diff(before, marks["rpc_finished"]),
         "other_jobs_overlapping": other_jobs(wall_start, wall_end, {job_name}),
         "element_states": element_states(job_name, wall_start),
+        "tick_log": [[t["t"], t["submitted_tasks"], t["completed"], t["calls"]] for t in ticks],
     }
 
 
@@ -301,6 +306,7 @@ def submitit_part(python: str, folder: Path, tasks: int, partition: str, wait: b
     after = sdiag()
     wall_end = time.time()
     calls = logged_calls(call_log)
+    time.sleep(3)
     if not wait:
         cancel_by_name(SUBMITIT_JOB_NAME, real_scancel)   # outside the measured window
     if proc.returncode != 0:
@@ -335,7 +341,12 @@ def machine() -> dict[str, Any]:
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=False).stdout
     pick = {k: v for k, v in (line.split("=", 1) for line in config.splitlines() if "=" in line)}
     keys = ("MaxArraySize", "MaxJobCount", "SchedulerType", "SchedulerParameters", "SelectType", "MinJobAge")
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                          check=False).stdout.strip()
+    changed = subprocess.run(["git", "status", "--short", "--", "src"], cwd=HERE.parent, capture_output=True, text=True,
+                             check=False).stdout.split("\n")
+    return {"corral_revision": head, "corral_uncommitted": [line[3:] for line in changed if line.strip()],
+            "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "slurm": version,
             "slurm_config": {k: next((v.strip() for key, v in pick.items() if key.strip() == k), None) for k in keys}}
 
@@ -377,7 +388,8 @@ def print_table(results: dict[str, Any]) -> None:
     c, s, f = results["corral"], results.get("submitit_submit"), results.get("submitit_finish")
     summary = results["summary"]
     rows = [
-        ("submit all tasks (s)", f"{c['submit_s']:.1f} (run creation {c['create_run_s']:.1f})",
+        ("submit all tasks (s)", (f"{c['submit_s']:.1f} (run creation {c['create_run_s']:.1f}, first sbatch "
+                                  f"{c['first_submission_s']:.1f})"),
          f"{s['submit_s']:.1f}" if s else "-"),
         ("sbatch calls", c["calls_logged_by_shims"].get("sbatch", 0),
          s["calls_logged_by_shims"].get("sbatch", 0) if s else "-"),
@@ -412,6 +424,8 @@ def main() -> None:
     parser.add_argument("--setup-submitit", action="store_true",
                         help="create the --submitit-python virtual environment and install submitit in it")
     parser.add_argument("--partition", default="debug")
+    parser.add_argument("--tasks-per-job", type=int,
+                        help="corral's tasks_per_job (default: unset, corral sizes array elements itself)")
     parser.add_argument("--wait-idle", type=float, default=600,
                         help="seconds to wait for other jobs on the cluster to finish before measuring")
     parser.add_argument("--submitit-timeout", type=float, default=1800)
@@ -440,7 +454,7 @@ def main() -> None:
         (root / "corral").mkdir()
         print(f"corral: {args.tasks} tasks...", file=sys.stderr)
         results["corral"] = corral_part(root / "corral", args.tasks, args.partition, root / "corral.calls",
-                                        real_scancel)
+                                        real_scancel, args.tasks_per_job)
         if not args.skip_submitit:
             print(f"submitit: submitting {args.tasks} tasks (then cancelled)...", file=sys.stderr)
             results["submitit_submit"] = submitit_part(
