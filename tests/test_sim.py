@@ -319,6 +319,15 @@ def test_raw_http_chunked_upload_and_error_shapes(make_sim):
     conn.close()
 
 
+def test_a_stopped_simulator_answers_nothing(make_sim):
+    sim = make_sim()
+    client = oai(sim, max_retries=0, timeout=2)
+    client.batches.list()                # opens a kept-alive connection
+    sim.stop()
+    with pytest.raises(openai.APIConnectionError):
+        client.batches.list()
+
+
 def test_anthropic_size_limits(make_sim):
     sim = make_sim(anthropic_max_requests=3, anthropic_max_bytes=5_000)
     client = ant(sim, max_retries=0)

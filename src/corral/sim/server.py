@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,6 +67,7 @@ class SimServer:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+            self._httpd.close_connections()
             if self._thread is not None:
                 self._thread.join(timeout=5)
             self._httpd = self._thread = None
@@ -96,7 +98,12 @@ class SimServer:
             state = self.state
             phases: dict[str, int] = {}
             for batch in state.batches.values():
-                key = f"{batch.provider}:{batch.phase(now)}"
+                if batch.provider == "anthropic":
+                    status = "ended" if batch.ended(now) else "canceling" if batch.cancel_at is not None \
+                        else "in_progress"
+                else:
+                    status = batch.phase(now)
+                key = f"{batch.provider}:{status}"
                 phases[key] = phases.get(key, 0) + 1
             return {"now": now, "batches_created": dict(state.batches_created),
                     "requests_enqueued": dict(state.requests_enqueued), "batches_by_status": phases,
@@ -181,6 +188,31 @@ class _HTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
     sim: SimServer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Drop kept-alive connections too, so a stopped simulator answers nothing, like a dead server."""
+        with self.connections_lock:
+            connections, self.connections = self.connections, set()
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
