@@ -568,6 +568,17 @@ def test_token_model_reads_jpeg_sizes_and_scales_large_images():
     assert anthropic_request_tokens(params) == 3 + 4 + 1640   # 1568x784 / 750
 
 
+def test_token_model_other_formats_through_pillow():
+    from io import BytesIO
+
+    PIL = pytest.importorskip("PIL.Image")
+    buffer = BytesIO()
+    PIL.new("RGB", (512, 300)).save(buffer, format="BMP")
+    url = "data:image/bmp;base64," + base64.b64encode(buffer.getvalue()).decode()
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]}
+    assert openai_request_tokens(body) == 3 + 4 + 85 + 170 * 1
+
+
 def test_billed_usage_follows_the_token_model(make_sim, clock):
     sim = make_sim(output_tokens=1199)
     client = oai(sim)

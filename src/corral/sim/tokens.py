@@ -6,8 +6,9 @@ so that its shortest side is at most 768 px, and costs 85 + 170 per 512 px tile.
 Anthropic images: scaled so the long edge is at most 1568 px, then ``ceil(width * height / 750)``.
 A JSON schema (``response_format`` / ``output_format``) counts as its compact JSON text.
 Output: ``ceil(utf8 bytes of the answer / 4)``.
-The image size is read from the data URL's header bytes (PNG, JPEG, GIF, WebP); an image given by
-an http(s) URL, whose size cannot be known, is taken as 1024x1024.
+The image size is read from the data URL's header bytes (PNG, JPEG, GIF, WebP; other formats with
+Pillow where it is installed); an image given by an http(s) URL, or whose size cannot be read, is
+taken as 1024x1024.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def _anthropic_block(block: Any) -> int:
     if block.get("type") == "image":
         source = block.get("source") or {}
         if source.get("type") == "base64":
-            size = image_size(_b64_prefix(str(source.get("data", ""))))
+            data = str(source.get("data", ""))
+            size = image_size(_b64_prefix(data)) or _full_image_size(_b64_all(data))
         else:
             size = None
         return anthropic_image_tokens(*(size or UNKNOWN_IMAGE))
@@ -131,10 +133,26 @@ def image_size_from_url(url: str) -> tuple[int, int]:
         if comma > 0:
             size = image_size(_b64_prefix(url[comma + 1:]))
             if size is None:
-                size = image_size(_b64_all(url[comma + 1:]))
+                size = _full_image_size(_b64_all(url[comma + 1:]))
             if size:
                 return size
     return UNKNOWN_IMAGE
+
+
+def _full_image_size(data: bytes) -> tuple[int, int] | None:
+    """The size from the whole image: header parsing first, then Pillow (other formats) if installed."""
+    size = image_size(data)
+    if size is None and data:
+        try:
+            from io import BytesIO
+
+            from PIL import Image
+
+            with Image.open(BytesIO(data)) as image:
+                size = image.size
+        except Exception:   # not an image Pillow can read, or no Pillow: the size stays unknown
+            size = None
+    return size
 
 
 def _b64_prefix(data: str, chars: int = 65536) -> bytes:
