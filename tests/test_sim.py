@@ -273,6 +273,20 @@ def test_openai_batch_creation_rate_limit(make_sim, clock):
     client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
 
 
+def test_openai_responses_endpoint(make_sim, clock):
+    sim = make_sim()
+    client = oai(sim)
+    line = {"custom_id": "r-0", "method": "POST", "url": "/v1/responses",
+            "body": {"model": "gpt-4.1-mini", "input": "Two short instructions.",
+                     "text": {"format": {"type": "json_schema", "name": "labels", "schema": SCHEMA}}}}
+    batch = client.batches.create(input_file_id=upload(client, [line]), endpoint="/v1/responses",
+                                  completion_window="24h")
+    done, _ = wait(client, clock, batch.id)
+    body = jsonl(client, done.output_file_id)[0]["response"]["body"]
+    assert body["object"] == "response" and body["usage"]["input_tokens"] == openai_request_tokens(line["body"])
+    assert len(json.loads(body["output"][0]["content"][0]["text"])["instructions"]) == 5
+
+
 def test_openai_file_limits_fail_validation(make_sim, clock):
     sim = make_sim(openai_max_requests=3, openai_max_file_bytes=1_000)
     client = oai(sim)
