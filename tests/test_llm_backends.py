@@ -345,3 +345,21 @@ def test_anthropic_invalid_params_fail_alone_and_are_not_retried(tmp_path, clock
     assert "max_tokens" in rows[3]["error_message"]
     assert all(rows[i]["state"] == "done" for i in rows if i != 3)
     camp.close()
+
+
+def test_a_create_retried_after_a_timeout_leaves_no_second_batch_running(tmp_path, clock, sim_factory):
+    # The simulator holds some answers past the SDK's timeout after doing the work: the SDK's
+    # retry of POST /batches then creates a second batch, which the backend cancels at once.
+    sim = sim_factory(timeout_delay_s=0.5, seed=7)   # with seed 7 a POST /batches times out
+    sim.set_faults(timeout=0.3)
+    path = campaign(tmp_path, sim, "openai", items=8, backend={"pilot": 0, "timeout": 0.25,
+                                                              "poll_interval": "2m"})
+    camp, run = run_to_end(path, clock)
+    rows = tasks(run)
+    assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
+    assert sim.state.faults["timeout"] > 0
+    recorded = set(remote_batches(run))
+    extra = [b for b in sim.state.batch_list("openai") if b.id not in recorded]
+    assert extra, "no create was retried after a timeout (the fault draws depend on the seed)"
+    assert all(b.cancel_at is not None for b in extra), "a duplicate batch was left running"
+    camp.close()

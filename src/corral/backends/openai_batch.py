@@ -52,6 +52,13 @@ class OpenAIBatchBackend(LlmBatchBackend):
             batch = self.client.batches.create(
                 input_file_id=upload.id, endpoint=self.settings.endpoint, completion_window="24h",
                 metadata={"corral_key": key, "corral_run": stage.run_id[:512], "corral_stage": stage.name[:512]})
+        except (openai.APITimeoutError, openai.APIConnectionError):
+            # Every try went unanswered, but one may have created the batch: adopt it if so.
+            found = self.find_batch(stage, submission)
+            if found is None:
+                raise
+            self._cancel_duplicates(key, found[0], submission.created_at)
+            return found[0], {"input_file_id": upload.id}
         except openai.APIStatusError as exc:
             code = _error_code(exc)
             self._forget_file(upload.id)
@@ -61,7 +68,25 @@ class OpenAIBatchBackend(LlmBatchBackend):
                 raise CapacityError(f"batch refused at creation ({code or exc.status_code}): {_message(exc)}",
                                     retry_after=state.backoff) from None
             raise
+        if self.settings.max_retries:
+            self._cancel_duplicates(key, batch.id, submission.created_at)
         return batch.id, {"input_file_id": upload.id}
+
+    def _cancel_duplicates(self, key: str, kept: str, since: float) -> None:
+        """The SDK retries a create whose answer timed out; the first try may have created a
+        batch all the same. Batches with this submission's key other than the one kept are
+        cancelled at once (their requests are in the kept one)."""
+        try:
+            for batch in self.client.batches.list(limit=100):
+                if batch.created_at < since - 60:
+                    break
+                if batch.id != kept and (batch.metadata or {}).get("corral_key") == key and \
+                        batch.status not in ("cancelling", "cancelled", "failed", "completed", "expired"):
+                    self.client.batches.cancel(batch.id)
+                    self.log(f"{self.name}: cancelled {batch.id}, a second batch created by a retried request "
+                             f"(kept {kept})")
+        except Exception as exc:  # noqa: BLE001 - best effort; the kept batch is recorded either way
+            self.log(f"{self.name}: could not check for duplicate batches of {key}: {exc}")
 
     def _forget_file(self, file_id: str) -> None:
         try:
