@@ -5,13 +5,12 @@ simulator share one VirtualClock, so a day of batches passes in a second or two.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from conftest import write_campaign, write_module
 from sqlalchemy import select
 
-from conftest import write_campaign, write_module
 from corral.api import Campaign
 from corral.engine.clock import VirtualClock
 from corral.ledger import loads, schema

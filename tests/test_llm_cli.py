@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import cli_env, corral_cli
+
 from corral.sim import Phase, SimConfig, SimServer, Turnaround
 
 pytestmark = pytest.mark.slow

@@ -8,16 +8,28 @@ import io
 import math
 
 import pytest
+from conftest import write_campaign
 from PIL import Image
 
-from conftest import write_campaign
 from corral.errors import SpecError
 from corral.llm.packing import Entry, pack
 from corral.llm.pricing import price_for
-from corral.llm.requests import RenderError, RequestTemplate, file_text, image_data_url, text_of
+from corral.llm.requests import (
+    RenderError,
+    RequestTemplate,
+    file_text,
+    image_data_url,
+    text_of,
+)
 from corral.llm.scheduler import InFlight, State, plan_sizes
-from corral.llm.tokens import (Calibration, TokenEstimator, anthropic_image_tokens, fallback_tokens, image_size,
-                               openai_image_tokens)
+from corral.llm.tokens import (
+    Calibration,
+    TokenEstimator,
+    anthropic_image_tokens,
+    fallback_tokens,
+    image_size,
+    openai_image_tokens,
+)
 from corral.spec import load_campaign
 from corral.spec.llm import Budget, OpenAIBatchSettings, Price, TokenWindow
 

@@ -16,7 +16,8 @@ submission holds and that no journal line claims.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from corral.backends.base import CapacityError, StageContext, SubmissionRecord
 from corral.llm.batch import BatchStatus, LlmBatchBackend, ResultLine, iter_jsonl

@@ -11,7 +11,8 @@ backend (corral.llm.batch).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from corral.backends.base import CapacityError, StageContext, SubmissionRecord
 from corral.llm.batch import BatchStatus, LlmBatchBackend, ResultLine, iter_jsonl

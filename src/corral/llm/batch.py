@@ -10,16 +10,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from corral.backends.base import (Backend, Backlog, CapacityError, Handle, PollResult, StageContext,
-                                  SubmissionRecord, TaskResult, TaskSpec)
+from corral.backends.base import (
+    Backend,
+    Backlog,
+    CapacityError,
+    Handle,
+    PollResult,
+    StageContext,
+    SubmissionRecord,
+    TaskResult,
+    TaskSpec,
+)
 from corral.errors import CorralError
 from corral.llm.packing import Entry, pack
 from corral.llm.pricing import ModelPrice, price_for
-from corral.llm.requests import RenderError, RequestTemplate, default_parse, load_callable
+from corral.llm.requests import (
+    RenderError,
+    RequestTemplate,
+    default_parse,
+    load_callable,
+)
 from corral.llm.scheduler import InFlight, State, enqueued_capacity, plan_sizes
 from corral.llm.tokens import TokenEstimator
 from corral.states import Outcome

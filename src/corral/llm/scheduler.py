@@ -53,7 +53,7 @@ class State:
     turnarounds: list[float] = field(default_factory=list)             # seconds, last finished batches
 
     @classmethod
-    def load(cls, path: Path) -> "State":
+    def load(cls, path: Path) -> State:
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -196,7 +196,7 @@ def target_batch_requests(settings: Any, state: State, remaining: int) -> int:
         target = min(target, math.floor(capacity / settings.batches_in_flight / per_tokens))
     if settings.split_tail:
         target = min(target, max(settings.min_requests_per_batch, math.ceil(remaining / settings.batches_in_flight)))
-    return max(1, settings.min_requests_per_batch if target < settings.min_requests_per_batch else target)
+    return max(1, max(target, settings.min_requests_per_batch))
 
 
 def _budget_requests(settings: Any, state: State, spent: float, in_flight: list[InFlight]) -> int | None:

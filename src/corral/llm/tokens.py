@@ -15,8 +15,9 @@ import functools
 import io
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 #: tokens added per message and per request by the chat formats (role markers, priming)
 MESSAGE_OVERHEAD = 4

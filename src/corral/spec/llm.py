@@ -6,7 +6,7 @@ table overrides and the money cap. Documented in docs/backends/llm-batch.md.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -27,7 +27,7 @@ class Price(Strict):
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
-    cached_input: Optional[float] = Field(default=None, ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
     batch_discount: float = Field(default=0.5, ge=0, lt=1)
 
 
@@ -50,33 +50,33 @@ class TokenWindow(Strict):
 class LlmBatchSettings(Strict):
     """What both batch backends share."""
 
-    model: Optional[str] = None
-    base_url: Optional[str] = None
+    model: str | None = None
+    base_url: str | None = None
     api_key_env: str = ""
     # The SDK's own HTTP behaviour: retries with backoff on 408/409/429/5xx and connection errors.
     max_retries: int = Field(default=5, ge=0)
     timeout: float = 600.0
     # Scheduling
-    enqueued_token_limit: Optional[int] = Field(default=None, gt=0)
+    enqueued_token_limit: int | None = Field(default=None, gt=0)
     safety_ratio: float = Field(default=0.9, gt=0, le=1)
     batches_in_flight: int = Field(default=8, ge=1)
     max_requests_per_batch: int = Field(default=50_000, ge=1)
     max_bytes_per_batch: int = 200 * 1000 * 1000
     min_requests_per_batch: int = Field(default=1, ge=1)
-    max_concurrent_batches: Optional[int] = Field(default=None, ge=1)
-    max_batches_per_hour: Optional[int] = Field(default=None, ge=1)
-    token_window: Optional[TokenWindow] = None
+    max_concurrent_batches: int | None = Field(default=None, ge=1)
+    max_batches_per_hour: int | None = Field(default=None, ge=1)
+    token_window: TokenWindow | None = None
     pilot: int = Field(default=20, ge=0)
-    straggler_after: Optional[float] = Field(default=2.0, ge=1.2)
+    straggler_after: float | None = Field(default=2.0, ge=1.2)
     split_tail: bool = False
     poll_interval: float = 30.0
     token_limit_backoff: float = 60.0
     # Estimation, cost and projection
     tokenizer: Literal["auto", "tiktoken", "estimate"] = "auto"
-    expected_output_tokens: Optional[int] = Field(default=None, ge=0)
+    expected_output_tokens: int | None = Field(default=None, ge=0)
     expected_turnaround: float = 3600.0
     prices: dict[str, Price] = Field(default_factory=dict)
-    budget: Optional[Budget] = None
+    budget: Budget | None = None
 
     _check_durations = field_validator("timeout", "poll_interval", "token_limit_backoff", "expected_turnaround",
                                        mode="before")(_duration)
@@ -90,7 +90,7 @@ class LlmBatchSettings(Strict):
         return value
 
     @model_validator(mode="after")
-    def _sizes(self) -> "LlmBatchSettings":
+    def _sizes(self) -> LlmBatchSettings:
         if self.min_requests_per_batch > self.max_requests_per_batch:
             raise ValueError("min_requests_per_batch is larger than max_requests_per_batch")
         return self
@@ -115,7 +115,7 @@ class AnthropicBatchSettings(LlmBatchSettings):
     max_requests_per_batch: int = Field(default=100_000, ge=1, le=100_000)
     max_bytes_per_batch: int = 256 * 1000 * 1000
     # The provider's queue limit counts requests of unfinished batches, not tokens.
-    queue_request_limit: Optional[int] = Field(default=None, gt=0)
+    queue_request_limit: int | None = Field(default=None, gt=0)
 
 
 LLM_BACKEND_TYPES = ("openai_batch", "anthropic_batch")
