@@ -373,7 +373,31 @@ class Run:
             "progress": (finished / totals["total"]) if totals["total"] else 1.0,
             "submissions_open": len(open_subs),
             **self.usage(stages),
+            **self.job_efficiency(),
         }
+
+    def job_efficiency(self) -> dict[str, Any]:
+        """Per stage, what cluster jobs used (from sacct, as ``seff`` shows): elements, their end
+        states, elapsed time, memory high-water mark, CPUs and nodes. Empty for local runs."""
+        sub = schema.submissions
+        with self.ledger.read() as conn:
+            rows = conn.execute(select(sub.c.stage, sub.c.info).where(
+                sub.c.run_id == self.id, sub.c.info.like('%"efficiency"%'))).all()
+        stages: dict[str, dict[str, Any]] = {}
+        for stage, info in rows:
+            for _job, state, elapsed, rss, cpus, node, _code in (loads(info).get("efficiency") or {}).values():
+                agg = stages.setdefault(stage, {"elements": 0, "states": {}, "elapsed_total_s": 0.0,
+                                                "elapsed_max_s": 0.0, "max_rss_bytes": 0, "cpus": 0,
+                                                "nodes": []})
+                agg["elements"] += 1
+                agg["states"][state] = agg["states"].get(state, 0) + 1
+                agg["elapsed_total_s"] += elapsed or 0.0
+                agg["elapsed_max_s"] = max(agg["elapsed_max_s"], elapsed or 0.0)
+                agg["max_rss_bytes"] = max(agg["max_rss_bytes"], rss or 0)
+                agg["cpus"] = max(agg["cpus"], cpus or 0)
+                if node and node not in agg["nodes"]:
+                    agg["nodes"].append(node)
+        return {"jobs": stages} if stages else {}
 
     def usage(self, stages: dict[str, dict[str, int]]) -> dict[str, Any]:
         """Tokens and money recorded per stage, and the whole stage's cost projected from the tasks

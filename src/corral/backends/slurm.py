@@ -104,6 +104,16 @@ class SlurmBackendImpl(Backend):
              all_in_flight: list[SubmissionRecord]) -> list[int]:
         if backlog.more_coming and backlog.ready < 100 and backlog.waited < 5.0:
             return []   # let a few more become ready: one array instead of many tiny ones
+        pilot = self.settings.pilot
+        if pilot and not self.settings.tasks_per_job and backlog.mean_seconds is None \
+                and backlog.ready > 2 * pilot:
+            # How long is a task? A small array first tells, so the rest is packed into elements
+            # worth starting (no-op tasks in a thousand jobs would mostly measure job start-up).
+            if not in_flight:
+                self._planned_per[stage.name] = 1
+                return [pilot]
+            if backlog.waited < self.settings.pilot_wait:
+                return []
         per = self.tasks_per_element(backlog)
         self._planned_per[stage.name] = per
         room = (self.settings.max_jobs - self._elements_in_flight(all_in_flight)) * per

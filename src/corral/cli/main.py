@@ -221,6 +221,12 @@ def _print_summary(data, to=None) -> None:
 
     for line in usage_lines(data):
         console.print(line, highlight=False)
+    for stage, jobs in (data.get("jobs") or {}).items():
+        states = ", ".join(f"{k} {v}" for k, v in sorted(jobs["states"].items()))
+        mean = jobs["elapsed_total_s"] / max(1, jobs["elements"])
+        console.print(f"cluster jobs of {stage}: {jobs['elements']} ({states}); elapsed mean {mean:.1f}s, "
+                      f"max {jobs['elapsed_max_s']:.0f}s; MaxRSS {jobs['max_rss_bytes'] / 2**20:.0f} MiB; "
+                      f"{jobs['cpus']} CPUs; nodes {', '.join(jobs['nodes'])}", highlight=False)
 
 
 STATUS_COLUMNS = ["stage", "total", "done", "failed", "cancelled", "running", "queued", "pending", "waiting"]

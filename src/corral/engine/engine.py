@@ -22,6 +22,7 @@ from corral.engine.record import Changes, Recorder
 from corral.errors import CorralError
 from corral.ledger import Ledger, dumps, loads, schema, task_key
 from corral.spec import LoadedCampaign
+from corral.states import Outcome
 
 ACTIVE = ("waiting", "pending", "queued", "running")
 
@@ -74,6 +75,8 @@ class Engine:
         #: moving average of task run time per stage, learned from results (seconds)
         self.mean_seconds: dict[str, float] = {}
         self._stage_of_task: dict[int, str] = {}
+        #: open submissions with a failed task: a job waiting on them with afterok would never start
+        self._failing_subs: set[int] = set()
 
     # -- the tick ------------------------------------------------------------------
 
@@ -174,6 +177,8 @@ class Engine:
                 started = poll.started_at or {t: now for t in poll.started_task_ids}
                 self.recorder.mark_started(conn, {t: at for t, at in started.items() if t not in finished_now})
                 self.recorder.apply(conn, poll.results, sub.id, now, changes)
+                if any(r.outcome == Outcome.FAILED for r in poll.results):
+                    self._failing_subs.add(sub.id)
                 if poll.finished:
                     self.recorder.lose(conn, sub.id, now, poll.lost_error_class, poll.lost_message, changes)
                     self.ledger.update_submission(conn, sub.id, state="finished", finished_at=now)
@@ -271,7 +276,8 @@ class Engine:
             if spec.per != "all" and any(n.per != "all" for n in needs):
                 continue
             upstream = [s for s in open_subs if s.stage in spec.needs]
-            if not upstream or any(s.state == "submitting" or not s.remote_id for s in upstream):
+            if not upstream or any(s.state == "submitting" or not s.remote_id or s.id in self._failing_subs
+                                   for s in upstream):
                 continue
             with self.ledger.read() as conn:
                 if not self.ledger.any_in_states(conn, self.run_id, [name], ("waiting",)):
@@ -382,7 +388,6 @@ class Engine:
 
     def _unqueue(self, sub: SubmissionRecord, retry_after: float, message: str, consume: bool) -> None:
         from corral.backends.base import TaskResult
-        from corral.states import Outcome
 
         now = self.clock.now()
         changes = Changes()

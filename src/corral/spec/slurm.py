@@ -46,6 +46,11 @@ class SlurmBackend(Strict):
     python: str | None = None
     #: tasks run one after another by each array element (default: sized from the backlog)
     tasks_per_job: int | None = Field(default=None, ge=1)
+    #: without tasks_per_job, first send this many tasks (one per element) to learn how long a
+    #: task takes, then pack the rest; 0 to size from the backlog alone
+    pilot: int = Field(default=10, ge=0)
+    #: how long the rest waits for the pilot's first results before going out anyway
+    pilot_wait: float = 300.0
     #: at most this many elements of one array run at once (``--array=...%N``)
     max_running: int | None = Field(default=None, ge=1)
     #: at most this many array elements queued or running for the whole backend
@@ -67,7 +72,7 @@ class SlurmBackend(Strict):
     missing_grace: float = 120.0
 
     _check_durations = field_validator("time", "poll_interval", "max_poll_interval", "missing_grace",
-                                       mode="before")(_duration)
+                                       "pilot_wait", mode="before")(_duration)
 
     @field_validator("launcher", mode="before")
     @classmethod
