@@ -92,6 +92,7 @@ class LlmBatchBackend(Backend):
         self._in_flight: list[InFlight] = []
         self._over_budget: dict[str, bool] = {}
         self._tail: dict[str, bool] = {}
+        self._tail_since: dict[str, float] = {}
         self._said = ""
 
     # -- provider calls ---------------------------------------------------------------------
@@ -223,6 +224,8 @@ class LlmBatchBackend(Backend):
         self._over_budget[stage.name] = decision.over_budget
         # Everything left is being sent: from now on the stage ends when its slowest batch does.
         self._tail[stage.name] = not backlog.more_coming and sum(decision.sizes) >= backlog.remaining
+        if self._tail[stage.name]:
+            self._tail_since.setdefault(stage.name, self.now())
         if decision.reason not in ("fill", "nothing ready"):
             self.say(f"stage {stage.name}: {decision.reason}")
         return decision.sizes
@@ -398,6 +401,10 @@ class LlmBatchBackend(Backend):
         state = self.state(stage)
         if not factor or sub.info.get("straggler") or status.phase not in ("validating", "in_progress") or \
                 len(state.turnarounds) < 4 or not self._tail.get(stage.name):
+            return None
+        # Only batches sent before the tail began: the requests sent again are not cancelled again
+        # (each new batch pays validation and queueing anew).
+        if (sub.submitted_at or sub.created_at) >= self._tail_since.get(stage.name, 0.0):
             return None
         typical = sorted(state.turnarounds)[len(state.turnarounds) // 2]
         elapsed = self.now() - (sub.submitted_at or sub.created_at)
