@@ -92,7 +92,7 @@ class LlmBatchBackend(Backend):
         self._in_flight: list[InFlight] = []
         self._over_budget: dict[str, bool] = {}
         self._tail: dict[str, bool] = {}
-        self._tail_since: dict[str, float] = {}
+        self._resent_since: dict[str, float] = {}
         self._said = ""
 
     # -- provider calls ---------------------------------------------------------------------
@@ -224,8 +224,6 @@ class LlmBatchBackend(Backend):
         self._over_budget[stage.name] = decision.over_budget
         # Everything left is being sent: from now on the stage ends when its slowest batch does.
         self._tail[stage.name] = not backlog.more_coming and sum(decision.sizes) >= backlog.remaining
-        if self._tail[stage.name]:
-            self._tail_since.setdefault(stage.name, self.now())
         if decision.reason not in ("fill", "nothing ready"):
             self.say(f"stage {stage.name}: {decision.reason}")
         return decision.sizes
@@ -402,9 +400,9 @@ class LlmBatchBackend(Backend):
         if not factor or sub.info.get("straggler") or status.phase not in ("validating", "in_progress") or \
                 len(state.turnarounds) < 4 or not self._tail.get(stage.name):
             return None
-        # Only batches sent before the tail began: the requests sent again are not cancelled again
-        # (each new batch pays validation and queueing anew).
-        if (sub.submitted_at or sub.created_at) >= self._tail_since.get(stage.name, 0.0):
+        # Requests sent again after a cancelled straggler are not cancelled again (each new batch
+        # pays validation and queueing anew): only batches sent before the first one came back.
+        if (sub.submitted_at or sub.created_at) >= self._resent_since.get(stage.name, float("inf")):
             return None
         typical = sorted(state.turnarounds)[len(state.turnarounds) // 2]
         elapsed = self.now() - (sub.submitted_at or sub.created_at)
@@ -468,6 +466,8 @@ class LlmBatchBackend(Backend):
             state.calibration.add(raw_per_request * ok, billed_in)
             state.output_per_request = billed_out / ok
         state.pilot_done = True
+        if sub.info.get("straggler"):
+            self._resent_since.setdefault(stage.name, self.now())
         if not sub.info.get("straggler") and sub.submitted_at:
             state.turnarounds = (state.turnarounds + [self.now() - sub.submitted_at])[-50:]
         self.save_state()
