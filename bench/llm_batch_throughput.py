@@ -418,8 +418,9 @@ def print_table(out: dict[str, Any]) -> None:
                      f"{r['projected_usd']:.2f}" if r.get("projected_usd") is not None
                      else f"{out['hand_table_usd']:.2f} (hand table)"))
     b = out["bound"]
-    rows.append((f"Little's law bound (batches of {b['mean_batch_requests']:.0f}, mean turnaround "
-                 f"{b['mean_turnaround_s'] / 60:.1f} min)", fmt_time(b["seconds"]), "-", "-", "-", "-"))
+    label = (f"Little's law bound (batches of {b['mean_batch_requests']:.0f}, mean turnaround "
+             f"{b['mean_turnaround_s'] / 60:.1f} min)")
+    rows.append((label, fmt_time(b["seconds"]), "-", "-", "-", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)), file=sys.stderr)

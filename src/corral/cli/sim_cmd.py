@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,13 +16,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
+PORT = typer.Option(8765, "--port", "-p", help="Port to listen on (0: any free port).")
+HOST = typer.Option("127.0.0.1", "--host", help="Address to listen on.")
+SEED = typer.Option(None, "--seed", help="Seed for turnaround and fault draws.")
+CONFIG = typer.Option(None, "--config", "-c", help="Simulator settings (YAML).")
+SPEED = typer.Option(1.0, "--speed", help="Simulated seconds per real second (60: a day in 24 min).")
+
+
 @app.command()
-def serve(port: int = typer.Option(8765, "--port", "-p", help="Port to listen on (0: any free port)."),
-          host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-          seed: Optional[int] = typer.Option(None, "--seed", help="Seed for turnaround and fault draws."),
-          config: Optional[Path] = typer.Option(None, "--config", "-c", help="Simulator settings (YAML)."),
-          speed: float = typer.Option(1.0, "--speed", help="Simulated seconds per real second (60: a day in 24 min).")
-          ) -> None:
+def serve(port: int = PORT, host: str = HOST, seed: int | None = SEED, config: Path | None = CONFIG,
+          speed: float = SPEED) -> None:
     """Serve the OpenAI Files + Batches and Anthropic Message Batches APIs until interrupted."""
     from corral.sim import RealClock, SimConfig, SimServer
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from corral.sim.answers import shape_of_anthropic
 from corral.sim.core import Account, Batch, Outcome, Request
@@ -201,7 +202,7 @@ class AnthropicApi:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _retry(config: Any) -> dict[str, str]:

@@ -15,8 +15,9 @@ import random
 import secrets
 import threading
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from corral.sim.answers import answer
 from corral.sim.model import SimConfig
@@ -28,7 +29,7 @@ INF = math.inf
 class Request:
     """One request of a batch, as much of it as the simulator keeps (never the body)."""
 
-    __slots__ = ("custom_id", "tokens", "shape", "max_tokens", "invalid", "model")
+    __slots__ = ("custom_id", "invalid", "max_tokens", "model", "shape", "tokens")
 
     def __init__(self, custom_id: str, tokens: int, shape: Any, max_tokens: int | None, invalid: str | None,
                  model: str) -> None:

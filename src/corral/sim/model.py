@@ -120,7 +120,7 @@ class SimConfig:
             setattr(self, name, float(rate))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, *, file: str | None = None) -> "SimConfig":
+    def from_dict(cls, data: dict[str, Any] | None, *, file: str | None = None) -> SimConfig:
         data = dict(data or {})
         flat: dict[str, Any] = {}
         for section in ("limits", "faults"):
@@ -142,7 +142,7 @@ class SimConfig:
         return config
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "SimConfig":
+    def from_yaml(cls, path: str | Path) -> SimConfig:
         import yaml
 
         path = Path(path)

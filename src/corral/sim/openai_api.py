@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from corral.sim.answers import shape_of_openai
 from corral.sim.core import Account, Batch, Outcome, Request

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from corral.sim.clock import Clock, RealClock
@@ -72,11 +72,11 @@ class SimServer:
                 self._thread.join(timeout=5)
             self._httpd = self._thread = None
 
-    def __enter__(self) -> "SimServer":
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def set_faults(self, **rates: float) -> None:
@@ -248,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
                   f"http://{host}")
         try:
             resp, delay = self.server.sim.handle(req)
-        except Exception as exc:  # a bug in the simulator: answer like a server would, never hang the client
+        except Exception as exc:  # noqa: BLE001 (a bug in the simulator: answer like a server would, never hang the client)
             resp, delay = json_resp({"error": {"message": f"simulator error: {type(exc).__name__}: {exc}",
                                                "type": "server_error"}}, 500, {"x-should-retry": "false"}), 0.0
         if delay:

@@ -150,7 +150,7 @@ def _full_image_size(data: bytes) -> tuple[int, int] | None:
 
             with Image.open(BytesIO(data)) as image:
                 size = image.size
-        except Exception:   # not an image Pillow can read, or no Pillow: the size stays unknown
+        except Exception:  # noqa: BLE001 (not an image Pillow can read, or no Pillow: the size stays unknown)
             size = None
     return size
 
