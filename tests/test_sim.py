@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 import zlib
+from pathlib import Path
 
 import anthropic
 import openai
@@ -672,3 +673,19 @@ def test_corral_sim_serve_refuses_a_bad_config(tmp_path):
     done = subprocess.run([sys.executable, "-m", "corral", "sim", "serve", "--config", str(tmp_path / "sim.yaml")],
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 2 and "expire" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_throughput_benchmark_runs_on_a_small_workload(tmp_path):
+    bench = Path(__file__).resolve().parent.parent / "bench" / "llm_batch_throughput.py"
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(bench), "--requests", "400", "--json", str(out)],
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    results = {r["key"]: r for r in data["results"]}
+    assert set(results) == {"corral", "cron", "submit-all"}
+    assert results["corral"]["finished"] and results["corral"]["done"] == 400
+    # every policy is billed for each request exactly once
+    assert {r["billed"]["tokens_in"] for r in results.values()} == {400 * 2617}
+    assert results["corral"]["recorded"]["tokens_in"] == 400 * 2617
+    assert "cron / corral" in data["ratios"] and "Little's law bound" in done.stderr
