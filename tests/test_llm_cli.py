@@ -104,16 +104,16 @@ def test_kill9_never_creates_a_batch_twice(tmp_path, sim):
     folder = tmp_path / "labels"
     path = example(folder, sim, "openai", pairs=80)
     config = yaml.safe_load(path.read_text())
-    # Two batches of about ten at a time: eight rounds of a couple of seconds, so the kills land
+    # Two batches of five at a time: eight rounds of a couple of seconds, so the kills land
     # while batches are being created, polled and collected.
-    config["backends"]["openai"].update(pilot=0, batches_in_flight=8, max_concurrent_batches=2)
+    config["backends"]["openai"].update(pilot=0, max_requests_per_batch=5, max_concurrent_batches=2)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     rng = random.Random(11)
     kills = 0
     while kills < 10:
         proc = subprocess.Popen([sys.executable, "-m", "corral", "run", "-q"], cwd=folder, env=cli_env(ENV),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(1.2, 3.0))   # the CLI starts in about a second
+        time.sleep(rng.uniform(1.0, 2.4))   # the CLI starts in about a second
         if proc.poll() is not None:
             break   # finished before this kill
         os.kill(proc.pid, signal.SIGKILL)
