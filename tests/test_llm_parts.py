@@ -8,7 +8,7 @@ import io
 import math
 
 import pytest
-from conftest import write_campaign
+from conftest import write_campaign, write_module
 from PIL import Image
 
 from corral.errors import SpecError
@@ -305,3 +305,42 @@ def test_parse_without_request_is_refused(tmp_path):
     config = {"name": "x", "items": {"grid": {"x": [1]}}, "stages": {"a": {"call": "m:f", "parse": "m:g"}}}
     with pytest.raises(SpecError, match="'parse' only applies"):
         load_campaign(write_campaign(tmp_path, config))
+
+
+def test_check_projects_requests_batches_tokens_cost_and_time(tmp_path):
+    from corral.api import Campaign
+
+    config = llm_campaign(backend_extra={"enqueued_token_limit": 10_000, "pilot": 0, "tokenizer": "estimate",
+                                         "expected_output_tokens": 100, "expected_turnaround": "30m"})
+    config["items"] = {"grid": {"x": {"range": [0, 200]}}}
+    config["stages"]["label"]["request"] = {"model": "gpt-4o-mini", "messages": [
+        {"role": "user", "content": "{{ 'word ' * 40 }}{{ item.x }}"}]}
+    write_module(tmp_path, "labels", "def parse(body):\n    return {}\n")
+    camp = Campaign.load(write_campaign(tmp_path, config))
+    try:
+        llm = camp.check()["stages"]["label"]["llm"]
+    finally:
+        camp.close()
+    assert llm["requests"] == 200 and llm["model"] == "gpt-4o-mini"
+    per = llm["tokens_per_request"]
+    assert 55 <= per <= 65                      # 3 + 4 + about 51 tokens of text
+    assert llm["tokens_in"] == pytest.approx(200 * per, rel=0.01) and llm["tokens_out"] == 20_000
+    assert llm["batches"] * llm["requests_per_batch"] >= 200
+    price = price_for("gpt-4o-mini")
+    assert llm["cost_usd"] == pytest.approx(price.cost(llm["tokens_in"], 20_000), rel=0.01)
+    # 12,000 input tokens through 9,000 in flight at a time, 30 minutes per batch
+    assert llm["seconds_to_finish"] == pytest.approx(llm["tokens_in"] / 9000 * 1800, rel=0.01)
+    assert "enqueued-token limit" in llm["bound_by"]
+
+
+def test_a_request_stage_needs_an_llm_backend(tmp_path):
+    from corral.api import Campaign
+
+    config = llm_campaign()
+    config["stages"]["label"]["backend"] = "local"
+    camp = Campaign.load(write_campaign(tmp_path, config))
+    try:
+        with pytest.raises(SpecError, match="needs an LLM batch backend"):
+            camp.check()
+    finally:
+        camp.close()

@@ -99,16 +99,17 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
     turnaround = settings.expected_turnaround
     capacity = enqueued_capacity(settings, state)
     seconds = turnaround * (2 if pilot else 1)       # the pilot's turnaround, then the last batch's
-    bound = "turnaround"
-    if capacity:
-        seconds = max(seconds, tokens_in / capacity * turnaround + turnaround * (1 if pilot else 0))
+    bound = "the batches' turnaround" + (" (the pilot's, then the others')" if pilot else "")
+    limited = tokens_in / capacity * turnaround + turnaround * (1 if pilot else 0) if capacity else 0.0
+    if limited > seconds:
+        seconds = limited
         bound = f"the enqueued-token limit ({settings.enqueued_token_limit:,} x {settings.safety_ratio:g})"
     if settings.max_batches_per_hour and batches / settings.max_batches_per_hour * 3600 > seconds:
         seconds = batches / settings.max_batches_per_hour * 3600 + turnaround
         bound = f"max_batches_per_hour ({settings.max_batches_per_hour})"
     oversized = [t for t, b in zip(tokens, sizes) if b > settings.max_bytes_per_batch or (capacity and t > capacity)]
     out.update(tokens_per_request=round(per_in, 1), bytes_per_request=round(per_bytes), output_basis=out_basis,
-               requests_per_batch=per_batch, batches=batches, pilot=pilot, tokens_in=round(tokens_in),
+               requests_per_batch=min(per_batch, max(1, count - pilot)), batches=batches, pilot=pilot, tokens_in=round(tokens_in),
                tokens_out=round(tokens_out), cost_usd=round(price.cost(tokens_in, tokens_out), 4) if price else None,
                priced=price is not None, seconds_to_finish=round(seconds), bound_by=bound,
                turnaround=turnaround, tokenizer=estimator.tokenizer if estimator else None,
