@@ -100,9 +100,10 @@ def test_example_end_to_end(tmp_path, sim, provider):
     assert sim.state.requests_enqueued[provider_key] == 10
 
 
-def test_kill9_never_creates_a_batch_twice(tmp_path, sim):
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_kill9_never_creates_a_batch_twice(tmp_path, sim, provider):
     folder = tmp_path / "labels"
-    path = example(folder, sim, "openai", pairs=80)
+    path = example(folder, sim, provider, pairs=80)
     config = yaml.safe_load(path.read_text())
     # Two batches of five at a time: eight rounds of a couple of seconds, so the kills land
     # while batches are being created, polled and collected.
@@ -126,7 +127,7 @@ def test_kill9_never_creates_a_batch_twice(tmp_path, sim):
     records = json.loads(corral_cli(folder, "export", "-f", "json", env=ENV, check=0).stdout)
     assert all(r["attempts"] == 1 for r in records), "a kill must not use an attempt"
     # The simulator saw each request once and every batch it holds is one the ledger recorded.
-    assert sim.state.requests_enqueued["openai"] == 80
+    assert sim.state.requests_enqueued[provider] == 80
     import corral
 
     camp = corral.open(str(path))
@@ -136,4 +137,4 @@ def test_kill9_never_creates_a_batch_twice(tmp_path, sim):
     finally:
         camp.close()
     assert len(recorded) == len(set(recorded))
-    assert sim.state.batches_created["openai"] == len(recorded)
+    assert sim.state.batches_created[provider] == len(recorded)
