@@ -26,7 +26,10 @@ REQUEST_OVERHEAD = 3
 UNKNOWN_IMAGE = (1024, 1024)
 _SKIPPED_KEYS = frozenset(("model", "role", "type", "detail", "media_type", "custom_id", "url", "method",
                            "response_format", "max_tokens", "max_completion_tokens", "temperature", "tool_choice"))
-_LOAD_TIMEOUT = 15.0
+#: how long ``auto`` waits for tiktoken to load its encoding (a download on first use; where there
+#: is no network the load may hang rather than fail) before using the fallback for this process
+AUTO_LOAD_TIMEOUT = 3.0
+EXPLICIT_LOAD_TIMEOUT = 60.0
 
 _encoders: dict[str, Any] = {}
 _encoder_lock = threading.Lock()
@@ -36,7 +39,7 @@ def fallback_tokens(text: str) -> int:
     return math.ceil(len(text.encode("utf-8")) / 4)
 
 
-def load_encoding(name: str = "o200k_base", timeout: float = _LOAD_TIMEOUT) -> Any | None:
+def load_encoding(name: str = "o200k_base", timeout: float = AUTO_LOAD_TIMEOUT) -> Any | None:
     """tiktoken's encoding, or None where it cannot be loaded (no network and no cached copy)."""
     with _encoder_lock:
         if name in _encoders:
@@ -123,7 +126,8 @@ class TokenEstimator:
         self._encode: Callable[[str], int] | None = None
         self.tokenizer = "estimate"
         if self.mode != "estimate":
-            encoding = load_encoding(encoding_for(self.model))
+            encoding = load_encoding(encoding_for(self.model),
+                                     AUTO_LOAD_TIMEOUT if self.mode == "auto" else EXPLICIT_LOAD_TIMEOUT)
             if encoding is not None:
                 self._encode = lambda text: len(encoding.encode(text, disallowed_special=()))
                 self.tokenizer = f"tiktoken:{encoding.name}"
