@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -180,6 +181,21 @@ def wait_for_quiet_cluster(limit: float) -> list[str]:
         time.sleep(10)
 
 
+#: what a stop must clean up: job names to cancel, the temporary folder, the submitit process
+CLEANUP: dict[str, Any] = {"names": {SUBMITIT_JOB_NAME}, "folder": None, "scancel": "scancel", "child": None}
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    if CLEANUP["child"] is not None:
+        CLEANUP["child"].kill()
+    for name in CLEANUP["names"]:
+        subprocess.run([CLEANUP["scancel"], "--name", name], capture_output=True, check=False)
+    if CLEANUP["folder"]:
+        shutil.rmtree(CLEANUP["folder"], ignore_errors=True)
+    print(f"stopped by signal {signum}; jobs cancelled", file=sys.stderr)
+    os._exit(128 + signum)
+
+
 def cancel_by_name(name: str, real_scancel: str, wait: float = 300) -> None:
     subprocess.run([real_scancel, "--name", name], capture_output=True, check=False)
     deadline = time.time() + wait
@@ -228,6 +244,7 @@ def corral_part(folder: Path, tasks: int, partition: str, call_log: Path, real_s
     run, _ = campaign.start()
     created_s = time.perf_counter() - started
     job_name = job_name_for(run.id)
+    CLEANUP["names"].add(job_name)
     engines = []
     make_engine = run.engine
 
@@ -298,11 +315,19 @@ def submitit_part(python: str, folder: Path, tasks: int, partition: str, wait: b
                "--partition", partition, "--job-name", SUBMITIT_JOB_NAME] + (["--wait"] if wait else [])
     wall_start = time.time()
     before = sdiag()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    CLEANUP["child"] = proc
     try:
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException as exc:
+        proc.kill()
+        proc.wait()
         cancel_by_name(SUBMITIT_JOB_NAME, real_scancel)
-        raise SystemExit(f"submitit: {tasks} tasks did not finish within {timeout:.0f} s")
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise SystemExit(f"submitit: {tasks} tasks did not finish within {timeout:.0f} s") from None
+        raise
+    finally:
+        CLEANUP["child"] = None
     after = sdiag()
     wall_end = time.time()
     calls = logged_calls(call_log)
@@ -311,8 +336,8 @@ def submitit_part(python: str, folder: Path, tasks: int, partition: str, wait: b
         cancel_by_name(SUBMITIT_JOB_NAME, real_scancel)   # outside the measured window
     if proc.returncode != 0:
         cancel_by_name(SUBMITIT_JOB_NAME, real_scancel)
-        raise SystemExit(f"submitit part failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"submitit part failed ({proc.returncode}):\n{stderr[-4000:]}")
+    data = json.loads(stdout.strip().splitlines()[-1])
     rpc = rpc_diff(before, after)
     data.update(calls_logged_by_shims=calls, other_jobs_overlapping=other_jobs(wall_start, wall_end,
                                                                               {SUBMITIT_JOB_NAME}))
@@ -431,6 +456,10 @@ def main() -> None:
     parser.add_argument("--submitit-timeout", type=float, default=1800)
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
+    # A stop leaves no jobs and no temporary folder behind. The clean-up runs in the handler and
+    # the process ends there: an exception raised at an arbitrary point of a tick could be caught
+    # or block on a lock the interrupted code holds.
+    signal.signal(signal.SIGTERM, _stop)
 
     if subprocess.run(["sinfo"], capture_output=True, check=False).returncode != 0:
         raise SystemExit("sinfo fails: start a cluster first (scripts/slurm-local-cluster)")
@@ -441,6 +470,7 @@ def main() -> None:
             raise SystemExit(f"{args.submitit_python} does not exist: pass --setup-submitit, or "
                              "--submitit-python with an interpreter that has submitit")
     real_scancel = shutil.which("scancel") or "scancel"
+    CLEANUP["scancel"] = real_scancel
     bench_start = time.perf_counter()
     busy = wait_for_quiet_cluster(args.wait_idle)
     results: dict[str, Any] = {"tasks": args.tasks, "submitit_tasks": args.submitit_tasks, "machine": machine(),
@@ -448,6 +478,7 @@ def main() -> None:
                                "jobs_of_others_at_start": busy}
     with tempfile.TemporaryDirectory(prefix="slurm-submit-bench-") as tmp:
         root = Path(tmp)
+        CLEANUP["folder"] = tmp
         shims = write_shims(root / "shims")
         env = {**os.environ, "PATH": f"{shims}{os.pathsep}{os.environ.get('PATH', '')}"}
         os.environ["PATH"] = env["PATH"]
