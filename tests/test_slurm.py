@@ -378,3 +378,43 @@ def test_kill_9_during_submission_never_submits_twice(cluster: str, tmp_path: Pa
     assert {c.split(":")[0] for c in arrays} == keys, "every job on the cluster is recorded in the ledger"
     adopted = rows(tmp_path, "SELECT count(*) FROM events WHERE message LIKE 'adopted %'")[0][0]
     assert adopted >= 3, "kills landed between sbatch and the ledger, and the jobs were adopted"
+
+
+def test_a_submit_limit_makes_corral_send_smaller_arrays(cluster: str, tmp_path: Path):
+    """MaxSubmitJobs counts array elements: a refused array is not a failure; corral asks for fewer."""
+    write_module(tmp_path, "quick", "def work(item, ctx):\n    return {'x': item['x']}\n")
+    write_campaign(tmp_path, {
+        "name": "limited", "items": {"grid": {"x": {"range": [0, 8]}}},
+        "stages": {"work": {"call": "quick:work", "backend": "cluster"}},
+        "backends": {"cluster": slurm_backend(tasks_per_job=1)},
+    })
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["sacctmgr", "-i", "modify", "user", "where", f"name={user}", "set", "MaxSubmitJobs=3"],
+                   capture_output=True, check=True)
+    try:
+        corral_cli(tmp_path, "run", "--quiet", timeout=180, check=0)
+    finally:
+        subprocess.run(["sacctmgr", "-i", "modify", "user", "where", f"name={user}", "set", "MaxSubmitJobs=-1"],
+                       capture_output=True, check=True)
+    assert rows(tmp_path, "SELECT count(*), min(state), max(state), max(attempts) FROM tasks") == [(8, "done", "done", 1)]
+    log = (tmp_path / ".corral" / "corral.log").read_text()
+    assert "the cluster refused more jobs" in log, log
+    sizes = [r[0] for r in rows(tmp_path, "SELECT json_extract(info, '$.elements') FROM submissions "
+                                          "WHERE remote_id IS NOT NULL")]
+    assert sizes and max(sizes) <= 3 and sum(sizes) == 8, sizes
+
+
+def test_without_accounting_jobs_are_followed_with_squeue_and_result_files(cluster: str, tmp_path: Path):
+    write_module(tmp_path, "quick", "def work(item, ctx):\n    return {'x': item['x']}\n")
+    write_campaign(tmp_path, {
+        "name": "noacct", "items": {"grid": {"x": [0, 1, 2, 3]}},
+        "stages": {"work": {"call": "quick:work", "backend": "cluster"}},
+        "backends": {"cluster": slurm_backend(tasks_per_job=2)},
+    })
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
+    (shim / "sacct").chmod(0o755)
+    corral_cli(tmp_path, "run", "--quiet", timeout=120, check=0, env={"PATH": f"{shim}:{os.environ['PATH']}"})
+    assert {r[0] for r in rows(tmp_path, "SELECT state FROM tasks")} == {"done"}
+    assert "following jobs with squeue and result files" in (tmp_path / ".corral" / "corral.log").read_text()

@@ -136,6 +136,8 @@ class CapacityError(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+        #: a quota on how much may be in flight at once (rather than a transient refusal)
+        self.limit = False
 
 
 class Backend(ABC):

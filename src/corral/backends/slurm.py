@@ -53,6 +53,8 @@ from corral.states import Outcome
 from corral.worker import protocol
 
 PLAN = "plan.json"
+#: after sacct fails, follow jobs with squeue this long before asking sacct again
+ACCOUNTING_RETRY = 300.0
 MAYBE_REQUEUED = frozenset({SlurmState.NODE_FAIL, SlurmState.PREEMPTED, SlurmState.BOOT_FAIL})
 
 
@@ -78,16 +80,25 @@ class SlurmBackendImpl(Backend):
         self._bad_nodes: set[str] = set()
         self._nodes: dict[str | None, list[str]] = {}
         self._accounting = True
+        self._accounting_retry_at = 0.0
         self._quiet_polls = 0
         self._planned_per: dict[str, int] = {}
+        self._limit: int | None = None
+        self._in_flight = 0
 
     # -- plan -------------------------------------------------------------------------------
 
     def _elements_in_flight(self, subs: list[SubmissionRecord]) -> int:
         return sum(int(s.info.get("elements") or s.task_count) for s in subs)
 
+    def job_limit(self) -> int:
+        """Array elements this backend may have queued or running: ``max_jobs``, or less while the
+        cluster refuses more (MaxSubmitJobs): halved on each refusal, grown again on success."""
+        return min(self.settings.max_jobs, self._limit or self.settings.max_jobs)
+
     def has_capacity(self, stage: StageContext, all_in_flight: list[SubmissionRecord]) -> bool:
-        return self._elements_in_flight(all_in_flight) < self.settings.max_jobs
+        self._in_flight = self._elements_in_flight(all_in_flight)
+        return self._in_flight < self.job_limit()
 
     def tasks_per_element(self, backlog: Backlog) -> int:
         if self.settings.tasks_per_job:
@@ -116,7 +127,7 @@ class SlurmBackendImpl(Backend):
                 return []
         per = self.tasks_per_element(backlog)
         self._planned_per[stage.name] = per
-        room = (self.settings.max_jobs - self._elements_in_flight(all_in_flight)) * per
+        room = (self.job_limit() - self._elements_in_flight(all_in_flight)) * per
         size = min(backlog.ready, self.settings.max_tasks_per_submission, room)
         return [size] if size > 0 else []
 
@@ -205,10 +216,20 @@ class SlurmBackendImpl(Backend):
                 if "dependency" in str(exc).lower():
                     raise CapacityError(f"a dependency is gone: {exc}", retry_after=1.0) from None
                 raise
-            except CapacityError:
+            except CapacityError as exc:
                 if ids:
                     self.commands.scancel(list(ids.values()))
+                if exc.limit:
+                    # The cluster counts array elements against MaxSubmitJobs: ask for fewer.
+                    self._limit = max(1, min(self._limit or self.settings.max_jobs,
+                                             self._in_flight + plan["elements"]) // 2)
+                    self.log(f"the cluster refused more jobs ({exc}); at most {self._limit} elements from now")
+                    raise CapacityError(str(exc), retry_after=2.0) from None
                 raise
+        if self._limit is not None:
+            self._limit = self._limit + max(1, self._limit // 10)
+            if self._limit >= self.settings.max_jobs:
+                self._limit = None
         jobs = [{"id": ids[p["part"]], "offset": p["offset"], "count": p["count"], "target": p["target"]}
                 for p in plan["parts"]]
         info: dict[str, Any] = {"elements": plan["elements"], "jobs": jobs, "job_name": plan["job_name"]}
@@ -256,13 +277,17 @@ class SlurmBackendImpl(Backend):
     # -- poll --------------------------------------------------------------------------------
 
     def _rows(self, name: str, since: float) -> list[JobRow]:
+        if not self._accounting and time.monotonic() >= self._accounting_retry_at:
+            self._accounting = True      # accounting may be back (slurmdbd restarted)
         if self._accounting:
             try:
                 return self.commands.sacct(name, since)
-            except SlurmError as exc:
-                self.log(f"sacct failed ({exc}); following jobs with squeue and result files")
+            except (SlurmError, CapacityError) as exc:
+                self.log(f"sacct failed ({exc}); following jobs with squeue and result files "
+                         f"for {ACCOUNTING_RETRY:.0f}s")
                 self._accounting = False
-        return self.commands.squeue(name)
+                self._accounting_retry_at = time.monotonic() + ACCOUNTING_RETRY
+        return self.commands.squeue(name, all_states=True)
 
     def poll(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> dict[int, PollResult]:
         subs = [s for s in submissions if s.stage in stages and s.info.get("jobs")]
@@ -392,6 +417,8 @@ class SlurmBackendImpl(Backend):
     def _maybe_alive(self, edir: Path, age: float) -> bool:
         """An element neither sacct nor squeue lists: just submitted (not listed yet), or, without
         accounting, forgotten by squeue after MinJobAge; its files tell whether it finished."""
+        if not self._accounting and (edir / protocol.EXIT).exists():
+            return False
         return age < self.settings.missing_grace
     def _read(self, sub_id: int, element: int, edir: Path) -> tuple[dict[int, float], list[TaskResult]]:
         started_offset, results_offset = self._offsets.get((sub_id, element), (0, 0))

@@ -93,9 +93,12 @@ ENDED: dict[SlurmState, tuple[Verdict, str]] = {
 SACCT_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "MaxRSS", "AllocCPUS", "NodeList", "Submit", "Start",
                 "End", "Reason", "Comment")
 _JOB_ID = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]))?(?:\.(.+))?$")
-_CAPACITY = re.compile(r"MaxSubmitJobs|AssocMaxSubmitJobLimit|QOSMaxSubmitJob|MaxJobCount|temporarily|"
-                       r"Resource temporarily unavailable|Socket timed out|Unable to contact slurm controller|"
-                       r"Job violates accounting/QOS policy", re.IGNORECASE)
+#: refusals because this user or account has too many jobs: submit fewer
+_LIMIT = re.compile(r"MaxSubmitJobs|AssocMaxSubmitJobLimit|QOSMaxSubmitJob|MaxJobCount|"
+                    r"Job violates accounting/QOS policy", re.IGNORECASE)
+#: refusals that pass with time
+_CAPACITY = re.compile(r"temporarily|Resource temporarily unavailable|Socket timed out|"
+                       r"Unable to contact slurm controller", re.IGNORECASE)
 
 
 @dataclass
@@ -249,6 +252,10 @@ class SlurmCommands:
             raise CapacityError(f"{args[0]} did not answer within {self.timeout:g}s", retry_after=30.0) from None
         if proc.returncode != 0:
             message = (proc.stderr or proc.stdout).strip()
+            if _LIMIT.search(message):
+                error = CapacityError(f"{args[0]}: {message}", retry_after=60.0)
+                error.limit = True
+                raise error
             if _CAPACITY.search(message):
                 raise CapacityError(f"{args[0]}: {message}", retry_after=60.0)
             raise SlurmError(f"{' '.join(args[:1])} failed ({proc.returncode}): {message}")
