@@ -53,6 +53,8 @@ from corral.states import Outcome
 from corral.worker import protocol
 
 PLAN = "plan.json"
+#: seconds a just-submitted job may be missing from sacct before squeue is asked about it
+UNLISTED_GRACE = 30.0
 #: after sacct fails, follow jobs with squeue this long before asking sacct again
 ACCOUNTING_RETRY = 300.0
 MAYBE_REQUEUED = frozenset({SlurmState.NODE_FAIL, SlurmState.PREEMPTED, SlurmState.BOOT_FAIL})
@@ -297,7 +299,12 @@ class SlurmBackendImpl(Backend):
         name = job_name_for(run_id)
         rows = self._rows(name, min(s.submitted_at or s.created_at for s in subs))
         listed = {row.job_id for row in rows}
-        missing = any(j["id"] not in listed for s in subs for j in s.info["jobs"])
+        # A job sacct does not list yet: just submitted (slurmdbd has not heard of it; wait), or
+        # held by a dependency (never eligible, so never in accounting: ask squeue).
+        now = time.time()
+        missing = any(j["id"] not in listed and (s.info.get("after") or
+                                                 now - (s.submitted_at or s.created_at) > UNLISTED_GRACE)
+                      for s in subs for j in s.info["jobs"])
         requeued = any(row.state in MAYBE_REQUEUED for row in rows)
         if self._accounting and (missing or requeued):
             # sacct lists a job once it is eligible: one held by a dependency only squeue shows. And
