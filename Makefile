@@ -14,7 +14,7 @@ PYTHON      ?= python3
 VENV        := .venv
 VPY         := $(VENV)/bin/python
 PYTEST      ?= $(VPY) -m pytest
-PYTEST_ARGS ?= -q
+PYTEST_ARGS ?= -q --durations=15
 
 .DEFAULT_GOAL := help
 .PHONY: help venv test demo lint clean
