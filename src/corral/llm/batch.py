@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from abc import abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,28 +98,34 @@ class LlmBatchBackend(Backend):
 
     # -- provider calls ---------------------------------------------------------------------
 
+    @abstractmethod
     def make_client(self) -> Any:
-        raise NotImplementedError
+        """Provider-specific: implemented by each backend."""
 
+    @abstractmethod
     def create_batch(self, stage: StageContext, submission: SubmissionRecord, entries: list[Entry],
                      model: str) -> tuple[str, dict[str, Any]]:
-        raise NotImplementedError
+        """Provider-specific: implemented by each backend."""
 
+    @abstractmethod
     def find_batch(self, stage: StageContext, submission: SubmissionRecord) -> tuple[str, dict[str, Any]] | None:
-        raise NotImplementedError
+        """Provider-specific: implemented by each backend."""
 
+    @abstractmethod
     def batch_status(self, sub: SubmissionRecord) -> BatchStatus:
-        raise NotImplementedError
+        """Provider-specific: implemented by each backend."""
 
+    @abstractmethod
     def result_lines(self, sub: SubmissionRecord, status: BatchStatus) -> Iterator[ResultLine | None]:
         """Result lines; None for a line that cannot be read (it counts as missing)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def cancel_batch(self, remote_id: str) -> None:
-        raise NotImplementedError
+        """Provider-specific: implemented by each backend."""
 
+    @abstractmethod
     def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        """Provider-specific: implemented by each backend."""
 
     # -- shared helpers -----------------------------------------------------------------------
 

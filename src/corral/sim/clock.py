@@ -3,9 +3,10 @@ VirtualClock; these cover the cases where the simulator runs on its own."""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Protocol
+
+from corral.clock import VirtualClock
 
 
 class Clock(Protocol):
@@ -31,20 +32,5 @@ class RealClock:
             time.sleep(seconds / self.speed)
 
 
-class ManualClock:
-    """Time that moves only when advanced (same interface as the engine's VirtualClock)."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        with self._lock:
-            return self._now
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += max(0.0, seconds)
+#: time that moves only when advanced: the engine's virtual clock, so both can share one
+ManualClock = VirtualClock
