@@ -427,6 +427,7 @@ class SlurmBackendImpl(Backend):
         if not self._accounting and (edir / protocol.EXIT).exists():
             return False
         return age < self.settings.missing_grace
+
     def _read(self, sub_id: int, element: int, edir: Path) -> tuple[dict[int, float], list[TaskResult]]:
         started_offset, results_offset = self._offsets.get((sub_id, element), (0, 0))
         started, started_offset = protocol.read_started(edir, started_offset)
