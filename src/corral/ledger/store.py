@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import queue
-import threading
 import hashlib
 import json
+import queue
+import random
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -17,8 +19,8 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from corral.errors import LedgerError
 from corral.ledger import schema
-from corral.ledger.migrations import migrate
 from corral.ledger.location import default_url, normalise_url  # noqa: F401 - part of this module
+from corral.ledger.migrations import migrate
 from corral.states import OPEN_SUBMISSIONS, TaskState
 
 INSERT_CHUNK = 20_000
@@ -48,12 +50,18 @@ class Ledger:
                     raise LedgerError(f"no ledger at {self.path} (nothing has run here yet)")
                 self.path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = self._make_engine()
-        try:
-            migrate(self.engine, create=create)
-        except OperationalError as exc:
-            raise LedgerError(f"cannot open the ledger {self.display_url}: {exc.orig}") from None
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"cannot open the ledger {self.display_url}: {exc}") from None
+        for attempt in range(20):
+            try:
+                migrate(self.engine, create=create)
+                break
+            except OperationalError as exc:
+                # Two processes creating one SQLite file at once: switching it to WAL can meet a
+                # lock SQLite reports at once instead of waiting (it would deadlock). Try again.
+                if not (self.is_sqlite and "locked" in str(exc.orig) and attempt < 19):
+                    raise LedgerError(f"cannot open the ledger {self.display_url}: {exc.orig}") from None
+                time.sleep(0.05 + random.random() * 0.1)
+            except SQLAlchemyError as exc:
+                raise LedgerError(f"cannot open the ledger {self.display_url}: {exc}") from None
 
     @property
     def display_url(self) -> str:
