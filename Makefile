@@ -14,7 +14,10 @@ PYTHON      ?= python3
 VENV        := .venv
 VPY         := $(VENV)/bin/python
 PYTEST      ?= $(VPY) -m pytest
-PYTEST_ARGS ?= -q --durations=15
+# Most tests wait on subprocesses, so four workers keep 2 cores busy; the SLURM tests share one
+# worker (xdist_group "slurm"), since they share one cluster.
+PYTEST_WORKERS ?= 4
+PYTEST_ARGS ?= -q --durations=15 -n $(PYTEST_WORKERS) --dist loadgroup
 
 .DEFAULT_GOAL := help
 .PHONY: help venv test demo lint clean

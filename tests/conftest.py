@@ -7,11 +7,15 @@ when CI=true.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+# A developer's own ledger must not leak into the tests; `campaign_ledger` sets it per test.
+os.environ.pop("CORRAL_LEDGER", None)
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +29,8 @@ def pg_url() -> str:
     return url
 
 
-@pytest.fixture
-def pg_fresh_url(pg_url: str) -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_database(pg_url: str) -> Iterator[str]:
     """URL of a new, empty database on the test server; dropped afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
@@ -45,6 +49,13 @@ def pg_fresh_url(pg_url: str) -> Iterator[str]:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@pytest.fixture
+def pg_fresh_url(pg_url: str) -> Iterator[str]:
+    """URL of a new, empty database on the test server; dropped afterwards."""
+    with fresh_database(pg_url) as url:
+        yield url
 
 
 # -- helpers for writing campaigns and running the CLI -------------------------------------------------
@@ -94,7 +105,7 @@ def campaign_dict(stages: dict[str, Any], items: dict[str, Any] | None = None, n
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "CORRAL_LEDGER"}
+    env = dict(os.environ)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra or {})
     return env
@@ -187,3 +198,81 @@ def ledger_url(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger' / 'ledger.db'}"
     return request.getfixturevalue("pg_fresh_url")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """``campaign_ledger`` (usually through ``pytestmark = pytest.mark.usefixtures(...)``) runs a test
+    on both ledgers; ``@pytest.mark.sqlite_only`` keeps a test about the SQLite file to that one."""
+    if "ledger_kind" not in metafunc.fixturenames:
+        return
+    kinds = [pytest.param("sqlite", id="sqlite")]
+    if metafunc.definition.get_closest_marker("sqlite_only") is None:
+        kinds.append(pytest.param("postgres", id="postgres", marks=pytest.mark.postgres))
+    metafunc.parametrize("ledger_kind", kinds, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def ledger_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def module_ledger(ledger_kind: str, request) -> Iterator[str]:
+    """For a module-scoped campaign shared by several tests: one ledger for the module, "sqlite"
+    (the file beside each campaign) or a PostgreSQL database's URL, in CORRAL_LEDGER meanwhile."""
+    if ledger_kind == "sqlite":
+        yield "sqlite"
+        return
+    with fresh_database(request.getfixturevalue("pg_url")) as url, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CORRAL_LEDGER", url)
+        yield url
+
+
+@pytest.fixture
+def campaign_ledger(ledger_kind: str, request, monkeypatch) -> str:
+    """Every campaign of the test keeps its ledger in the default SQLite file beside it, or in one
+    fresh PostgreSQL database (CORRAL_LEDGER, which the CLI and the API read); a test that uses a
+    module-scoped campaign shares ``module_ledger``'s. Returns "sqlite" or the URL."""
+    if ledger_kind == "sqlite":
+        return "sqlite"
+    if "module_ledger" in request.fixturenames:
+        return request.getfixturevalue("module_ledger")
+    url = request.getfixturevalue("pg_fresh_url")
+    monkeypatch.setenv("CORRAL_LEDGER", url)
+    return url
+
+
+def assert_no_ledger(folder: Path) -> None:
+    """Nothing was written: no SQLite file beside the campaign, and no run in a PostgreSQL ledger."""
+    assert not (folder / ".corral" / "ledger.db").exists()
+    url = os.environ.get("CORRAL_LEDGER")
+    if url and url.startswith("postgresql"):
+        from sqlalchemy import create_engine, inspect, text
+        from sqlalchemy.pool import NullPool
+
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                if inspect(conn).has_table("runs"):
+                    assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 0
+        finally:
+            engine.dispose()
+
+
+def query_ledger(folder: Path, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+    """Rows of one SQL query (``:name`` parameters) on the ledger of the campaign in ``folder``,
+    whichever ledger the test runs on."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    import yaml as _yaml
+
+    configured = (_yaml.safe_load((folder / "corral.yaml").read_text()) or {}).get("ledger") \
+        if (folder / "corral.yaml").exists() else None
+    url = os.environ.get("CORRAL_LEDGER") or configured or f"sqlite:///{folder / '.corral' / 'ledger.db'}"
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql), params or {})]
+    finally:
+        engine.dispose()

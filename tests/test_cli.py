@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import campaign_dict, corral_cli, write_campaign, write_module
+from conftest import assert_no_ledger, campaign_dict, corral_cli, write_campaign, write_module
+
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
 
 TASKS = """
 import time
@@ -43,7 +45,7 @@ def test_init_check_run_status_export_logs(tmp_path: Path):
     assert plan["items"] == 10
     assert {name: s["tasks"] for name, s in plan["stages"].items()} == {"evaluate": 10, "summarize": 1}
     assert plan["tasks"] == 11 and plan["resumes"] is None
-    assert not (tmp_path / ".corral" / "ledger.db").exists()
+    assert_no_ledger(tmp_path)
 
     proc = corral_cli(tmp_path, "run", "-q", check=0)
     assert proc.stdout == ""
@@ -94,7 +96,7 @@ def test_dry_run_writes_no_ledger(tmp_path: Path):
     proc = corral_cli(tmp_path, "run", "--dry-run", check=0)
     plan = json.loads(proc.stdout)
     assert plan["items"] == 4 and plan["stages"]["a"]["tasks"] == 4
-    assert not (tmp_path / ".corral" / "ledger.db").exists()
+    assert_no_ledger(tmp_path)
     assert not (tmp_path / ".corral" / "runs").exists()
 
 

@@ -21,7 +21,7 @@ import corral
 from conftest import campaign_dict, cli_env, corral_cli, live_workers, wait_for_workers, write_campaign, write_module
 from corral.ledger import schema
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("campaign_ledger")]
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
 
@@ -57,13 +57,19 @@ def quickstart(folder: Path) -> Path:
     return folder / "corral.yaml"
 
 
-def start_run(folder: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "corral", "run", "-q"], cwd=folder, env=cli_env(),
+def start_run(folder: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "corral", "run", "-q", *args], cwd=folder, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def ledger_view(folder: Path):
-    campaign = corral.open(str(folder / "corral.yaml"))
+def own_ledger(folder: Path) -> str:
+    """The undisturbed baseline keeps its own SQLite ledger: on a shared PostgreSQL ledger the same
+    campaign file would continue the crashed campaign's run."""
+    return str(folder / ".corral" / "ledger.db")
+
+
+def ledger_view(folder: Path, ledger: str | None = None):
+    campaign = corral.open(str(folder / "corral.yaml"), ledger=ledger)
     try:
         run = campaign.run()
         records = {(r["stage"], r["item_key"]): r for r in run.records()}
@@ -85,7 +91,8 @@ def archived_items(folder: Path) -> Counter:
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path):
     crashed, baseline = quickstart(tmp_path / "crashed").parent, quickstart(tmp_path / "baseline").parent
-    reference = start_run(baseline)  # mostly sleeping workers: it shares the CPUs well
+    # mostly sleeping workers: it shares the CPUs well
+    reference = start_run(baseline, "--ledger", own_ledger(baseline))
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     kills = starts = 0
@@ -106,7 +113,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path):
     assert wait_for_workers(tmp_path, timeout=10)
 
     status, records, events, runs = ledger_view(crashed)
-    want_status, want, _, _ = ledger_view(baseline)
+    want_status, want, _, _ = ledger_view(baseline, own_ledger(baseline))
     assert runs == 1, f"seed {seed}: restarts made new runs"
     assert status["run"]["status"] == "finished"
     assert status["totals"]["done"] == status["totals"]["total"] == 241

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 import textwrap
 from pathlib import Path
 
 import corral
+
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
 
 
 def _write(folder: Path, stages: str) -> Path:

@@ -19,6 +19,8 @@ from corral.engine.record import Changes
 from corral.ledger import schema
 from corral.states import Outcome
 
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
+
 
 class Runner:
     """Write a campaign and a ``tasks`` module into a folder, run it to the end, read its records."""

@@ -6,6 +6,8 @@ import pytest
 
 from conftest import corral_cli, write_campaign, write_module
 
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
+
 CAMPAIGN = """
 name: ex
 items:
@@ -28,7 +30,7 @@ def f(item, ctx):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(module_ledger, tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     write_module(folder, "m", MODULE)
     write_campaign(folder, CAMPAIGN)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
+
 from conftest import corral_cli, write_campaign, write_module
+
+from corral.ledger.location import SCHEMA_VERSION
 
 
 def test_schema_1_ledger_is_migrated(tmp_path):
@@ -25,7 +29,7 @@ def test_schema_1_ledger_is_migrated(tmp_path):
     status = json.loads(corral_cli(tmp_path, "status", "--json", check=0).stdout)
     assert status["totals"]["done"] == 3
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM corral_meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert db.execute("SELECT value FROM corral_meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     assert "controller" in [r[1] for r in db.execute("PRAGMA table_info(submissions)")]
     assert db.execute("SELECT count(*) FROM controllers").fetchone()[0] == 0
     db.close()
@@ -33,3 +37,34 @@ def test_schema_1_ledger_is_migrated(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM tasks WHERE state = 'done'").fetchone()[0] == 9
     db.close()
+
+
+@pytest.mark.postgres
+def test_schema_2_postgresql_ledger_gets_text_columns(tmp_path, pg_fresh_url):
+    """Schema 2 sized states in 16 characters: a run ending as finished_with_failures crashed the
+    controller. Opening such a ledger turns every string column into text."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from corral.ledger import Ledger
+
+    Ledger(pg_fresh_url).close()
+    db = create_engine(pg_fresh_url, poolclass=NullPool)
+    with db.begin() as conn:
+        for table, column in (("events", "to_state"), ("events", "from_state"), ("tasks", "state"),
+                              ("runs", "status"), ("submissions", "state")):
+            conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE VARCHAR(16)"))
+        conn.execute(text("UPDATE corral_meta SET value = '2' WHERE key = 'schema_version'"))
+    write_module(tmp_path, "m", "def f(item, ctx):\n    if item['x'] == 1:\n        raise RuntimeError('no')\n"
+                                "    return {}\n")
+    write_campaign(tmp_path, {"name": "old", "items": {"list": [{"x": 0}, {"x": 1}, {"x": 2}]},
+                              "stages": {"s": {"call": "m:f"}}, "ledger": pg_fresh_url,
+                              "backends": {"local": {"workers": 2, "gpus": "none"}}})
+    corral_cli(tmp_path, "run", "-q", check=1)
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT value FROM corral_meta WHERE key = 'schema_version'")).scalar() == "3"
+        assert conn.execute(text("SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+                                 "current_schema() AND data_type = 'character varying'")).scalar() == 0
+        assert conn.execute(text("SELECT status FROM runs")).scalar() == "finished_with_failures"
+    db.dispose()
+    corral_cli(tmp_path, "tick", check=0)

@@ -11,7 +11,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conftest import corral_cli, write_campaign, write_module
+from conftest import corral_cli, query_ledger, write_campaign, write_module
+
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
 
 CAMPAIGN = """
 name: reg
@@ -35,7 +37,7 @@ def f(item, ctx):
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
+def two_runs(module_ledger, tmp_path_factory):
     folder = tmp_path_factory.mktemp("registry")
     write_module(folder, "m", MODULE)
     write_campaign(folder, CAMPAIGN)
@@ -95,11 +97,8 @@ def test_resume_refuses_a_changed_config_unless_forced(two_runs):
     corral_cli(folder, "run", "-q", "--run-id", a, "params.policy=other", "--force", check=0)
     shown = json.loads(corral_cli(folder, "runs", "show", a, "--json", check=0).stdout)
     assert "+params.policy: other" in shown["notes"][-1]["text"]
-    import sqlite3
-
-    db = sqlite3.connect(folder / ".corral" / "ledger.db")
-    kinds = [r[0] for r in db.execute("SELECT message FROM events WHERE run_id = ? AND kind = 'force'", (a,))]
-    db.close()
+    kinds = [r[0] for r in query_ledger(folder, "SELECT message FROM events WHERE run_id = :r AND kind = 'force'",
+                                        {"r": a})]
     assert kinds and "+params.policy: other" in kinds[0]
 
 

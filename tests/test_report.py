@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import corral_cli, write_campaign, write_module
+
 from corral.report import aggregate, mean_std_ci, summarize_values, wilson
+
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
 
 POLICY = """
 import random
@@ -85,7 +88,7 @@ def test_mean_std_ci_known_values():
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
+def two_runs(module_ledger, tmp_path_factory):
     import corral
 
     folder = tmp_path_factory.mktemp("report")

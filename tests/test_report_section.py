@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import csv
 import io
 import json
 
 from conftest import corral_cli, write_campaign, write_module
+
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
 
 CAMPAIGN = """
 name: named
@@ -71,6 +75,7 @@ def test_report_section_is_validated(tmp_path):
     assert "report.by_setting" in bad.stderr and "settng" in bad.stderr
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_reports_without_sqlalchemy(tmp_path):
     """On a SQLite ledger, `corral report` reads it with the standard library (SQLAlchemy is never
     imported) and prints exactly what the SQLAlchemy path prints."""

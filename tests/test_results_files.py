@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -9,7 +11,9 @@ import subprocess
 import sys
 import time
 
-from conftest import cli_env, corral_cli, write_campaign, write_module
+from conftest import assert_no_ledger, cli_env, corral_cli, query_ledger, write_campaign, write_module
+
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
 
 CAMPAIGN = """
 name: files
@@ -42,12 +46,8 @@ def result_files(folder):
 
 
 def done_keys(folder):
-    import sqlite3
-
-    db = sqlite3.connect(folder / ".corral" / "ledger.db")
-    rows = db.execute("SELECT i.params FROM tasks t JOIN items i ON i.run_id = t.run_id AND i.idx = t.item_idx "
-                      "WHERE t.state = 'done'").fetchall()
-    db.close()
+    rows = query_ledger(folder, "SELECT i.params FROM tasks t JOIN items i ON i.run_id = t.run_id "
+                                "AND i.idx = t.item_idx WHERE t.state = 'done'")
     return {(p["setting"], p["task"], p["repeat"]) for p in (json.loads(r[0]) for r in rows)}
 
 
@@ -85,11 +85,12 @@ def test_files_follow_the_ledger_through_a_kill(tmp_path):
     other = tmp_path / "other"
     write_module(other, "m", MODULE)
     write_campaign(other, CAMPAIGN)
-    first = json.loads(corral_cli(other, "ingest", str(tmp_path / "results"), "--json", check=0).stdout)
+    own = ["--ledger", str(other / "ledger.db")]  # its own ledger, whatever this test's is
+    first = json.loads(corral_cli(other, "ingest", str(tmp_path / "results"), "--json", *own, check=0).stdout)
     assert first[0]["created"] and first[0]["tasks_added"] == 40
-    again = json.loads(corral_cli(other, "ingest", str(tmp_path / "results"), "--json", check=0).stdout)
+    again = json.loads(corral_cli(other, "ingest", str(tmp_path / "results"), "--json", *own, check=0).stdout)
     assert again[0]["tasks_added"] == 0 and again[0]["unchanged"] == 40
-    report = json.loads(corral_cli(other, "report", "--by", "setting", "-f", "json", check=0).stdout)
+    report = json.loads(corral_cli(other, "report", "--by", "setting", "-f", "json", *own, check=0).stdout)
     assert report["total"]["done"] == 40
 
 
@@ -100,4 +101,4 @@ def test_bad_template_is_refused_at_check(tmp_path):
     assert "results" in proc.stderr and "'taks'" in proc.stderr and "setting" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert corral_cli(tmp_path, "run", "-q", check=2).returncode == 2
-    assert not (tmp_path / ".corral" / "ledger.db").exists()
+    assert_no_ledger(tmp_path)

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import corral_cli, write_campaign, write_module
+from conftest import corral_cli, query_ledger, write_campaign, write_module
+
+# One cluster, one node: the SLURM tests run one after another on one xdist worker.
+pytestmark = pytest.mark.xdist_group("slurm")
 
 GOLDEN = Path(__file__).parent / "golden"
 NODE = os.uname().nodename
@@ -193,6 +196,27 @@ def test_time_limit_and_memory_kill_with_more_memory_on_retry(cluster: str, tmp_
     assert hog_row == ("done", 2)
     first = rows(tmp_path, "SELECT message FROM events WHERE stage='hog' AND message LIKE 'attempt 1 failed%'")
     assert first and "(oom)" in first[0][0]
+    scripts = sorted((tmp_path / ".corral").glob("runs/*/submissions/*/plan.json"))
+    mems = [json.loads(p.read_text())["parts"][0]["script"] for p in scripts]
+    assert any("--mem=100M" in s for s in mems) and any("--mem=800M" in s for s in mems)
+
+
+@pytest.mark.postgres
+def test_memory_scaled_on_retry_on_a_postgresql_ledger(cluster: str, tmp_path: Path, pg_fresh_url: str):
+    """The shared ledger's claim reads the last error class like the SQLite path: the retry after an
+    out-of-memory kill asks for eight times the memory."""
+    hog = f"{sys.executable} -c \"import time; x = b'x' * (300 * 2**20); time.sleep(3)\""
+    write_campaign(tmp_path, {
+        "name": "limits_pg",
+        "items": {"list": [{"x": 0}]},
+        "stages": {"hog": {"run": ["sh", "-c", hog], "backend": "cluster", "resources": {"mem": "100M"},
+                           "retries": {"max": 1, "backoff": "1s", "on": ["oom"], "mem": "x8"}}},
+        "backends": {"cluster": slurm_backend()},
+        "ledger": pg_fresh_url,
+    })
+    corral_cli(tmp_path, "run", "--quiet", timeout=240, check=0)
+    hog_row = query_ledger(tmp_path, "SELECT state, attempts FROM tasks WHERE stage='hog'")[0]
+    assert hog_row == ("done", 2)
     scripts = sorted((tmp_path / ".corral").glob("runs/*/submissions/*/plan.json"))
     mems = [json.loads(p.read_text())["parts"][0]["script"] for p in scripts]
     assert any("--mem=100M" in s for s in mems) and any("--mem=800M" in s for s in mems)

@@ -17,7 +17,7 @@ from corral.engine.runs import (Selection, create_run, find_resumable, latest_ru
                                 snapshot_hash)
 from corral.errors import CorralError, NotFound
 from corral.ledger import Ledger, loads, parse_task_key, schema, task_key
-from corral.ledger.location import campaign_ledger_url
+from corral.ledger.location import campaign_ledger_url, driver_module, url_source
 from corral.spec import ItemSource, LoadedCampaign, load_campaign
 from corral.states import ALL_STATES, TERMINAL
 
@@ -30,6 +30,7 @@ class Campaign:
         self.spec = loaded.spec
         self.root = loaded.root
         self.ledger_url = campaign_ledger_url(loaded.root, loaded.spec.workdir, loaded.spec.ledger, ledger_url)
+        self._ledger_source = url_source(loaded.spec.ledger, ledger_url)
         self._ledger: Ledger | None = None
         self.log = ControllerLog(self.root / self.spec.workdir / "corral.log")
 
@@ -38,8 +39,23 @@ class Campaign:
              ledger: str | None = None) -> "Campaign":
         return cls(load_campaign(path, overrides or []), ledger_url=ledger)
 
+    def check_ledger_driver(self) -> None:
+        """A PostgreSQL ledger without its driver is bad input, named where the URL was given."""
+        from corral.errors import SpecError
+        from corral.extras import Extra, installed
+
+        module = driver_module(self.ledger_url)
+        if module is None or installed(module):
+            return
+        message = f"the ledger {_display(self.ledger_url)} needs the driver {module!r}, which is not installed"
+        expected = f"the postgres extra: {Extra.POSTGRES.install}"
+        if self._ledger_source == "ledger":
+            raise SpecError(message, file=str(self.loaded.path), key="ledger", expected=expected)
+        raise SpecError(f"{self._ledger_source}: {message}", expected=expected)
+
     def ledger(self, create: bool = True) -> Ledger:
         if self._ledger is None:
+            self.check_ledger_driver()
             self._ledger = Ledger(self.ledger_url, create=create)
         return self._ledger
 
@@ -76,6 +92,7 @@ class Campaign:
         """Validate everything that can be checked without running, and describe the plan; with
         ``preview``, also what the backends would send (sbatch scripts, ...)."""
         selection = selection or Selection()
+        self.check_ledger_driver()
         source = ItemSource(self.spec.items, self.root, self.loaded.path)
         items = list(source.items(limit=selection.limit, shard=selection.shard))
         sample = items[0].params if items else {}
@@ -109,7 +126,7 @@ class Campaign:
             **({"submissions": preview_submissions(self.loaded, items)} if preview else {}),
             "stages": stages, "tasks": sum(s["tasks"] for s in stages.values()),
             "backends": {n: b.model_dump(mode="json") for n, b in self.loaded.backends.items()},
-            "ledger": Ledger.__new__(Ledger).display_url if False else _display(self.ledger_url),
+            "ledger": _display(self.ledger_url),
             "config_hash": snapshot_hash(self.loaded, selection), "resumes": resumable,
             "sample_item": sample,
         }

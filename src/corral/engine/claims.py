@@ -125,16 +125,4 @@ class Claims:
 
     def ready_tasks(self, conn: Connection, stage: str, now: float, limit: int) -> list[dict[str, Any]]:
         """Ready tasks to put in a new submission, locked so no other controller takes them."""
-        if not self.shared:
-            return self.ledger.ready_tasks(conn, self.run_id, stage, now, limit)
-        t, i = schema.tasks, schema.items
-        ids = [r[0] for r in conn.execute(
-            select(t.c.id).where(t.c.run_id == self.run_id, t.c.stage == stage, t.c.state == "pending",
-                                 (t.c.not_before.is_(None)) | (t.c.not_before <= now))
-            .order_by(t.c.id).limit(limit).with_for_update(skip_locked=True))]
-        if not ids:
-            return []
-        query = (select(t.c.id, t.c.item_idx, t.c.attempts, t.c.ready_at, i.c.item_id, i.c.key, i.c.params)
-                 .select_from(t.outerjoin(i, (i.c.run_id == t.c.run_id) & (i.c.idx == t.c.item_idx)))
-                 .where(t.c.id.in_(ids)).order_by(t.c.id))
-        return [dict(r) for r in conn.execute(query).mappings()]
+        return self.ledger.ready_tasks(conn, self.run_id, stage, now, limit, claim=self.shared)

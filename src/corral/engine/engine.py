@@ -406,21 +406,19 @@ class Engine:
     # -- finishing -----------------------------------------------------------------------------
 
     def _status_changed_elsewhere(self) -> bool:
-        """`corral cancel` or `retry` from another terminal changes the run's row: notice it."""
+        """The run's row changed since this controller last read it: `corral cancel` or `retry`
+        from another terminal, or another controller of a shared ledger recording the run's end."""
         with self.ledger.read() as conn:
-            row = conn.execute(select(schema.runs.c.status, schema.runs.c.updated_at)
-                               .where(schema.runs.c.id == self.run_id)).first()
-        stamp = (row[0], row[1]) if row else None
-        changed = self._run_stamp is not None and stamp != self._run_stamp
-        self._run_stamp = stamp
-        return changed
+            stamp = self.ledger.run_stamp(conn, self.run_id)
+        return stamp != self._run_stamp
 
     def _finish(self, report: TickReport) -> None:
         now = self.clock.now()
         with self.ledger.read() as conn:
             active = self.ledger.any_in_states(conn, self.run_id, self.order, ACTIVE)
             bad = (not active) and self.ledger.any_in_states(conn, self.run_id, self.order, ("failed", "cancelled"))
-            current = conn.execute(select(schema.runs.c.status).where(schema.runs.c.id == self.run_id)).scalar()
+            stamp = self.ledger.run_stamp(conn, self.run_id)
+            current = stamp[0] if stamp else None
             # Only needed to sleep until a backoff ends when nothing else will wake the loop.
             idle = active and not report.in_flight and not report.submitted
             next_retry = self.ledger.next_not_before(conn, self.run_id, now) if idle else None
@@ -429,14 +427,22 @@ class Engine:
             status = "cancelled"
         if status != current:
             with self.ledger.write() as conn:
-                self.ledger.set_run_status(conn, self.run_id, status, now)
-                self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "run",
-                                               "from_state": current, "to_state": status}])
-            self.log(f"run {self.run_id} is {status}")
+                # Several controllers of a shared ledger may see the end at once, and a cancel or
+                # retry may land after this snapshot: the status is set only over what was read.
+                written = self.ledger.set_run_status(conn, self.run_id, status, now, only_if=stamp)
+                if written:
+                    self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "run",
+                                                   "from_state": current, "to_state": status}])
+                    self.log(f"run {self.run_id} is {status}")
+                stamp = self.ledger.run_stamp(conn, self.run_id)
+            status = stamp[0] if stamp else status
+            active = status == "active"
+            if not written:
+                stamp = None  # changed by someone else meanwhile: look again at the next tick
         report.status = status
         report.finished = not active
         report.next_wake = next_retry
-        self._status, self._next_wake = status, next_retry
+        self._status, self._next_wake, self._run_stamp = status, next_retry, stamp
 
     # -- helpers ----------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def default_url(root: Path, workdir: str = ".corral", configured: str | None = None) -> str:
@@ -32,6 +32,23 @@ def campaign_ledger_url(root: Path, workdir: str, configured: str | None, explic
     if explicit:
         return normalise_url(explicit) if "://" in explicit else f"sqlite:///{Path(explicit).expanduser().resolve()}"
     return default_url(root, workdir, configured)
+
+
+def driver_module(url: str) -> str | None:
+    """The module a ledger URL's driver is imported from, where it is not in the standard library."""
+    scheme = url.split("://", 1)[0]
+    if scheme.startswith("postgresql"):
+        return {"postgresql": "psycopg2", "postgresql+psycopg2": "psycopg2"}.get(scheme, "psycopg")
+    return None
+
+
+def url_source(configured: str | None, explicit: str | None) -> str:
+    """Where the ledger URL of a campaign comes from, as a user would name it."""
+    if explicit:
+        return "--ledger"
+    if os.environ.get("CORRAL_LEDGER"):
+        return "CORRAL_LEDGER"
+    return "ledger" if configured else "the default ledger"
 
 
 def sqlite_path(url: str) -> Path | None:

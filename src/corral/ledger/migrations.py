@@ -10,18 +10,33 @@ from sqlalchemy.engine import Connection, Engine
 from corral.errors import LedgerError
 from corral.ledger import schema
 
+
 def _v2_controllers(conn: Connection) -> None:
     """Submissions name the controller that polls them; controllers hold leases."""
     columns = {c["name"] for c in inspect(conn).get_columns("submissions")}
     if "controller" not in columns:
-        conn.exec_driver_sql("ALTER TABLE submissions ADD COLUMN controller VARCHAR(255)")
+        conn.exec_driver_sql("ALTER TABLE submissions ADD COLUMN controller TEXT")
     schema.controllers.create(conn, checkfirst=True)
+
+
+def _v3_text_columns(conn: Connection) -> None:
+    """Every string column is unbounded text: PostgreSQL refused a run's end as
+    ``finished_with_failures`` in a 16-character column. SQLite never enforced a width."""
+    if conn.dialect.name != "postgresql":
+        return
+    rows = conn.exec_driver_sql(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND data_type = 'character varying' AND table_name IN "
+        "('corral_meta', 'runs', 'items', 'tasks', 'submissions', 'controllers', 'events')").all()
+    for table, column in rows:
+        conn.exec_driver_sql(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE TEXT')
 
 
 # Version 1 creates the current tables, so on a new ledger the later steps find nothing to do.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: lambda conn: schema.metadata.create_all(conn),
     2: _v2_controllers,
+    3: _v3_text_columns,
 }
 
 

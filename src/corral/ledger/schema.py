@@ -1,14 +1,15 @@
 """The ledger's tables (SQLAlchemy Core), shared by SQLite and PostgreSQL.
 
 Times are seconds since the epoch (floats); JSON columns hold text written by the ledger itself.
+Every string is unbounded text (schema 3): a state, a status, an error class or an id never has to
+fit a width chosen in advance, and PostgreSQL stores text and varchar alike.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text, text
-from sqlalchemy import BigInteger
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, Table, Text, text
 
-from corral.ledger.location import SCHEMA_VERSION  # noqa: E402,F401 - the version is known without SQLAlchemy
+from corral.ledger.location import SCHEMA_VERSION  # noqa: F401 - the version is known without SQLAlchemy
 
 metadata = MetaData()
 
@@ -17,24 +18,24 @@ _BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 meta = Table(
     "corral_meta", metadata,
-    Column("key", String(64), primary_key=True),
+    Column("key", Text, primary_key=True),
     Column("value", Text, nullable=False),
 )
 
 runs = Table(
     "runs", metadata,
-    Column("id", String(200), primary_key=True),
-    Column("name", String(200), nullable=False),
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
     Column("campaign", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float),
-    Column("status", String(32), nullable=False),
+    Column("status", Text, nullable=False),
     Column("config", Text, nullable=False),
-    Column("config_hash", String(32), nullable=False),
+    Column("config_hash", Text, nullable=False),
     Column("selection", Text, nullable=False),
-    Column("code_revision", String(64)),
-    Column("host", String(255)),
+    Column("code_revision", Text),
+    Column("host", Text),
     Column("versions", Text),
     Column("tags", Text),
     Column("notes", Text),
@@ -44,9 +45,9 @@ runs = Table(
 
 items = Table(
     "items", metadata,
-    Column("run_id", String(200), primary_key=True),
+    Column("run_id", Text, primary_key=True),
     Column("idx", Integer, primary_key=True, autoincrement=False),
-    Column("item_id", String(32), nullable=False),
+    Column("item_id", Text, nullable=False),
     Column("key", Text, nullable=False),
     Column("params", Text, nullable=False),
     sqlite_with_rowid=False,
@@ -57,22 +58,22 @@ items = Table(
 tasks = Table(
     "tasks", metadata,
     Column("id", _BigId, primary_key=True, autoincrement=True),
-    Column("run_id", String(200), nullable=False),
-    Column("stage", String(200), nullable=False),
+    Column("run_id", Text, nullable=False),
+    Column("stage", Text, nullable=False),
     Column("item_idx", Integer, nullable=False),
-    Column("state", String(16), nullable=False),
+    Column("state", Text, nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("ready_at", Float),
     Column("not_before", Float),
     Column("submission_id", BigInteger),
-    Column("backend", String(200)),
+    Column("backend", Text),
     Column("queued_at", Float),
     Column("started_at", Float),
     Column("finished_at", Float),
     Column("result", Text),
-    Column("error_class", String(200)),
+    Column("error_class", Text),
     Column("error_message", Text),
-    Column("host", String(255)),
+    Column("host", Text),
     Column("tokens_in", BigInteger),
     Column("tokens_out", BigInteger),
     Column("cost", Float),
@@ -87,27 +88,27 @@ tasks = Table(
 submissions = Table(
     "submissions", metadata,
     Column("id", _BigId, primary_key=True, autoincrement=True),
-    Column("run_id", String(200), nullable=False),
-    Column("stage", String(200), nullable=False),
-    Column("backend", String(200), nullable=False),
-    Column("idempotency_key", String(128), nullable=False, unique=True),
-    Column("remote_id", String(255)),
-    Column("state", String(16), nullable=False),
+    Column("run_id", Text, nullable=False),
+    Column("stage", Text, nullable=False),
+    Column("backend", Text, nullable=False),
+    Column("idempotency_key", Text, nullable=False, unique=True),
+    Column("remote_id", Text),
+    Column("state", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("submitted_at", Float),
     Column("finished_at", Float),
     Column("task_count", Integer, nullable=False),
     Column("info", Text),
     # The controller that polls it (schema 2); NULL: any controller (ledgers from before).
-    Column("controller", String(255)),
+    Column("controller", Text),
     Index("ix_submissions_state", "run_id", "state"),
 )
 
 # Controllers sharing a ledger (schema 2): one row each, its lease renewed every tick.
 controllers = Table(
     "controllers", metadata,
-    Column("id", String(255), primary_key=True),
-    Column("host", String(255)),
+    Column("id", Text, primary_key=True),
+    Column("host", Text),
     Column("pid", Integer),
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
@@ -118,13 +119,13 @@ events = Table(
     "events", metadata,
     Column("id", _BigId, primary_key=True, autoincrement=True),
     Column("at", Float, nullable=False),
-    Column("run_id", String(200), nullable=False),
-    Column("kind", String(32), nullable=False),
-    Column("stage", String(200)),
+    Column("run_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("stage", Text),
     Column("task_id", BigInteger),
     Column("submission_id", BigInteger),
-    Column("from_state", String(16)),
-    Column("to_state", String(16)),
+    Column("from_state", Text),
+    Column("to_state", Text),
     Column("count", Integer),
     Column("message", Text),
     Index("ix_events_run", "run_id", "at"),

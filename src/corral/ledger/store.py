@@ -109,7 +109,13 @@ class Ledger:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(corral_read=True) as conn:
+        """A read-only transaction that sees one snapshot of the ledger, as SQLite's always does: on
+        PostgreSQL each statement of a READ COMMITTED transaction could see another controller's
+        commit that the statement before it did not (a run's tasks before a cancel, its status after)."""
+        options: dict[str, Any] = {"corral_read": True}
+        if not self.is_sqlite:
+            options["isolation_level"] = "REPEATABLE READ"
+        with self.engine.connect().execution_options(**options) as conn:
             with conn.begin():
                 yield conn
 
@@ -243,10 +249,23 @@ class Ledger:
     def run_id_exists(self, conn: Connection, run_id: str) -> bool:
         return conn.execute(select(schema.runs.c.id).where(schema.runs.c.id == run_id)).first() is not None
 
-    def set_run_status(self, conn: Connection, run_id: str, status: str, now: float) -> None:
+    def set_run_status(self, conn: Connection, run_id: str, status: str, now: float, *,
+                       only_if: tuple[str, float] | None = None) -> bool:
+        """Set a run's status; with ``only_if`` (a ``run_stamp``), only if the row has not changed
+        since that stamp was read. Returns whether it was set."""
         values: dict[str, Any] = {"status": status, "updated_at": now}
         values["finished_at"] = now if status.startswith("finished") or status == "cancelled" else None
-        conn.execute(update(schema.runs).where(schema.runs.c.id == run_id).values(**values))
+        runs = schema.runs
+        query = update(runs).where(runs.c.id == run_id)
+        if only_if is not None:
+            query = query.where(runs.c.status == only_if[0], runs.c.updated_at == only_if[1])
+        return conn.execute(query.values(**values)).rowcount > 0
+
+    def run_stamp(self, conn: Connection, run_id: str) -> tuple[str, float] | None:
+        """A run's status and when its row last changed: what a controller compares between ticks."""
+        row = conn.execute(select(schema.runs.c.status, schema.runs.c.updated_at)
+                           .where(schema.runs.c.id == run_id)).first()
+        return (row[0], row[1]) if row else None
 
     # -- counts ---------------------------------------------------------------------
 
@@ -288,15 +307,20 @@ class Ledger:
             (t.c.not_before.is_(None)) | (t.c.not_before <= now)).limit(1_000_000)
         return conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
 
-    def ready_tasks(self, conn: Connection, run_id: str, stage: str, now: float,
-                    limit: int) -> list[dict[str, Any]]:
+    def ready_tasks(self, conn: Connection, run_id: str, stage: str, now: float, limit: int, *,
+                    claim: bool = False) -> list[dict[str, Any]]:
+        """Pending tasks of a stage whose backoff has ended, oldest first, with their items. With
+        ``claim``, the rows stay locked until ``conn`` commits and other controllers of a shared
+        ledger skip them (PostgreSQL's FOR UPDATE SKIP LOCKED; SQLite has one writer at a time)."""
         t, i = schema.tasks, schema.items
         query = (select(t.c.id, t.c.item_idx, t.c.attempts, t.c.ready_at, t.c.error_class, i.c.item_id, i.c.key,
                         i.c.params)
                  .select_from(t.outerjoin(i, (i.c.run_id == t.c.run_id) & (i.c.idx == t.c.item_idx)))
-                 .where(t.c.run_id == run_id, t.c.stage == stage, t.c.state == "pending",
+                 .where(t.c.run_id == run_id, t.c.stage == stage, t.c.state == TaskState.PENDING.value,
                         (t.c.not_before.is_(None)) | (t.c.not_before <= now))
                  .order_by(t.c.id).limit(limit))
+        if claim:
+            query = query.with_for_update(of=t, skip_locked=True)
         return [dict(r) for r in conn.execute(query).mappings()]
 
     def oldest_ready_at(self, conn: Connection, run_id: str, stage: str) -> float | None:

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from corral.errors import SpecError
+from corral.extras import Extra, missing
 from corral.llm.pricing import price_for
 from corral.llm.requests import RenderError, RequestTemplate
 from corral.llm.scheduler import State, enqueued_capacity, target_batch_requests
@@ -36,10 +37,24 @@ def check_llm_stage(loaded: Any, name: str, stage: Any) -> None:
         raise SpecError("an LLM stage sends one request per item", file=str(loaded.path), key=f"stages.{name}.per",
                         expected="item")
     if llm:
+        require_llm_extra(loaded, name, stage)
         try:
             RequestTemplate(stage.request, loaded.root)
         except ValueError as exc:
             raise SpecError(str(exc), file=str(loaded.path), key=f"stages.{name}.request") from None
+
+
+#: what an LLM stage imports, by backend type: the templates and the provider's SDK
+_NEEDS = {"openai_batch": ("jinja2", "openai"), "anthropic_batch": ("jinja2", "anthropic")}
+
+
+def require_llm_extra(loaded: Any, name: str, stage: Any) -> None:
+    settings = loaded.backends[stage.backend]
+    absent = missing(_NEEDS.get(settings.type, ("jinja2",)))
+    if absent:
+        raise SpecError(f"stage {name!r} sends LLM requests through backend {stage.backend!r} ({settings.type}), "
+                        f"which needs {', '.join(absent)}: not installed", file=str(loaded.path),
+                        key=f"stages.{name}", expected=f"the llm extra: {Extra.LLM.install}")
 
 
 def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, Any] | None:

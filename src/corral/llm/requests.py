@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 _WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
 _MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
          ".webp": "image/webp"}
@@ -91,7 +89,10 @@ class RequestTemplate:
     """A stage's ``request:`` compiled once, rendered per task."""
 
     def __init__(self, body: dict[str, Any], root: Path | None = None):
+        import jinja2  # the llm extra: checked by `corral check` before a template is built
+
         self.root = root
+        self._undefined, self._undefined_error = jinja2.Undefined, jinja2.UndefinedError
         self.env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
                                       keep_trailing_newline=True)
         self.env.globals.update(image_data_url=functools.partial(image_data_url, root=root),
@@ -120,7 +121,7 @@ class RequestTemplate:
             return self._render(self._compiled, context)
         except RenderError:
             raise
-        except jinja2.UndefinedError as exc:
+        except self._undefined_error as exc:
             raise RenderError(f"template: {exc.message}; item fields: {', '.join(sorted(item)) or 'none'}") \
                 from None
         except Exception as exc:  # noqa: BLE001 - any template failure is this task's alone
@@ -136,7 +137,7 @@ class RequestTemplate:
             return payload
         if kind == "expr":
             value = payload(**context)
-            if isinstance(value, jinja2.Undefined):
+            if isinstance(value, self._undefined):
                 str(value)  # raises UndefinedError with the name
             return value
         return payload.render(**context)
