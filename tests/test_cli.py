@@ -193,3 +193,22 @@ def test_tick_then_status_lists_in_flight_submissions(tmp_path: Path):
     text = corral_cli(tmp_path, "status", "--submissions", check=0).stdout
     assert "in-flight submissions" in text and subs[0]["remote_id"] in text
     corral_cli(tmp_path, "cancel", check=0)
+
+
+def test_a_run_with_a_failing_command_ends_with_failures(tmp_path):
+    """Three items, one failing command: on either ledger the run ends finished_with_failures, and
+    every later command on it answers normally."""
+    write_campaign(tmp_path, campaign_dict({"s": {"run": ["sh", "-c", "test {x} -ne 2"]}},
+                                           items={"list": [{"x": 1}, {"x": 2}, {"x": 3}]}))
+    run = corral_cli(tmp_path, "run", check=1)
+    assert "finished_with_failures" in run.stderr + run.stdout and "Traceback" not in run.stderr
+    status = json.loads(corral_cli(tmp_path, "status", "--json", check=0).stdout)
+    assert status["run"]["status"] == "finished_with_failures"
+    assert status["totals"]["done"] == 2 and status["totals"]["failed"] == 1
+    assert json.loads(corral_cli(tmp_path, "tick", "--json", check=0).stdout)["status"] == "finished_with_failures"
+    corral_cli(tmp_path, "run", "-q", check=1)
+    corral_cli(tmp_path, "cancel", check=0)
+    assert json.loads(corral_cli(tmp_path, "status", "--json", check=0).stdout)["run"]["status"] in (
+        "finished_with_failures", "cancelled")
+    assert corral_cli(tmp_path, "retry", check=0)
+    corral_cli(tmp_path, "run", "-q", check=1)  # the command still fails for x=2

@@ -301,7 +301,7 @@ def plot(report: Report, path, progress: dict[str, list[tuple[float, int]]] | No
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise CorralError("--plot needs matplotlib: pip install 'matplotlib>=3.7,<4'") from None
+        raise CorralError("--plot needs matplotlib: pip install 'corral[plot]'") from None
 
     first = report.dims[0].name if report.dims else None
     merged: dict[Any, dict[str, Stats]] = {}
