@@ -256,6 +256,16 @@ def slow(item, ctx):
 """
 
 
+def sbatch_retrying(args: list[str], tries: int = 5) -> str:
+    """The test's own sbatch: a slurmctld busy with the suite's other jobs may time out an answer."""
+    for attempt in range(tries):
+        proc = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return proc.stdout.strip()
+        time.sleep(1 + attempt)
+    raise AssertionError(f"sbatch {args} failed {tries} times: {proc.stderr}")
+
+
 def test_preemption_requeues_without_using_an_attempt(cluster: str, tmp_path: Path):
     write_module(tmp_path, "slowmod", SLOW)
     write_campaign(tmp_path, {
@@ -270,8 +280,7 @@ def test_preemption_requeues_without_using_an_attempt(cluster: str, tmp_path: Pa
         # element may start only after the first has finished, so one running is enough.
         assert wait_until(lambda: running_elements(tmp_path) >= 1, 60)
         time.sleep(2)
-        high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-c", "2", "--mem=100M", "--output=/dev/null", "--wrap", "sleep 3"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        high = sbatch_retrying(["-p", "high", "-c", "2", "--mem=100M", "--output=/dev/null", "--wrap", "sleep 3"])
         controller.wait(timeout=240)
     finally:
         controller.kill()

@@ -71,11 +71,15 @@ class Recorder:
     def _rows(self, conn: Connection, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         rows: dict[int, dict[str, Any]] = {}
         mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        # What is decided from these rows is written back by id: on PostgreSQL they stay locked until
+        # the transaction commits, so a `corral cancel` committed meanwhile is read, not overwritten
+        # (SQLite's write transactions already run one at a time).
+        lock = " ORDER BY id FOR UPDATE" if conn.dialect.name == "postgresql" else ""
         cursor = conn.connection.dbapi_connection.cursor()
         try:
             for part in chunks(list(task_ids)):
                 cursor.execute("SELECT id, stage, item_idx, state, attempts, submission_id FROM tasks "
-                               f"WHERE run_id = {mark} AND id IN ({', '.join([mark] * len(part))})",
+                               f"WHERE run_id = {mark} AND id IN ({', '.join([mark] * len(part))}){lock}",
                                (self.run_id, *part))
                 for tid, stage, item_idx, state, attempts, submission_id in cursor.fetchall():
                     rows[tid] = {"id": tid, "stage": stage, "item_idx": item_idx, "state": state,
@@ -118,7 +122,7 @@ class Recorder:
              changes: Changes) -> None:
         """Tasks of a finished submission that never reported: started ones failed, others requeue."""
         query = select(T.c.id, T.c.stage, T.c.item_idx, T.c.state, T.c.attempts, T.c.submission_id).where(
-            T.c.submission_id == submission_id, T.c.state.in_(["queued", "running"]))
+            T.c.submission_id == submission_id, T.c.state.in_(["queued", "running"])).order_by(T.c.id).with_for_update()
         updates = []
         for row in conn.execute(query).mappings():
             row = dict(row)
