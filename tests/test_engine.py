@@ -544,3 +544,30 @@ def test_sys_exit_in_a_function_is_a_task_failure(runner):
     assert records[1]["state"] == "failed"
     assert records[1]["error_class"] == "SystemExit" and "3" in records[1]["error_message"]
     assert records[0]["state"] == records[2]["state"] == "done"
+
+
+def test_a_capacity_refusal_keeps_the_last_failure_class(tmp_path):
+    """An out-of-memory failure, then a submission refused for capacity (a cluster's submit limit):
+    the retry still knows it follows an oom, so its memory is still scaled."""
+    write_module(tmp_path, "tasks", "def f(item, ctx):\n    return {}\n")
+    path = write_campaign(tmp_path, campaign_dict({"a": {"call": "tasks:f", "retries": {
+        "max": 2, "backoff": 0, "on": ["oom"]}}}, items={"list": [{"x": 0}]}))
+    campaign = corral.open(str(path))
+    run, _ = campaign.start()
+    engine = run.engine()
+    try:
+        stage = engine.stages["a"]
+        for outcome, error_class in ((Outcome.FAILED, "oom"), (Outcome.CAPACITY, "capacity")):
+            _, tasks = engine._queue(stage, 1)
+            with run.ledger.write() as conn:
+                engine.recorder.apply(conn, [TaskResult(task_id=tasks[0].task_id, outcome=outcome,
+                                                        error_class=error_class, error_message="refused")],
+                                      None, time.time(), Changes())
+        with run.ledger.read() as conn:
+            (ready,) = run.ledger.ready_tasks(conn, run.id, "a", time.time() + 1, 10, claim=not run.ledger.is_sqlite)
+        assert ready["error_class"] == "oom" and ready["attempts"] == 1
+        _, tasks = engine._queue(stage, 1)
+        assert tasks[0].last_error == "oom" and tasks[0].attempt == 2
+    finally:
+        engine.close()
+        campaign.close()

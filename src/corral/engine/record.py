@@ -78,12 +78,12 @@ class Recorder:
         cursor = conn.connection.dbapi_connection.cursor()
         try:
             for part in chunks(list(task_ids)):
-                cursor.execute("SELECT id, stage, item_idx, state, attempts, submission_id FROM tasks "
+                cursor.execute("SELECT id, stage, item_idx, state, attempts, submission_id, error_class FROM tasks "
                                f"WHERE run_id = {mark} AND id IN ({', '.join([mark] * len(part))}){lock}",
                                (self.run_id, *part))
-                for tid, stage, item_idx, state, attempts, submission_id in cursor.fetchall():
+                for tid, stage, item_idx, state, attempts, submission_id, error_class in cursor.fetchall():
                     rows[tid] = {"id": tid, "stage": stage, "item_idx": item_idx, "state": state,
-                                 "attempts": attempts, "submission_id": submission_id}
+                                 "attempts": attempts, "submission_id": submission_id, "error_class": error_class}
         finally:
             cursor.close()
         return rows
@@ -121,7 +121,8 @@ class Recorder:
     def lose(self, conn: Connection, submission_id: int, now: float, error_class: str, message: str,
              changes: Changes) -> None:
         """Tasks of a finished submission that never reported: started ones failed, others requeue."""
-        query = select(T.c.id, T.c.stage, T.c.item_idx, T.c.state, T.c.attempts, T.c.submission_id).where(
+        query = select(T.c.id, T.c.stage, T.c.item_idx, T.c.state, T.c.attempts, T.c.submission_id,
+                       T.c.error_class).where(
             T.c.submission_id == submission_id, T.c.state.in_(["queued", "running"])).order_by(T.c.id).with_for_update()
         updates = []
         for row in conn.execute(query).mappings():
@@ -166,9 +167,10 @@ class Recorder:
                 changes.failed += 1
                 event["message"] = f"{error_class}: {(res.error_message or '')[:500]}"
         else:
-            # Interrupted, refused for capacity, or never started: the attempt is not used.
+            # Interrupted, refused for capacity, or never started: the attempt is not used, and the
+            # last failure's class stays (the next attempt's memory or time is scaled by it).
             base.update(state="pending", ready_at=now, submission_id=None, started_at=None, finished_at=None,
-                        error_class=res.error_class, error_message=res.error_message,
+                        error_class=row.get("error_class") or res.error_class, error_message=res.error_message,
                         not_before=(now + (res.info or {}).get("retry_after", 0)) if outcome == Outcome.CAPACITY else None)
             changes.requeued += 1
             changes.requeued_items[row["stage"]].append(row["item_idx"])
