@@ -5,7 +5,10 @@
     with the same number of workers. Reported as a wall-time ratio (target <= 1.3).
 (b) N no-op tasks through ``corral run``: tasks per second with every result durably recorded.
 
-    python bench/local_throughput.py [--tasks 10000] [--workers 2]
+    python bench/local_throughput.py [--tasks 10000] [--workers 2] [--ledger URL]
+
+``--ledger`` records into that ledger (an empty PostgreSQL database, say) instead of the SQLite file
+beside each campaign.
 """
 
 from __future__ import annotations
@@ -71,9 +74,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ledger", help="ledger URL for every corral command (default: SQLite beside the campaign)")
     args = parser.parse_args()
+    if args.ledger:
+        os.environ["CORRAL_LEDGER"] = args.ledger
     results = {"tasks": args.tasks, "workers": args.workers, "burn_ms": BURN_SECONDS * 1000,
-               "cpus": os.cpu_count()}
+               "cpus": os.cpu_count(), "ledger": "postgresql" if args.ledger else "sqlite"}
     with tempfile.TemporaryDirectory() as tmp:
         a = Path(tmp) / "burn"
         a.mkdir()

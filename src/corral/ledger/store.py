@@ -313,15 +313,22 @@ class Ledger:
         ``claim``, the rows stay locked until ``conn`` commits and other controllers of a shared
         ledger skip them (PostgreSQL's FOR UPDATE SKIP LOCKED; SQLite has one writer at a time)."""
         t, i = schema.tasks, schema.items
+        ready = (t.c.run_id == run_id, t.c.stage == stage, t.c.state == TaskState.PENDING.value,
+                 (t.c.not_before.is_(None)) | (t.c.not_before <= now))
         query = (select(t.c.id, t.c.item_idx, t.c.attempts, t.c.ready_at, t.c.error_class, i.c.item_id, i.c.key,
                         i.c.params)
-                 .select_from(t.outerjoin(i, (i.c.run_id == t.c.run_id) & (i.c.idx == t.c.item_idx)))
-                 .where(t.c.run_id == run_id, t.c.stage == stage, t.c.state == TaskState.PENDING.value,
-                        (t.c.not_before.is_(None)) | (t.c.not_before <= now))
-                 .order_by(t.c.id).limit(limit))
+                 .select_from(t.outerjoin(i, (i.c.run_id == t.c.run_id) & (i.c.idx == t.c.item_idx))))
         if claim:
-            query = query.with_for_update(of=t, skip_locked=True)
-        return [dict(r) for r in conn.execute(query).mappings()]
+            # The rows are locked by a query of tasks alone: locking through the join to items let
+            # PostgreSQL choose plans that took seconds per call once the ledger held other runs.
+            ids = [r[0] for r in conn.execute(select(t.c.id).where(*ready).order_by(t.c.id).limit(limit)
+                                              .with_for_update(skip_locked=True))]
+            if not ids:
+                return []
+            query = query.where(t.c.id.in_(ids))
+        else:
+            query = query.where(*ready).limit(limit)
+        return [dict(r) for r in conn.execute(query.order_by(t.c.id)).mappings()]
 
     def oldest_ready_at(self, conn: Connection, run_id: str, stage: str) -> float | None:
         t = schema.tasks
