@@ -14,10 +14,10 @@ PYTHON      ?= python3
 VENV        := .venv
 VPY         := $(VENV)/bin/python
 PYTEST      ?= $(VPY) -m pytest
-# Most tests wait on subprocesses, so four workers keep 2 cores busy; the SLURM tests share one
-# worker (xdist_group "slurm"), since they share one cluster.
+# Most tests wait on subprocesses, so four pytest-xdist workers keep 2 cores busy. The SLURM tests
+# (marker "slurm") share one single-node cluster: they run afterwards, one at a time.
 PYTEST_WORKERS ?= 4
-PYTEST_ARGS ?= -q --durations=15 -n $(PYTEST_WORKERS) --dist loadgroup
+PYTEST_ARGS ?= -q --durations=15
 
 .DEFAULT_GOAL := help
 .PHONY: help venv test demo lint clean
@@ -65,7 +65,8 @@ test: $(VENV)/.installed-dev
 	@set -o pipefail; \
 	$(call service,scripts/pg-test-server,CORRAL_TEST_PG_URL,PostgreSQL) \
 	$(call service,scripts/slurm-local-cluster,CORRAL_TEST_SLURM_URL,SLURM) \
-	$(PYTEST) $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS) -n $(PYTEST_WORKERS) -m "not slurm" && \
+	$(PYTEST) $(PYTEST_ARGS) -m slurm
 
 # ---------------------------------------------------------------- demo ---
 

@@ -18,8 +18,8 @@ import pytest
 
 from conftest import corral_cli, query_ledger, write_campaign, write_module
 
-# One cluster, one node: the SLURM tests run one after another on one xdist worker.
-pytestmark = pytest.mark.xdist_group("slurm")
+# One cluster, one node: `make test` runs the SLURM tests one after another, after the others.
+pytestmark = pytest.mark.slurm
 
 GOLDEN = Path(__file__).parent / "golden"
 NODE = os.uname().nodename
