@@ -20,6 +20,10 @@ class TaskState(str, Enum):
 
 TERMINAL = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
 IN_FLIGHT = (TaskState.QUEUED, TaskState.RUNNING)
+#: not finished: waiting on needs, ready, or with a backend
+ACTIVE = (TaskState.WAITING, TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING)
+#: ended without a result
+ENDED_BADLY = (TaskState.FAILED, TaskState.CANCELLED)
 ALL_STATES = tuple(TaskState)
 
 
@@ -36,6 +40,51 @@ class SubmissionState(str, Enum):
 
 
 OPEN_SUBMISSIONS = (SubmissionState.SUBMITTING, SubmissionState.SUBMITTED, SubmissionState.RUNNING)
+#: confirmed by the backend and not yet ended: what a poll asks about
+POLLED_SUBMISSIONS = (SubmissionState.SUBMITTED, SubmissionState.RUNNING)
+
+
+class RunStatus(str, Enum):
+    ACTIVE = "active"
+    FINISHED = "finished"
+    FINISHED_WITH_FAILURES = "finished_with_failures"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ErrorClass(str, Enum):
+    """Why a task did not end done, as corral classifies it. A task whose own code raised keeps the
+    exception's type name (``ValueError``) instead: ``error_class`` columns hold either."""
+
+    # the task ran and failed (an attempt is used)
+    EXIT_CODE = "exit_code"            # the command exited non-zero
+    SIGNAL = "signal"                  # the command was killed by a signal
+    EXCEPTION = "exception"            # a ``call:`` raised (when its type is unknown)
+    TIMEOUT = "timeout"                # ran past the stage's (or the job's) time limit
+    OOM = "oom"                        # out of memory
+    VERIFY = "verify"                  # the output failed ``verify``
+    PARSE = "parse"                    # an LLM answer that ``parse`` could not read
+    INVALID_REQUEST = "invalid_request"
+    SERVER_ERROR = "server_error"
+    NODE_FAIL = "node_fail"
+    WORKER_LOST = "worker_lost"        # started, then its worker vanished without a result
+    SUBMIT = "submit"                  # the backend refused the submission for good
+    # run again without using an attempt
+    INTERRUPTED = "interrupted"        # stopped by a signal or preemption
+    PREEMPTED = "preempted"
+    CAPACITY = "capacity"              # the backend had no room
+    RATE_LIMIT = "rate_limit"
+    TOKEN_LIMIT = "token_limit"
+    EXPIRED = "expired"                # the provider's batch window ended first
+    # never ran
+    UPSTREAM = "upstream"              # a task it needs failed or was cancelled
+    CANCELLED = "cancelled"            # by the user
+    BUDGET = "budget"                  # sending it would pass the budget
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Outcome(str, Enum):
