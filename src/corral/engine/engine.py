@@ -12,19 +12,17 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from sqlalchemy import func, select, update
-
 from corral.backends import Backend, make_backend
 from corral.backends.base import Backlog, CapacityError, StageContext, SubmissionRecord, TaskSpec
 from corral.engine.claims import Claims
 from corral.engine.clock import Clock, SystemClock
 from corral.engine.record import Changes, Recorder
 from corral.errors import CorralError
-from corral.ledger import Ledger, dumps, loads, schema, task_key
+from corral.ledger import Ledger, dumps, loads, task_key
+from corral.ledger import engine_queries as queries
 from corral.spec import LoadedCampaign
-from corral.states import Outcome
-
-ACTIVE = ("waiting", "pending", "queued", "running")
+from corral.states import (ACTIVE, ENDED_BADLY, IN_FLIGHT, POLLED_SUBMISSIONS, ErrorClass, Outcome, RunStatus,
+                           SubmissionState, TaskState)
 
 
 @dataclass
@@ -38,7 +36,7 @@ class TickReport:
     requeued: int = 0
     in_flight: int = 0
     finished: bool = False
-    status: str = "active"
+    status: str = RunStatus.ACTIVE
     next_wake: float | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -91,7 +89,7 @@ class Engine:
                 self.claims.heartbeat(self.clock.now())
                 report.requeued += self.claims.reclaim_expired(self.recorder, self.clock.now())
             subs = self._open_submissions()
-            if any(s.state == "submitting" for s in subs):
+            if any(s.state == SubmissionState.SUBMITTING for s in subs):
                 self._reconcile(subs, report)
             finished = self._poll(subs, report)
             subs = [s for s in subs if s.id not in finished]
@@ -100,7 +98,7 @@ class Engine:
             if report.changed or self._status is None or finished or self._status_changed_elsewhere():
                 self._finish(report)
             else:
-                report.status, report.finished = self._status, self._status != "active"
+                report.status, report.finished = self._status, self._status != RunStatus.ACTIVE
                 report.next_wake = self._next_wake
         return report
 
@@ -118,7 +116,7 @@ class Engine:
     def _reconcile(self, subs: list[SubmissionRecord], report: TickReport) -> None:
         """Submissions written but not confirmed (a crash between the row and the backend call)."""
         for sub in subs:
-            if sub.state != "submitting":
+            if sub.state != SubmissionState.SUBMITTING:
                 continue
             backend = self.backends.get(self._backend_of(sub))
             stage = self.stages.get(sub.stage)
@@ -127,16 +125,18 @@ class Engine:
             handle = backend.find(stage, sub)
             if handle is not None:
                 self._confirm(sub.id, handle.remote_id, handle.info, adopted=True)
-                sub.remote_id, sub.state, sub.info = handle.remote_id, "submitted", {**sub.info, **handle.info}
+                sub.remote_id, sub.state = handle.remote_id, SubmissionState.SUBMITTED
+                sub.info = {**sub.info, **handle.info}
                 self.log(f"submission {sub.id} ({sub.stage}) adopted after a restart: {handle.remote_id}")
                 continue
             with self.ledger.read() as conn:
                 rows = self.ledger.submission_task_rows(conn, sub.id)
-            rows = [r for r in rows if r["state"] in ("queued", "running")]
+            rows = [r for r in rows if r["state"] in IN_FLIGHT]
             if not rows:
                 with self.ledger.write() as conn:
-                    self.ledger.update_submission(conn, sub.id, state="cancelled", finished_at=self.clock.now())
-                sub.state = "cancelled"
+                    self.ledger.update_submission(conn, sub.id, state=SubmissionState.CANCELLED,
+                                                  finished_at=self.clock.now())
+                sub.state = SubmissionState.CANCELLED
                 continue
             self.log(f"submission {sub.id} ({sub.stage}) was never sent; sending it now")
             self._send(stage, backend, sub, [self._task_spec(sub.stage, r) for r in rows], report)
@@ -145,7 +145,7 @@ class Engine:
 
     def _poll(self, subs: list[SubmissionRecord], report: TickReport) -> set[int]:
         """Poll open submissions and record what they report. Returns the ids that finished."""
-        open_subs = [s for s in subs if s.state in ("submitted", "running")]
+        open_subs = [s for s in subs if s.state in POLLED_SUBMISSIONS]
         by_backend: dict[str, list[SubmissionRecord]] = {}
         for sub in open_subs:
             by_backend.setdefault(self._backend_of(sub), []).append(sub)
@@ -181,11 +181,12 @@ class Engine:
                     self._failing_subs.add(sub.id)
                 if poll.finished:
                     self.recorder.lose(conn, sub.id, now, poll.lost_error_class, poll.lost_message, changes)
-                    self.ledger.update_submission(conn, sub.id, state="finished", finished_at=now)
+                    self.ledger.update_submission(conn, sub.id, state=SubmissionState.FINISHED, finished_at=now)
                     changes.events.append({"at": now, "run_id": self.run_id, "kind": "submission",
-                                           "stage": sub.stage, "submission_id": sub.id, "to_state": "finished"})
-                elif poll.running and sub.state == "submitted":
-                    self.ledger.update_submission(conn, sub.id, state="running")
+                                           "stage": sub.stage, "submission_id": sub.id,
+                                           "to_state": SubmissionState.FINISHED})
+                elif poll.running and sub.state == SubmissionState.SUBMITTED:
+                    self.ledger.update_submission(conn, sub.id, state=SubmissionState.RUNNING)
                 if poll.info:
                     self.ledger.update_submission(conn, sub.id, info={**sub.info, **poll.info})
             self.recorder.release(conn, changes, now)
@@ -231,8 +232,9 @@ class Engine:
                 if groups == 0:
                     continue
                 if stage.spec.per == "item":
-                    more = self.ledger.any_in_states(conn, self.run_id, [name], ("waiting",))
-                    remaining = self.ledger.count_states(conn, self.run_id, name, ("pending", "waiting"))
+                    more = self.ledger.any_in_states(conn, self.run_id, [name], (TaskState.WAITING,))
+                    remaining = self.ledger.count_states(conn, self.run_id, name,
+                                                         (TaskState.PENDING, TaskState.WAITING))
                     oldest = self.ledger.oldest_ready_at(conn, self.run_id, name)
                     backlog = Backlog(ready=ready, remaining=remaining, more_coming=more,
                                       waited=(now - oldest) if oldest is not None else 0.0,
@@ -240,8 +242,7 @@ class Engine:
                 else:
                     backlog = Backlog(ready=groups, remaining=groups)
                 if backend.wants_cost:
-                    backlog = replace(backlog, cost_spent=conn.execute(select(func.sum(schema.tasks.c.cost)).where(
-                        schema.tasks.c.run_id == self.run_id)).scalar() or 0.0)
+                    backlog = replace(backlog, cost_spent=queries.cost_spent(conn, self.run_id))
             stage_subs = [s for s in backend_subs if s.stage == name]
             sizes = backend.plan(stage, backlog, stage_subs, backend_subs)
             if stage.spec.per == "batch":
@@ -276,16 +277,16 @@ class Engine:
             if spec.per != "all" and any(n.per != "all" for n in needs):
                 continue
             upstream = [s for s in open_subs if s.stage in spec.needs]
-            if not upstream or any(s.state == "submitting" or not s.remote_id or s.id in self._failing_subs
-                                   for s in upstream):
+            if not upstream or any(s.state == SubmissionState.SUBMITTING or not s.remote_id
+                                   or s.id in self._failing_subs for s in upstream):
                 continue
             with self.ledger.read() as conn:
-                if not self.ledger.any_in_states(conn, self.run_id, [name], ("waiting",)):
+                if not self.ledger.any_in_states(conn, self.run_id, [name], (TaskState.WAITING,)):
                     continue
                 if self.ledger.any_in_states(conn, self.run_id, spec.needs,
-                                             ("waiting", "pending", "failed", "cancelled")):
+                                             (TaskState.WAITING, TaskState.PENDING, *ENDED_BADLY)):
                     continue
-                waiting = self.ledger.count_states(conn, self.run_id, name, ("waiting",))
+                waiting = self.ledger.count_states(conn, self.run_id, name, (TaskState.WAITING,))
             after = sorted({rid for s in upstream for rid in (s.remote_id or "").split(",") if rid})
             sizes = backend.plan(stage, Backlog(ready=waiting, remaining=waiting), [], open_subs) or [waiting]
             for size in sizes:
@@ -312,7 +313,7 @@ class Engine:
         oldest = self.ledger.oldest_ready_at(conn, self.run_id, stage.name)
         waited = oldest is not None and spec.every is not None and now - oldest >= spec.every
         upstream_open = self.ledger.any_in_states(conn, self.run_id, spec.needs, ACTIVE) or \
-            self.ledger.any_in_states(conn, self.run_id, [stage.name], ("waiting",))
+            self.ledger.any_in_states(conn, self.run_id, [stage.name], (TaskState.WAITING,))
         if spec.size is None:
             return 1 if waited or not upstream_open else 0
         return full + (1 if waited or not upstream_open else 0)
@@ -327,28 +328,18 @@ class Engine:
         info = dict(info or {})
         with self.ledger.write() as conn:
             if ahead:
-                t = schema.tasks
-                ids = [r[0] for r in conn.execute(select(t.c.id).where(
-                    t.c.run_id == self.run_id, t.c.stage == stage.name, t.c.state == "waiting")
-                    .order_by(t.c.id).limit(size))]
-                for start in range(0, len(ids), 900):
-                    conn.execute(update(t).where(t.c.id.in_(ids[start:start + 900]), t.c.state == "waiting")
-                                 .values(state="pending", ready_at=now, not_before=None))
+                queries.pend_waiting(conn, self.run_id, stage.name, size, now)
             rows = self.claims.ready_tasks(conn, stage.name, now, size)
             if not rows:
                 return None
             sub_id = self.ledger.insert_submission(conn, {
                 "run_id": self.run_id, "stage": stage.name, "backend": stage.spec.backend,
-                "idempotency_key": key, "state": "submitting", "created_at": now, "task_count": len(rows),
-                "info": dumps(info), "controller": self.claims.controller})
-            ids = [r["id"] for r in rows]
-            for start in range(0, len(ids), 900):
-                conn.execute(update(schema.tasks).where(schema.tasks.c.id.in_(ids[start:start + 900]),
-                                                        schema.tasks.c.state == "pending")
-                             .values(state="queued", submission_id=sub_id, queued_at=now, not_before=None))
+                "idempotency_key": key, "state": SubmissionState.SUBMITTING, "created_at": now,
+                "task_count": len(rows), "info": dumps(info), "controller": self.claims.controller})
+            queries.queue_tasks(conn, [r["id"] for r in rows], sub_id, now)
         record = SubmissionRecord(id=sub_id, stage=stage.name, idempotency_key=key, remote_id=None,
-                                  state="submitting", created_at=now, submitted_at=None, task_count=len(rows),
-                                  info=info)
+                                  state=SubmissionState.SUBMITTING, created_at=now, submitted_at=None,
+                                  task_count=len(rows), info=info)
         for row in rows:
             self._stage_of_task[row["id"]] = stage.name
         return record, [self._task_spec(stage.name, r) for r in rows]
@@ -370,7 +361,7 @@ class Engine:
             self.log(f"error: submission {sub.id} to {backend.name!r} failed: {exc!r}")
             return False
         self._confirm(sub.id, handle.remote_id, handle.info)
-        sub.remote_id, sub.state, sub.info = handle.remote_id, "submitted", handle.info
+        sub.remote_id, sub.state, sub.info = handle.remote_id, SubmissionState.SUBMITTED, handle.info
         report.submitted += 1
         report.submitted_tasks += len(tasks)
         self.log(f"submitted {sub.id} stage={stage.name} tasks={len(tasks)} backend={backend.name} "
@@ -380,10 +371,10 @@ class Engine:
     def _confirm(self, sub_id: int, remote_id: str, info: dict[str, Any], adopted: bool = False) -> None:
         now = self.clock.now()
         with self.ledger.write() as conn:
-            self.ledger.update_submission(conn, sub_id, remote_id=remote_id, state="submitted",
+            self.ledger.update_submission(conn, sub_id, remote_id=remote_id, state=SubmissionState.SUBMITTED,
                                           submitted_at=now, info=info)
             self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "submission",
-                                           "submission_id": sub_id, "to_state": "submitted",
+                                           "submission_id": sub_id, "to_state": SubmissionState.SUBMITTED,
                                            "message": ("adopted " if adopted else "") + remote_id}])
 
     def _unqueue(self, sub: SubmissionRecord, retry_after: float, message: str, consume: bool) -> None:
@@ -394,11 +385,12 @@ class Engine:
         with self.ledger.write() as conn:
             rows = self.ledger.submission_task_rows(conn, sub.id)
             outcome = Outcome.FAILED if consume else Outcome.CAPACITY
-            results = [TaskResult(task_id=r["id"], outcome=outcome, error_class="submit" if consume else "capacity",
+            error_class = ErrorClass.SUBMIT if consume else ErrorClass.CAPACITY
+            results = [TaskResult(task_id=r["id"], outcome=outcome, error_class=error_class,
                                   error_message=message, info={"retry_after": retry_after})
-                       for r in rows if r["state"] in ("queued", "running")]
+                       for r in rows if r["state"] in IN_FLIGHT]
             self.recorder.apply(conn, results, sub.id, now, changes)
-            self.ledger.update_submission(conn, sub.id, state="failed", finished_at=now,
+            self.ledger.update_submission(conn, sub.id, state=SubmissionState.FAILED, finished_at=now,
                                           info={"error": message})
             self.recorder.release(conn, changes, now)
             self.ledger.add_events(conn, changes.events)
@@ -416,15 +408,15 @@ class Engine:
         now = self.clock.now()
         with self.ledger.read() as conn:
             active = self.ledger.any_in_states(conn, self.run_id, self.order, ACTIVE)
-            bad = (not active) and self.ledger.any_in_states(conn, self.run_id, self.order, ("failed", "cancelled"))
+            bad = (not active) and self.ledger.any_in_states(conn, self.run_id, self.order, ENDED_BADLY)
             stamp = self.ledger.run_stamp(conn, self.run_id)
             current = stamp[0] if stamp else None
             # Only needed to sleep until a backoff ends when nothing else will wake the loop.
             idle = active and not report.in_flight and not report.submitted
             next_retry = self.ledger.next_not_before(conn, self.run_id, now) if idle else None
-        status = "active" if active else ("finished_with_failures" if bad else "finished")
-        if current == "cancelled" and not active:
-            status = "cancelled"
+        status = RunStatus.ACTIVE if active else (RunStatus.FINISHED_WITH_FAILURES if bad else RunStatus.FINISHED)
+        if current == RunStatus.CANCELLED and not active:
+            status = RunStatus.CANCELLED
         if status != current:
             with self.ledger.write() as conn:
                 # Several controllers of a shared ledger may see the end at once, and a cancel or
@@ -436,7 +428,7 @@ class Engine:
                     self.log(f"run {self.run_id} is {status}")
                 stamp = self.ledger.run_stamp(conn, self.run_id)
             status = stamp[0] if stamp else status
-            active = status == "active"
+            active = status == RunStatus.ACTIVE
             if not written:
                 stamp = None  # changed by someone else meanwhile: look again at the next tick
         report.status = status
@@ -465,7 +457,7 @@ class Engine:
     def interrupt(self, grace: float = 10.0) -> TickReport:
         """The controller is stopping: backends that run on this machine stop their work, which is
         then collected (finished tasks recorded, interrupted ones back to pending, attempts kept)."""
-        subs = [s for s in self._open_submissions() if s.state != "submitting"]
+        subs = [s for s in self._open_submissions() if s.state != SubmissionState.SUBMITTING]
         for name, backend in self.backends.items():
             mine = [s for s in subs if self._backend_of(s) == name]
             if mine:
@@ -477,18 +469,11 @@ class Engine:
         now = self.clock.now()
         subs = [s for s in self._open_submissions() if stage is None or s.stage == stage]
         for name, backend in self.backends.items():
-            mine = [s for s in subs if self._backend_of(s) == name and s.state != "submitting"]
+            mine = [s for s in subs if self._backend_of(s) == name and s.state != SubmissionState.SUBMITTING]
             if mine:
                 backend.cancel(self.stages, mine)
-        t = schema.tasks
         with self.ledger.write() as conn:
-            query = update(t).where(t.c.run_id == self.run_id, t.c.state.in_(ACTIVE))
-            if stage is not None:
-                query = query.where(t.c.stage == stage)
-                idxs = [r[0] for r in conn.execute(select(t.c.item_idx).where(
-                    t.c.run_id == self.run_id, t.c.stage == stage, t.c.state.in_(ACTIVE)))]
-            count = conn.execute(query.values(state="cancelled", error_class="cancelled", finished_at=now,
-                                              error_message="cancelled by the user")).rowcount
+            count, idxs = queries.cancel_active(conn, self.run_id, stage, now)
             if stage is not None:
                 # What waits on the cancelled stage will never run: cancel it too.
                 changes = Changes()
@@ -496,11 +481,12 @@ class Engine:
                 self.recorder.release(conn, changes, now)
                 self.ledger.add_events(conn, changes.events)
             for sub in subs:
-                self.ledger.update_submission(conn, sub.id, state="cancelled", finished_at=now)
+                self.ledger.update_submission(conn, sub.id, state=SubmissionState.CANCELLED, finished_at=now)
             # Either way the run's row changes, which a running controller notices.
-            self.ledger.set_run_status(conn, self.run_id, "cancelled" if stage is None else "active", now)
+            self.ledger.set_run_status(conn, self.run_id, RunStatus.CANCELLED if stage is None else RunStatus.ACTIVE,
+                                       now)
             self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "cancel", "stage": stage,
-                                           "to_state": "cancelled", "count": count}])
+                                           "to_state": TaskState.CANCELLED, "count": count}])
         self.log(f"cancelled {count} tasks of run {self.run_id}" + (f" stage {stage}" if stage else ""))
         return count
 
@@ -508,41 +494,28 @@ class Engine:
               include_cancelled: bool = False) -> int:
         """Failed tasks (and their dependents cancelled because of them) run again with fresh attempts."""
         now = self.clock.now()
-        t = schema.tasks
-        states = ["failed"] + (["cancelled"] if include_cancelled else [])
+        states = [TaskState.FAILED] + ([TaskState.CANCELLED] if include_cancelled else [])
         with self.ledger.write() as conn:
-            query = select(t.c.id, t.c.stage, t.c.item_idx).where(t.c.run_id == self.run_id, t.c.state.in_(states))
-            if stage is not None:
-                query = query.where(t.c.stage == stage)
-            if error_class is not None:
-                query = query.where(t.c.error_class == error_class)
-            else:
-                query = query.where((t.c.error_class.is_(None)) | (t.c.error_class != "upstream"))
-            rows = conn.execute(query).all()
+            rows = queries.retryable(conn, self.run_id, states, stage, error_class)
             ids = [r[0] for r in rows]
             by_stage: dict[str, list[int]] = {}
             for _, name, idx in rows:
                 by_stage.setdefault(name, []).append(idx)
             for name, idxs in by_stage.items():
                 # A task with needs waits for them again (they may have been cancelled too).
-                state = "waiting" if self.stages[name].spec.needs else "pending"
-                for start in range(0, len(idxs), 900):
-                    conn.execute(update(t).where(t.c.run_id == self.run_id, t.c.stage == name,
-                                                 t.c.item_idx.in_(idxs[start:start + 900]), t.c.state.in_(states))
-                                 .values(state=state, attempts=0, not_before=None, ready_at=now, submission_id=None,
-                                         error_class=None, error_message=None))
+                state = TaskState.WAITING if self.stages[name].spec.needs else TaskState.PENDING
+                queries.reset_for_retry(conn, self.run_id, name, idxs, states, state, now)
             reopened = self._reopen_dependents(conn, by_stage)
             self._release_waiting(conn, by_stage, now)
             if ids:
-                self.ledger.set_run_status(conn, self.run_id, "active", now)
+                self.ledger.set_run_status(conn, self.run_id, RunStatus.ACTIVE, now)
                 self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "retry", "stage": stage,
-                                               "to_state": "pending", "count": len(ids),
+                                               "to_state": TaskState.PENDING, "count": len(ids),
                                                "message": f"{reopened} dependents waiting again"}])
         self.log(f"retry: {len(ids)} tasks of run {self.run_id} back to pending")
         return len(ids)
 
     def _reopen_dependents(self, conn, by_stage: dict[str, list[int]]) -> int:
-        t = schema.tasks
         total = 0
         for name in self.order:
             spec = self.stages[name].spec
@@ -553,20 +526,11 @@ class Engine:
                 idxs = [-1]
             elif -1 in idxs:
                 # A once-per-run stage it needs runs again: every item of this stage may run again.
-                idxs = [r[0] for r in conn.execute(select(t.c.item_idx).where(
-                    t.c.run_id == self.run_id, t.c.stage == name, t.c.state == "cancelled",
-                    t.c.error_class == "upstream"))]
-            for start in range(0, len(idxs), 900):
-                part = idxs[start:start + 900]
-                hit = [r[0] for r in conn.execute(select(t.c.item_idx).where(
-                    t.c.run_id == self.run_id, t.c.stage == name, t.c.state == "cancelled",
-                    t.c.error_class == "upstream", t.c.item_idx.in_(part)))]
-                if hit:
-                    conn.execute(update(t).where(t.c.run_id == self.run_id, t.c.stage == name,
-                                                 t.c.item_idx.in_(hit), t.c.state == "cancelled")
-                                 .values(state="waiting", error_class=None, error_message=None, attempts=0))
-                    by_stage.setdefault(name, []).extend(hit)
-                    total += len(hit)
+                idxs = None
+            hit = queries.reopen_upstream_cancelled(conn, self.run_id, name, idxs)
+            if hit:
+                by_stage.setdefault(name, []).extend(hit)
+                total += len(hit)
         return total
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from corral.backends import make_backend
 from corral.backends.base import StageContext, SubmissionRecord
-from corral.ledger import Ledger, loads, schema
+from corral.ledger import Ledger, loads
+from corral.ledger.engine_queries import submission_row
 from corral.spec import LoadedCampaign
 
 
@@ -16,9 +17,8 @@ def remote_details(loaded: LoadedCampaign, ledger: Ledger, run_id: str, run_dir:
     """The backend's description of where ``task`` last ran (a SLURM job and its usage), if any."""
     if not task.get("submission_id"):
         return None
-    s = schema.submissions
     with ledger.read() as conn:
-        row = conn.execute(s.select().where(s.c.id == task["submission_id"])).mappings().first()
+        row = submission_row(conn, task["submission_id"])
     if row is None:
         return None
     info = loads(row["info"]) or {}

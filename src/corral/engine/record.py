@@ -11,23 +11,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
-
-from sqlalchemy import and_, exists, select, update
-from sqlalchemy.engine import Connection
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from corral.backends.base import TaskResult
-from corral.ledger import dumps, schema
-from corral.ledger.store import executemany
+from corral.ledger import dumps
+from corral.ledger import engine_queries as queries
 from corral.spec.models import Stage
-from corral.states import Outcome, TaskState
+from corral.states import ACTIVE, ENDED_BADLY, IN_FLIGHT, TERMINAL, ErrorClass, Outcome, TaskState
 
-CHUNK = 900
-# "not done" as a list, so the (run, stage, state, item) index answers it with a few seeks.
-NOT_DONE = ("waiting", "pending", "queued", "running", "failed", "cancelled")
-T = schema.tasks
-_UPDATED = ("state", "result", "error_class", "error_message", "started_at", "finished_at", "host", "tokens_in",
-            "tokens_out", "cost", "info", "attempts", "not_before", "submission_id", "ready_at")
+if TYPE_CHECKING:
+    from corral.ledger.engine_queries import Connection
 
 
 @dataclass
@@ -49,11 +42,6 @@ class Changes:
         return bool(self.completed or self.failed or self.retried or self.requeued)
 
 
-def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
-
-
 class Recorder:
     def __init__(self, run_id: str, stages: dict[str, Stage], order: list[str],
                  log: Callable[[str], None] | None = None):
@@ -69,32 +57,14 @@ class Recorder:
     # -- reading ----------------------------------------------------------------
 
     def _rows(self, conn: Connection, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        rows: dict[int, dict[str, Any]] = {}
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        # What is decided from these rows is written back by id: on PostgreSQL they stay locked until
-        # the transaction commits, so a `corral cancel` committed meanwhile is read, not overwritten
-        # (SQLite's write transactions already run one at a time).
-        lock = " ORDER BY id FOR UPDATE" if conn.dialect.name == "postgresql" else ""
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            for part in chunks(list(task_ids)):
-                cursor.execute("SELECT id, stage, item_idx, state, attempts, submission_id, error_class FROM tasks "
-                               f"WHERE run_id = {mark} AND id IN ({', '.join([mark] * len(part))}){lock}",
-                               (self.run_id, *part))
-                for tid, stage, item_idx, state, attempts, submission_id, error_class in cursor.fetchall():
-                    rows[tid] = {"id": tid, "stage": stage, "item_idx": item_idx, "state": state,
-                                 "attempts": attempts, "submission_id": submission_id, "error_class": error_class}
-        finally:
-            cursor.close()
-        return rows
+        return queries.lock_task_rows(conn, self.run_id, task_ids)
 
     # -- writing ----------------------------------------------------------------
 
     def mark_started(self, conn: Connection, started: dict[int, float]) -> None:
         if not started:
             return
-        executemany(conn, "UPDATE tasks SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'",
-                    [(at, tid) for tid, at in started.items()])
+        queries.mark_started(conn, started)
 
     def apply(self, conn: Connection, results: list[TaskResult], submission_id: int | None, now: float,
               changes: Changes) -> None:
@@ -108,9 +78,9 @@ class Recorder:
                 continue
             state = row["state"]
             if res.outcome in (Outcome.DONE, Outcome.SKIPPED):
-                if state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED):
+                if state in TERMINAL:
                     continue
-            elif state not in (TaskState.QUEUED, TaskState.RUNNING) or (
+            elif state not in IN_FLIGHT or (
                     submission_id is not None and row["submission_id"] != submission_id):
                 continue
             update_row = self._decide(row, res, now, changes)
@@ -121,12 +91,8 @@ class Recorder:
     def lose(self, conn: Connection, submission_id: int, now: float, error_class: str, message: str,
              changes: Changes) -> None:
         """Tasks of a finished submission that never reported: started ones failed, others requeue."""
-        query = select(T.c.id, T.c.stage, T.c.item_idx, T.c.state, T.c.attempts, T.c.submission_id,
-                       T.c.error_class).where(
-            T.c.submission_id == submission_id, T.c.state.in_(["queued", "running"])).order_by(T.c.id).with_for_update()
         updates = []
-        for row in conn.execute(query).mappings():
-            row = dict(row)
+        for row in queries.lock_unfinished(conn, submission_id):
             if row["state"] == TaskState.RUNNING:
                 res = TaskResult(task_id=row["id"], outcome=Outcome.FAILED, error_class=error_class,
                                  error_message=message)
@@ -146,30 +112,30 @@ class Recorder:
                  "submission_id": row["submission_id"], "from_state": row["state"]}
         outcome = res.outcome
         if outcome in (Outcome.DONE, Outcome.SKIPPED):
-            base.update(state="done", result=dumps(res.result), attempts=row["attempts"] + 1)
+            base.update(state=TaskState.DONE, result=dumps(res.result), attempts=row["attempts"] + 1)
             if outcome == Outcome.SKIPPED:
                 base["error_message"] = "skipped: skip_if matched"
             changes.done[row["stage"]].append(row["item_idx"])
             changes.completed += 1
         elif outcome == Outcome.FAILED:
             attempts = row["attempts"] + 1
-            error_class = res.error_class or "exception"
+            error_class = res.error_class or ErrorClass.EXCEPTION
             base.update(attempts=attempts, error_class=error_class, error_message=res.error_message,
                         result=dumps(res.result) if res.result is not None else None)
             if attempts <= stage.retries.max and stage.retries.retries_on(error_class):
                 delay = stage.retries.delay(attempts)
-                base.update(state="pending", not_before=now + delay, ready_at=now, submission_id=None)
+                base.update(state=TaskState.PENDING, not_before=now + delay, ready_at=now, submission_id=None)
                 event["message"] = f"attempt {attempts} failed ({error_class}); retry in {delay:g}s"
                 changes.retried += 1
             else:
-                base["state"] = "failed"
+                base["state"] = TaskState.FAILED
                 changes.ended_badly[row["stage"]].append(row["item_idx"])
                 changes.failed += 1
                 event["message"] = f"{error_class}: {(res.error_message or '')[:500]}"
         else:
             # Interrupted, refused for capacity, or never started: the attempt is not used, and the
             # last failure's class stays (the next attempt's memory or time is scaled by it).
-            base.update(state="pending", ready_at=now, submission_id=None, started_at=None, finished_at=None,
+            base.update(state=TaskState.PENDING, ready_at=now, submission_id=None, started_at=None, finished_at=None,
                         error_class=row.get("error_class") or res.error_class, error_message=res.error_message,
                         not_before=(now + (res.info or {}).get("retry_after", 0)) if outcome == Outcome.CAPACITY else None)
             changes.requeued += 1
@@ -180,8 +146,7 @@ class Recorder:
         return base
 
     def _write(self, conn: Connection, updates: list[dict[str, Any]]) -> None:
-        sql = f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in _UPDATED)} WHERE id = ?"
-        executemany(conn, sql, [tuple(u[c] for c in _UPDATED) + (u["tid"],) for u in updates])
+        queries.write_outcomes(conn, updates)
 
     # -- dependencies ----------------------------------------------------------------
 
@@ -199,8 +164,7 @@ class Recorder:
             item_needs = [n for n in stage.needs if self.stages[n].per != "all"]
             once_needs = [n for n in stage.needs if self.stages[n].per == "all"]
             if any(-1 in changes.ended_badly.get(n, []) for n in once_needs):
-                every = [r[0] for r in conn.execute(select(T.c.item_idx).where(
-                    T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "waiting"))]
+                every = queries.waiting_idxs(conn, self.run_id, name)
                 self._cancel_waiting(conn, name, every, now, changes, because=once_needs)
                 continue
             bad = sorted({i for need in item_needs for i in changes.ended_badly.get(need, [])})
@@ -218,15 +182,13 @@ class Recorder:
     def _rewait(self, conn: Connection, name: str, idxs: list[int], now: float, changes: Changes) -> None:
         """Tasks sent ahead of their needs (a cluster holding them with afterok) that came back to
         pending wait again; the release below promotes those whose needs are done, or cancels."""
-        for part in chunks(sorted(set(idxs))):
-            conn.execute(update(T).where(T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "pending",
-                                         T.c.item_idx.in_(part)).values(state="waiting"))
+        queries.wait_again(conn, self.run_id, name, idxs)
         stage = self.stages[name]
         if stage.per == "all":
             return
         item_needs = [n for n in stage.needs if self.stages[n].per != "all"]
         once_needs = [n for n in stage.needs if self.stages[n].per == "all"]
-        if once_needs and _any_state(conn, self.run_id, once_needs, ("failed", "cancelled")):
+        if once_needs and queries.has_tasks_in(conn, self.run_id, once_needs, ENDED_BADLY):
             self._cancel_waiting(conn, name, idxs, now, changes, because=once_needs)
             return
         if once_needs and not self._once_done(conn, once_needs):
@@ -234,61 +196,32 @@ class Recorder:
         self._promote(conn, name, item_needs, sorted(set(idxs)), now)
 
     def _once_done(self, conn: Connection, stages: list[str]) -> bool:
-        for stage in stages:
-            state = conn.execute(select(T.c.state).where(T.c.run_id == self.run_id, T.c.stage == stage,
-                                                         T.c.item_idx == -1)).scalar()
-            if state != "done":
-                return False
-        return True
+        return all(queries.once_state(conn, self.run_id, stage) == TaskState.DONE for stage in stages)
 
     def _promote(self, conn: Connection, name: str, needs: list[str], idxs: list[int] | None,
                  now: float) -> None:
         """Waiting tasks of ``name`` (for items ``idxs``, or all) whose per-item needs are done."""
-        upstream = T.alias("upstream")
-        conditions = [T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "waiting"]
-        if needs:
-            conditions.append(~exists().where(upstream.c.run_id == self.run_id, upstream.c.item_idx == T.c.item_idx,
-                                              upstream.c.stage.in_(needs), upstream.c.state.in_(NOT_DONE)))
-        if idxs is None:
-            conn.execute(update(T).where(*conditions).values(state="pending", ready_at=now))
-            return
-        for part in chunks(idxs):
-            conn.execute(update(T).where(*conditions, T.c.item_idx.in_(part)).values(state="pending", ready_at=now))
+        queries.promote_waiting(conn, self.run_id, name, needs, idxs, now)
 
     def _cancel_waiting(self, conn: Connection, name: str, idxs: list[int], now: float, changes: Changes,
                         because: list[str]) -> None:
-        for part in chunks(idxs):
-            hit = [r[0] for r in conn.execute(select(T.c.item_idx).where(
-                T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "waiting", T.c.item_idx.in_(part)))]
+        message = f"a needed task ({', '.join(because)}) did not finish"
+        for part in queries.chunks(idxs):
+            hit = queries.cancel_waiting(conn, self.run_id, name, part, now, message)
             if not hit:
                 continue
-            conn.execute(update(T).where(T.c.run_id == self.run_id, T.c.stage == name, T.c.state == "waiting",
-                                         T.c.item_idx.in_(hit))
-                         .values(state="cancelled", error_class="upstream", finished_at=now,
-                                 error_message=f"a needed task ({', '.join(because)}) did not finish"))
             changes.ended_badly[name].extend(hit)
             changes.events.append({"at": now, "run_id": self.run_id, "kind": "upstream", "stage": name,
-                                   "from_state": "waiting", "to_state": "cancelled", "count": len(hit),
+                                   "from_state": TaskState.WAITING, "to_state": TaskState.CANCELLED,
+                                   "count": len(hit),
                                    "message": f"{len(hit)} tasks cancelled: a needed task did not finish"})
 
     def _release_once(self, conn: Connection, name: str, stage: Stage, now: float, changes: Changes) -> None:
-        state = conn.execute(select(T.c.state).where(T.c.run_id == self.run_id, T.c.stage == name,
-                                                     T.c.item_idx == -1)).scalar()
-        if state != "waiting":
+        if queries.once_state(conn, self.run_id, name) != TaskState.WAITING:
             return
-        if _any_state(conn, self.run_id, stage.needs, ("waiting", "pending", "queued", "running")):
+        if queries.has_tasks_in(conn, self.run_id, stage.needs, ACTIVE):
             return
-        if _any_state(conn, self.run_id, stage.needs, ("failed", "cancelled")):
+        if queries.has_tasks_in(conn, self.run_id, stage.needs, ENDED_BADLY):
             self._cancel_waiting(conn, name, [-1], now, changes, because=stage.needs)
             return
-        conn.execute(update(T).where(T.c.run_id == self.run_id, T.c.stage == name, T.c.item_idx == -1,
-                                     T.c.state == "waiting").values(state="pending", ready_at=now))
-
-
-def _any_state(conn: Connection, run_id: str, stages: Sequence[str], states: Sequence[str]) -> bool:
-    for stage in stages:
-        for state in states:
-            if conn.execute(select(T.c.id).where(and_(T.c.run_id == run_id, T.c.stage == stage,
-                                                      T.c.state == state)).limit(1)).first():
-                return True
-    return False
+        queries.release_once(conn, self.run_id, name, now)
