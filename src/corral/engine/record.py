@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 from corral.backends.base import TaskResult
 from corral.ledger import dumps
@@ -54,23 +54,16 @@ class Recorder:
             for need in stages[name].needs:
                 self.dependents[need].append(name)
 
-    # -- reading ----------------------------------------------------------------
-
-    def _rows(self, conn: Connection, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        return queries.lock_task_rows(conn, self.run_id, task_ids)
-
     # -- writing ----------------------------------------------------------------
 
     def mark_started(self, conn: Connection, started: dict[int, float]) -> None:
-        if not started:
-            return
         queries.mark_started(conn, started)
 
     def apply(self, conn: Connection, results: list[TaskResult], submission_id: int | None, now: float,
               changes: Changes) -> None:
         if not results:
             return
-        rows = self._rows(conn, [r.task_id for r in results])
+        rows = queries.lock_task_rows(conn, self.run_id, [r.task_id for r in results])
         updates: list[dict[str, Any]] = []
         for res in results:
             row = rows.get(res.task_id)
@@ -86,7 +79,7 @@ class Recorder:
             update_row = self._decide(row, res, now, changes)
             row["state"] = update_row["state"]
             updates.append(update_row)
-        self._write(conn, updates)
+        queries.write_outcomes(conn, updates)
 
     def lose(self, conn: Connection, submission_id: int, now: float, error_class: str, message: str,
              changes: Changes) -> None:
@@ -99,7 +92,7 @@ class Recorder:
             else:
                 res = TaskResult(task_id=row["id"], outcome=Outcome.LOST)
             updates.append(self._decide(row, res, now, changes))
-        self._write(conn, updates)
+        queries.write_outcomes(conn, updates)
 
     def _decide(self, row: dict[str, Any], res: TaskResult, now: float, changes: Changes) -> dict[str, Any]:
         stage = self.stages[row["stage"]]
@@ -144,9 +137,6 @@ class Recorder:
         event["to_state"] = base["state"]
         changes.events.append(event)
         return base
-
-    def _write(self, conn: Connection, updates: list[dict[str, Any]]) -> None:
-        queries.write_outcomes(conn, updates)
 
     # -- dependencies ----------------------------------------------------------------
 
