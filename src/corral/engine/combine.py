@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from corral.errors import CorralError
-from corral.ledger import Ledger, dumps, loads, registry_queries as queries
+from corral.ledger import Ledger, dumps, loads
+from corral.ledger import registry_queries as queries
 from corral.states import ACTIVE, ENDED_BADLY, TERMINAL, RunStatus, TaskState
 
 ONCE = "(all)"  # the identity of a once-per-run task (item_idx -1)
