@@ -113,7 +113,7 @@ def _light_campaign(args, ledger, run_ids, where):
         return None, None
     from corral.cli.args import split_args
     from corral.ledger.location import campaign_ledger_url, sqlite_path
-    from corral.report.sqlite_reader import SqliteReader
+    from corral.ledger.sqlite_reader import SqliteReader
     from corral.spec import load_campaign
 
     path, overrides, others = split_args(args, positional=1)

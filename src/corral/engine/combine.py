@@ -11,13 +11,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from sqlalchemy import func, select, update
-
 from corral.errors import CorralError
-from corral.ledger import Ledger, dumps, loads, schema
+from corral.ledger import Ledger, dumps, loads
+from corral.ledger import registry_queries as queries
+from corral.states import ACTIVE, ENDED_BADLY, TERMINAL, RunStatus, TaskState
 
 ONCE = "(all)"  # the identity of a once-per-run task (item_idx -1)
-TERMINAL = ("done", "failed", "cancelled")
 _TASK_FIELDS = ("state", "attempts", "result", "error_class", "error_message", "started_at", "finished_at", "host",
                 "tokens_in", "tokens_out", "cost", "backend", "queued_at", "ready_at")
 
@@ -50,20 +49,16 @@ class Outcome:
 
 
 def read_run(ledger: Ledger, run_id: str, origin: str = "") -> SourceRun:
-    t, i = schema.tasks, schema.items
     with ledger.read() as conn:
-        row = conn.execute(select(schema.runs).where(schema.runs.c.id == run_id)).mappings().first()
+        row = queries.run_row(conn, run_id)
         if row is None:
             raise CorralError(f"no run {run_id!r} in {ledger.display_url}")
-        source = SourceRun(row=dict(row), origin=origin or ledger.display_url)
+        source = SourceRun(row=row, origin=origin or ledger.display_url)
         by_idx: dict[int, str] = {}
-        for idx, item_id, key, params in conn.execute(select(i.c.idx, i.c.item_id, i.c.key, i.c.params)
-                                                      .where(i.c.run_id == run_id)):
+        for idx, item_id, key, params in queries.run_items(conn, run_id):
             by_idx[idx] = item_id
             source.items[item_id] = (key, params)
-        columns = [t.c.id, t.c.stage, t.c.item_idx, t.c.info] + [t.c[name] for name in _TASK_FIELDS]
-        for task in conn.execute(select(*columns).where(t.c.run_id == run_id)).mappings():
-            task = dict(task)
+        for task in queries.run_tasks(conn, run_id, _TASK_FIELDS):
             identity = ONCE if task["item_idx"] < 0 else by_idx.get(task["item_idx"])
             if identity is None:
                 continue
@@ -83,7 +78,7 @@ def same_outcome(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def choose(sources: list[SourceRun], prefer: str | None) -> dict[tuple[str, str], dict[str, Any]]:
     """One task per (stage, identity): a done task over any other state; among done ones, the
     preferred run's, else the newest (latest finish); among unfinished ones, the most advanced."""
-    rank = {"done": 3, "failed": 2, "cancelled": 1}
+    rank = {TaskState.DONE: 3, TaskState.FAILED: 2, TaskState.CANCELLED: 1}
     chosen: dict[tuple[str, str], dict[str, Any]] = {}
     for source in sources:
         for key, task in source.tasks.items():
@@ -117,22 +112,18 @@ def absorb(ledger: Ledger, target_id: str, sources: list[SourceRun], chosen: dic
     for source in sources:
         items.update({k: v for k, v in source.items.items() if k not in items})
     outcome = Outcome(target=target_id)
-    t, i = schema.tasks, schema.items
     with ledger.write() as conn:
         if create_row is not None:
-            conn.execute(schema.runs.insert(), [create_row])
+            ledger.insert_run(conn, create_row)
             outcome.created = True
-        existing_items: dict[str, int] = {}
-        for idx, item_id in conn.execute(select(i.c.idx, i.c.item_id).where(i.c.run_id == target_id)):
-            existing_items[item_id] = idx
+        existing_items = queries.run_item_ids(conn, target_id)
         next_idx = (max(existing_items.values()) + 1) if existing_items else 0
         existing_tasks: dict[tuple[str, str], dict[str, Any]] = {}
         by_idx = {v: k for k, v in existing_items.items()}
-        for task in conn.execute(select(t.c.id, t.c.stage, t.c.item_idx, t.c.state, t.c.result, t.c.info)
-                                 .where(t.c.run_id == target_id)).mappings():
+        for task in queries.run_tasks(conn, target_id, ("state", "result")):
             identity = ONCE if task["item_idx"] < 0 else by_idx.get(task["item_idx"])
             if identity is not None:
-                existing_tasks[(task["stage"], identity)] = dict(task)
+                existing_tasks[(task["stage"], identity)] = task
         new_items, new_tasks, updates = [], [], []
         for (stage, identity), task in sorted(chosen.items(), key=lambda kv: (kv[0][1] != ONCE, kv[0])):
             if identity == ONCE:
@@ -156,26 +147,21 @@ def absorb(ledger: Ledger, target_id: str, sources: list[SourceRun], chosen: dic
             if mode == "keep" and have["state"] in TERMINAL and task["state"] not in TERMINAL:
                 outcome.unchanged += 1
                 continue
-            if mode == "keep" and have["state"] == "done" and task["state"] == "done":
+            if mode == "keep" and have["state"] == TaskState.DONE and task["state"] == TaskState.DONE:
                 outcome.conflicts.append({"stage": stage, "item_id": identity,
                                           "item_key": items.get(identity, ("",))[0],
                                           "here": _result_value(have), "there": _result_value(task),
                                           "from": task["source_run"]})
                 continue
-            if mode == "keep" and have["state"] == "done":
+            if mode == "keep" and have["state"] == TaskState.DONE:
                 outcome.unchanged += 1
                 continue
             updates.append((have["id"], values))
             outcome.chosen[task["source_run"]] = outcome.chosen.get(task["source_run"], 0) + 1
-        if new_items:
-            conn.execute(i.insert(), new_items)
-        if new_tasks:
-            for start in range(0, len(new_tasks), 5000):
-                conn.execute(t.insert(), new_tasks[start:start + 5000])
-        for task_id, values in updates:
-            conn.execute(update(t).where(t.c.id == task_id).values(**values, submission_id=None, not_before=None))
-        count = conn.execute(select(func.count()).select_from(i).where(i.c.run_id == target_id)).scalar_one()
-        conn.execute(update(schema.runs).where(schema.runs.c.id == target_id).values(item_count=count, updated_at=now))
+        queries.insert_items(conn, new_items)
+        queries.insert_tasks(conn, new_tasks)
+        queries.replace_tasks(conn, updates)
+        queries.update_run(conn, target_id, item_count=queries.count_items(conn, target_id), updated_at=now)
         outcome.items_added, outcome.tasks_added, outcome.tasks_updated = len(new_items), len(new_tasks), len(updates)
         status = run_status(conn, target_id)
         ledger.set_run_status(conn, target_id, status, now)
@@ -186,8 +172,8 @@ def _task_values(task: dict[str, Any]) -> dict[str, Any]:
     values = {name: task.get(name) for name in _TASK_FIELDS}
     if values["state"] not in TERMINAL:
         # Unfinished elsewhere: runs again here when the run is continued.
-        values.update(state="pending" if values["state"] != "waiting" else "waiting", started_at=None,
-                      finished_at=None)
+        values.update(state=TaskState.PENDING.value if values["state"] != TaskState.WAITING else
+                      TaskState.WAITING.value, started_at=None, finished_at=None)
     values["attempts"] = values["attempts"] or 0
     info = loads(task.get("info")) or {}
     info["from_task"] = [task["source_run"], task["id"]]
@@ -195,12 +181,11 @@ def _task_values(task: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def run_status(conn, run_id: str) -> str:
-    t = schema.tasks
-    states = {s for (s,) in conn.execute(select(t.c.state).where(t.c.run_id == run_id).distinct())}
-    if states & {"waiting", "pending", "queued", "running"}:
-        return "active"
-    return "finished_with_failures" if states & {"failed", "cancelled"} else "finished"
+def run_status(conn, run_id: str) -> RunStatus:
+    states = queries.task_states(conn, run_id)
+    if states & set(ACTIVE):
+        return RunStatus.ACTIVE
+    return RunStatus.FINISHED_WITH_FAILURES if states & set(ENDED_BADLY) else RunStatus.FINISHED
 
 
 def add_event(ledger: Ledger, run_id: str, kind: str, now: float, message: Any, count: int | None = None) -> None:
@@ -220,7 +205,7 @@ def merged_row(sources: list[SourceRun], into: str, prefer: str | None, now: flo
     from corral.spec.loader import config_hash
 
     return {**{k: base[k] for k in ("name", "campaign", "config", "code_revision", "host", "versions")},
-            "id": into, "created_at": now, "updated_at": now, "finished_at": None, "status": "active",
+            "id": into, "created_at": now, "updated_at": now, "finished_at": None, "status": RunStatus.ACTIVE.value,
             "config_hash": "merge:" + config_hash({"into": into, "from": sorted(s.row["id"] for s in sources)})[:16],
             "selection": dumps({"limit": None, "shard": None, "merged_from": [s.row["id"] for s in sources],
                                 "prefer": prefer or "newest", "overrides": selection.get("overrides", []),
@@ -249,8 +234,8 @@ def merge_runs(ledger: Ledger, run_ids: Iterable[str], into: str, prefer: str | 
         selection = loads(existing["selection"]) or {}
         merged = list(dict.fromkeys((selection.get("merged_from") or []) + run_ids))
         with ledger.write() as conn:
-            conn.execute(update(schema.runs).where(schema.runs.c.id == into).values(
-                selection=dumps({**selection, "merged_from": merged, "prefer": prefer or "newest"})))
+            queries.update_run(conn, into, selection=dumps({**selection, "merged_from": merged,
+                                                            "prefer": prefer or "newest"}))
     add_event(ledger, into, "merge", now, {"from": run_ids, "prefer": prefer or "newest", **outcome.as_dict()},
               count=outcome.tasks_added + outcome.tasks_updated)
     return outcome

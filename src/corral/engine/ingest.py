@@ -11,11 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from corral.engine.combine import ONCE, Outcome, SourceRun, absorb, add_event, read_run
 from corral.errors import CorralError
-from corral.ledger import Ledger, dumps, loads, schema
+from corral.ledger import Ledger, dumps, loads, registry_queries
+from corral.states import RunStatus, TaskState
 
 RUNS_FOLDER = Path(".corral") / "runs"  # beside the result files: one JSON file per run
 
@@ -38,7 +37,7 @@ def read_ledger_file(path: Path) -> list[SourceRun]:
     other = Ledger(f"sqlite:///{path.resolve()}", create=False)
     try:
         with other.read() as conn:
-            ids = [r[0] for r in conn.execute(select(schema.runs.c.id).order_by(schema.runs.c.created_at))]
+            ids = registry_queries.run_ids_oldest_first(conn)
         return [read_run(other, run_id, origin=str(path)) for run_id in ids]
     finally:
         other.close()
@@ -49,7 +48,7 @@ def read_results_folder(folder: Path) -> list[SourceRun]:
     runs_dir = folder / RUNS_FOLDER
     sources: dict[str, SourceRun] = {}
     for run_file in sorted(runs_dir.glob("*.json")) if runs_dir.is_dir() else []:
-        row = json.loads(run_file.read_text())
+        row = json.loads(run_file.read_bytes())
         sources[row["id"]] = SourceRun(row=row, origin=str(folder))
     if not sources:
         raise CorralError(f"{folder} holds no corral results (no {RUNS_FOLDER}/*.json run files)")
@@ -58,7 +57,7 @@ def read_results_folder(folder: Path) -> list[SourceRun]:
         if runs_dir in file.parents:
             continue
         try:
-            record = json.loads(file.read_text())
+            record = json.loads(file.read_bytes())
             meta = record["corral"]
             source = sources[meta["run_id"]]
         except (ValueError, KeyError, TypeError):
@@ -69,7 +68,7 @@ def read_results_folder(folder: Path) -> list[SourceRun]:
             params = json.dumps(record.get("params") or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
             source.items[identity] = (meta.get("item_key") or identity, params)
         source.tasks[(meta["stage"], identity)] = {
-            "id": meta.get("task_id"), "source_run": meta["run_id"], "state": "done",
+            "id": meta.get("task_id"), "source_run": meta["run_id"], "state": TaskState.DONE.value,
             "result": dumps(record.get("result")), "info": None,
             **{k: meta.get(k) for k in ("attempts", "started_at", "finished_at", "host", "tokens_in", "tokens_out",
                                         "cost", "backend")},
@@ -87,12 +86,11 @@ def find_local(ledger: Ledger, row: dict[str, Any]) -> dict[str, Any] | None:
     if local is not None and _same_run(local, row):
         return local
     with ledger.read() as conn:
-        candidates = conn.execute(select(schema.runs).where(schema.runs.c.config_hash == row["config_hash"],
-                                                            schema.runs.c.name == row["name"])).mappings().all()
+        candidates = registry_queries.runs_with_config(conn, row["name"], row["config_hash"])
     for candidate in candidates:
         origin = (loads(candidate["selection"]) or {}).get("ingested_from") or {}
         if origin.get("id") == row["id"] and abs((origin.get("created_at") or 0) - row["created_at"]) < 1e-3:
-            return dict(candidate)
+            return candidate
     return None
 
 
@@ -111,7 +109,7 @@ def ingest_run(ledger: Ledger, source: SourceRun, now: float) -> Outcome:
                                       "origin": source.origin}
         create_row = {k: row.get(k) for k in ("name", "campaign", "created_at", "config", "config_hash",
                                              "code_revision", "host", "versions", "tags", "notes")}
-        create_row.update(id=target, updated_at=now, finished_at=None, status="active", item_count=0,
+        create_row.update(id=target, updated_at=now, finished_at=None, status=RunStatus.ACTIVE.value, item_count=0,
                           selection=dumps(selection))
     else:
         target = local["id"]

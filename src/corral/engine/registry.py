@@ -6,15 +6,15 @@ import difflib
 import json
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import update
-
 from corral.errors import CorralError
-from corral.ledger import Ledger, dumps, loads, schema
+from corral.ledger import Ledger, dumps, loads, registry_queries
+from corral.states import RunStatus
 
 #: Run columns a filter can name directly.
 RUN_FIELDS = ("id", "name", "status", "host", "code_revision", "config_hash", "campaign")
 #: ``status=done`` reads as "finished, with or without failures".
-STATUS_ALIASES = {"done": ("finished", "finished_with_failures"), "finished": ("finished", "finished_with_failures")}
+_ENDED = (RunStatus.FINISHED.value, RunStatus.FINISHED_WITH_FAILURES.value)
+STATUS_ALIASES = {"done": _ENDED, RunStatus.FINISHED.value: _ENDED}
 
 
 def run_tags(row: dict[str, Any]) -> dict[str, str]:
@@ -49,14 +49,14 @@ def parse_tags(values: Iterable[str], what: str = "--tag") -> dict[str, str]:
 def add_tags(ledger: Ledger, run_id: str, tags: dict[str, str], now: float,
              remove: Sequence[str] = ()) -> dict[str, str]:
     with ledger.write() as conn:
-        row = conn.execute(schema.runs.select().where(schema.runs.c.id == run_id)).mappings().first()
+        row = registry_queries.run_row(conn, run_id)
         if row is None:
             raise CorralError(f"no run {run_id!r}")
-        current = run_tags(dict(row))
+        current = run_tags(row)
         current.update(tags)
         for key in remove:
             current.pop(key, None)
-        conn.execute(update(schema.runs).where(schema.runs.c.id == run_id).values(tags=dumps(current)))
+        registry_queries.update_run(conn, run_id, tags=dumps(current))
         ledger.add_events(conn, [{"at": now, "run_id": run_id, "kind": "tag",
                                   "message": ", ".join(f"{k}={v}" for k, v in tags.items())
                                   + "".join(f", -{k}" for k in remove)}])
@@ -67,11 +67,11 @@ def add_note(ledger: Ledger, run_id: str, text: str, now: float) -> list[dict[st
     if not text.strip():
         raise CorralError("a note needs some text")
     with ledger.write() as conn:
-        row = conn.execute(schema.runs.select().where(schema.runs.c.id == run_id)).mappings().first()
+        row = registry_queries.run_row(conn, run_id)
         if row is None:
             raise CorralError(f"no run {run_id!r}")
-        notes = run_notes(dict(row)) + [{"at": now, "text": text}]
-        conn.execute(update(schema.runs).where(schema.runs.c.id == run_id).values(notes=dumps(notes)))
+        notes = run_notes(row) + [{"at": now, "text": text}]
+        registry_queries.update_run(conn, run_id, notes=dumps(notes))
         ledger.add_events(conn, [{"at": now, "run_id": run_id, "kind": "note", "message": text}])
     return notes
 
@@ -89,7 +89,7 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _text(value: Any) -> str:
+def _as_str(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if value is None:
@@ -142,7 +142,7 @@ class Where:
         wanted: list[str] = []
         for v in self.values:
             wanted.extend(STATUS_ALIASES.get(v, (v,)) if self.key == "status" else (v,))
-        hit = found and _text(value) in wanted
+        hit = found and _as_str(value) in wanted
         return hit != self.negate
 
 
@@ -182,8 +182,8 @@ def run_record(ledger: Ledger, row: dict[str, Any]) -> dict[str, Any]:
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], old_label: str = "a", new_label: str = "b") -> str:
     """A unified diff of two configs, one ``dotted.key: value`` line each (empty when equal)."""
-    a = [f"{k}: {_text(v)}" for k, v in sorted(flatten(old).items())]
-    b = [f"{k}: {_text(v)}" for k, v in sorted(flatten(new).items())]
+    a = [f"{k}: {_as_str(v)}" for k, v in sorted(flatten(old).items())]
+    b = [f"{k}: {_as_str(v)}" for k, v in sorted(flatten(new).items())]
     return "\n".join(difflib.unified_diff(a, b, old_label, new_label, lineterm="", n=0))
 
 
@@ -192,6 +192,6 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, A
     fa, fb = flatten(old), flatten(new)
     out = []
     for key in sorted(set(fa) | set(fb)):
-        if key not in fb or key not in fa or _text(fa[key]) != _text(fb[key]):
+        if key not in fb or key not in fa or _as_str(fa[key]) != _as_str(fb[key]):
             out.append({"key": key, "a": fa.get(key), "b": fb.get(key), "in_a": key in fa, "in_b": key in fb})
     return out

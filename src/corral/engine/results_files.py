@@ -14,10 +14,8 @@ import string
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from corral.errors import SpecError
-from corral.ledger import Ledger, loads, schema
+from corral.ledger import Ledger, loads, registry_queries
 from corral.spec import LoadedCampaign
 
 RUN_FIELDS = ("run_id", "name", "stage", "item_id", "item_key", "task_id", "attempts")
@@ -92,7 +90,7 @@ class ResultFiles:
 
     def _cursor(self) -> tuple[float, int]:
         try:
-            at, last = json.loads(self.cursor_path.read_text())
+            at, last = json.loads(self.cursor_path.read_bytes())
             return float(at), int(last)
         except (OSError, ValueError, TypeError):
             return 0.0, 0
@@ -112,11 +110,8 @@ class ResultFiles:
         if not self.template:
             return 0
         at, last = self._cursor()
-        e = schema.events
         with self.ledger.read() as conn:
-            events = conn.execute(select(e.c.id, e.c.at, e.c.task_id).where(
-                e.c.run_id == self.run_id, e.c.at >= at, e.c.id > last, e.c.kind == "task",
-                e.c.to_state == "done").order_by(e.c.id)).all()
+            events = registry_queries.done_task_events(conn, self.run_id, at, last)
         if not events:
             return 0
         run = self._write_run_file()
@@ -124,12 +119,9 @@ class ResultFiles:
         params = _config_params(config)
         written = 0
         ids = sorted({tid for _, _, tid in events if tid is not None})
-        t, i = schema.tasks, schema.items
         for start in range(0, len(ids), 900):
             with self.ledger.read() as conn:
-                rows = conn.execute(select(t, i.c.item_id, i.c.key, i.c.params.label("item_params")).select_from(
-                    t.join(i, (i.c.run_id == t.c.run_id) & (i.c.idx == t.c.item_idx)))
-                    .where(t.c.id.in_(ids[start:start + 900]), t.c.state == "done")).mappings().all()
+                rows = registry_queries.done_tasks_with_items(conn, ids[start:start + 900])
             for row in rows:
                 if row["stage"] not in self.stages:
                     continue

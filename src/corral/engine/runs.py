@@ -12,12 +12,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text, update
-
 from corral.errors import CorralError, NotFound, SpecError
-from corral.ledger import Ledger, dumps, loads, schema
+from corral.ledger import Ledger, dumps, loads, registry_queries
 from corral.spec import ItemSource, LoadedCampaign
 from corral.spec.loader import config_hash
+from corral.states import RunStatus
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ def find_resumable(ledger: Ledger, campaign: LoadedCampaign, selection: Selectio
     """The newest run of this campaign with the same resolved config and selection."""
     wanted = snapshot_hash(campaign, selection)
     for run in ledger.find_runs(name=campaign.spec.name):
-        if run["config_hash"] == wanted and run["status"] != "cancelled":
+        if run["config_hash"] == wanted and run["status"] != RunStatus.CANCELLED:
             return run
     return None
 
@@ -88,15 +87,11 @@ def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, n
               for name in campaign.stage_order()]
     wanted_id = run_id or _run_id(campaign, now)
     with ledger.write() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"corral-run:{spec.name}"})
+        registry_queries.lock_run_creation(conn, spec.name)
         if reuse:
-            wanted_hash = snapshot_hash(campaign, selection)
-            existing = conn.execute(select(schema.runs).where(
-                schema.runs.c.name == spec.name, schema.runs.c.config_hash == wanted_hash,
-                schema.runs.c.status != "cancelled").order_by(schema.runs.c.created_at.desc())).mappings().first()
+            existing = registry_queries.newest_run_with_config(conn, spec.name, snapshot_hash(campaign, selection))
             if existing is not None:
-                return dict(existing), False
+                return existing, False
         final_id = wanted_id
         suffix = 2
         while ledger.run_id_exists(conn, final_id):
@@ -106,7 +101,7 @@ def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, n
             suffix += 1
         row = {
             "id": final_id, "name": spec.name, "campaign": str(campaign.path), "created_at": now,
-            "updated_at": now, "status": "active", "config": dumps(campaign.config),
+            "updated_at": now, "status": RunStatus.ACTIVE.value, "config": dumps(campaign.config),
             "config_hash": snapshot_hash(campaign, selection), "selection": dumps(
                 {**selection.as_dict(), "overrides": campaign.overrides, "param_order": source.param_names()}),
             "code_revision": code_revision(campaign.root), "host": socket.gethostname(),
@@ -114,8 +109,8 @@ def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, n
         }
         ledger.insert_run(conn, row)
         count = ledger.insert_items_and_tasks(conn, final_id, items, stages, now)
-        conn.execute(update(schema.runs).where(schema.runs.c.id == final_id).values(item_count=count))
-        ledger.add_events(conn, [{"at": now, "run_id": final_id, "kind": "run", "to_state": "active",
+        registry_queries.update_run(conn, final_id, item_count=count)
+        ledger.add_events(conn, [{"at": now, "run_id": final_id, "kind": "run", "to_state": RunStatus.ACTIVE.value,
                                   "count": count, "message": f"created with {count} items"}])
         row["item_count"] = count
     return row, True

@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 from corral.errors import CorralError
-from corral.report.aggregate import Report, Stats
+from corral.report.aggregate import Report
+from corral.report.stats import Stats
 
 FORMATS = ("table", "json", "md", "csv", "latex", "html")
 
