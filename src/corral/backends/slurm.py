@@ -171,6 +171,8 @@ class SlurmBackendImpl(Backend):
         planned = self.memory.get(_pilot_key(stage)) or {}
         if "planned_at" in planned:
             self.memory.set(_pilot_key(stage), {"submission": submission.id, "sent_at": self.now()})
+            self.log(f"stage {stage.name}: submission {submission.id} is the pilot; the rest waits for its "
+                     "run times to size array elements")
 
     def preview(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> dict[str, Any]:
         """What ``submit`` would send, sending nothing: the sbatch command and script of each array."""
