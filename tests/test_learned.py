@@ -227,3 +227,29 @@ def test_report_fast_path_reads_the_current_schema(tmp_path: Path):
     reader = SqliteReader.open(tmp_path / "ledger.db")
     assert reader is not None
     reader.close()
+
+
+# -- the LLM batch backends' state --------------------------------------------------------------------
+
+
+def test_llm_state_moves_from_the_run_folder_into_the_memory(tmp_path: Path):
+    """A run begun when the state lived in ``<run>/llm/<backend>.json`` goes on from that file;
+    from then on the state is in the backend's memory, which the engine keeps in the ledger."""
+    from corral.backends.openai_batch import OpenAIBatchBackend
+    from corral.llm.scheduler import State
+    from corral.spec.llm import OpenAIBatchSettings
+
+    stage = stage_context(tmp_path)
+    old = State(tokens_per_request=321.0, pilot_done=True, history=[(1.0, 2.0)])
+    old.save(stage.run_dir / "llm" / "gpt.json")
+    memory = LearnedState()
+    backend = OpenAIBatchBackend("gpt", OpenAIBatchSettings(), memory=memory)
+    state = backend.state(stage)
+    assert state.tokens_per_request == 321.0 and state.pilot_done
+    state.limit_factor = 0.5
+    backend.save_state()
+    saved = memory.changed()["state"]
+    assert saved["limit_factor"] == 0.5 and saved["tokens_per_request"] == 321.0
+    (stage.run_dir / "llm" / "gpt.json").unlink()
+    again = OpenAIBatchBackend("gpt", OpenAIBatchSettings(), memory=LearnedState({"state": saved})).state(stage)
+    assert again.limit_factor == 0.5 and again.history == [(1.0, 2.0)] and again.pilot_done
