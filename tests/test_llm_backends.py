@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from corral.api import Campaign
 from corral.engine.clock import VirtualClock
-from corral.ledger import loads, schema
+from corral.ledger import learned, loads, schema
 from corral.sim import Phase, SimConfig, SimServer, Turnaround
 
 PROVIDERS = ["openai", "anthropic"]
@@ -233,7 +233,8 @@ def test_token_limit_exceeded_backs_off_without_using_attempts(tmp_path, clock, 
     assert all(r["attempts"] == 1 for r in rows)
     refused = sim.state.token_limit_failures + sim.state.rejections["token_limit_exceeded"]
     assert refused > 0
-    state = json.loads((run.run_dir / "llm" / "llm.json").read_text())
+    with run.ledger.read() as conn:
+        state = learned.load(conn, run.id)["backend:llm"]["state"]
     assert state["limit_factor"] < 1.0
     camp.close()
 

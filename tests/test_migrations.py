@@ -62,9 +62,34 @@ def test_schema_2_postgresql_ledger_gets_text_columns(tmp_path, pg_fresh_url):
                               "backends": {"local": {"workers": 2, "gpus": "none"}}})
     corral_cli(tmp_path, "run", "-q", check=1)
     with db.connect() as conn:
-        assert conn.execute(text("SELECT value FROM corral_meta WHERE key = 'schema_version'")).scalar() == "3"
+        assert conn.execute(text("SELECT value FROM corral_meta WHERE key = 'schema_version'")).scalar() == str(SCHEMA_VERSION)
         assert conn.execute(text("SELECT count(*) FROM information_schema.columns WHERE table_schema = "
                                  "current_schema() AND data_type = 'character varying'")).scalar() == 0
         assert conn.execute(text("SELECT status FROM runs")).scalar() == "finished_with_failures"
     db.dispose()
     corral_cli(tmp_path, "tick", check=0)
+
+
+def test_schema_3_ledger_gets_the_learned_table(tmp_path, ledger_url):
+    """Schema 4 keeps what the engine and the backends learn: opening an older ledger (SQLite or
+    PostgreSQL) creates the table, and a run on it keeps its learned durations."""
+    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy.pool import NullPool
+
+    from corral.ledger import Ledger
+
+    Ledger(ledger_url).close()
+    db = create_engine(ledger_url, poolclass=NullPool)
+    with db.begin() as conn:
+        conn.execute(text("DROP TABLE learned"))
+        conn.execute(text("UPDATE corral_meta SET value = '3' WHERE key = 'schema_version'"))
+    write_module(tmp_path, "m", "def f(item, ctx):\n    return {}\n")
+    write_campaign(tmp_path, {"name": "old", "items": {"grid": {"x": {"range": [0, 3]}}},
+                              "stages": {"s": {"call": "m:f"}}, "ledger": ledger_url,
+                              "backends": {"local": {"workers": 2, "gpus": "none"}}})
+    corral_cli(tmp_path, "run", "-q", check=0)
+    with db.connect() as conn:
+        assert inspect(conn).has_table("learned")
+        assert conn.execute(text("SELECT value FROM corral_meta WHERE key = 'schema_version'")).scalar() == "4"
+        assert conn.execute(text("SELECT scope, key FROM learned")).all() == [("stage:s", "mean_seconds")]
+    db.dispose()

@@ -7,11 +7,12 @@ crash with the same arguments, so each must be safe to repeat.
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from corral.spec.models import Stage
 from corral.states import Outcome
@@ -140,6 +141,43 @@ class CapacityError(Exception):
         self.limit = False
 
 
+class LearnedState:
+    """What a backend (or the engine, for one stage) learned in a run: JSON values by key.
+
+    The engine loads it from the ledger and writes back what changed in the tick that changed it,
+    so a controller started from cron knows what the one before it learned. Values are kept as
+    JSON gives them back (tuples become lists, dict keys strings); ``get`` returns a copy, so a
+    change counts only through ``set``.
+    """
+
+    def __init__(self, values: Mapping[str, Any] | None = None):
+        self._values: dict[str, Any] = {key: _plain(value) for key, value in (values or {}).items()}
+        self._changed: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return _plain(self._values[key]) if key in self._values else default
+
+    def set(self, key: str, value: Any) -> None:
+        value = _plain(value)
+        if key not in self._values or self._values[key] != value:
+            self._values[key] = value
+            self._changed.add(key)
+
+    def changed(self) -> dict[str, Any]:
+        """The values set since the last ``saved``."""
+        return {key: self._values[key] for key in sorted(self._changed)}
+
+    def saved(self) -> None:
+        self._changed.clear()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
 class Backend(ABC):
     """One execution engine. Subclasses live one per file in this package."""
 
@@ -153,7 +191,7 @@ class Backend(ABC):
     wants_cost: bool = False
 
     def __init__(self, name: str, settings: Any, *, log: Callable[[str], None] | None = None,
-                 wake: Callable[[], None] | None = None):
+                 wake: Callable[[], None] | None = None, memory: LearnedState | None = None):
         self.name = name
         self.settings = settings
         self.log = log or (lambda message: None)
@@ -161,6 +199,8 @@ class Backend(ABC):
         self.wake = wake or (lambda: None)
         #: the engine's clock (``now()``), virtual in tests and benchmarks; None means wall time
         self.clock: Any | None = None
+        #: what this backend learned in the run so far (kept in the ledger by the engine)
+        self.memory = memory if memory is not None else LearnedState()
 
     def now(self) -> float:
         return self.clock.now() if self.clock is not None else time.time()

@@ -79,13 +79,11 @@ class SlurmBackendImpl(Backend):
         self.supports_dependencies = settings.dependencies
         self._offsets: dict[tuple[int, int], tuple[int, int]] = {}
         self._closed: set[tuple[int, int]] = set()
-        self._bad_nodes: set[str] = set()
         self._nodes: dict[str | None, list[str]] = {}
         self._accounting = True
         self._accounting_retry_at = 0.0
         self._quiet_polls = 0
         self._planned_per: dict[str, int] = {}
-        self._limit: int | None = None
         self._in_flight = 0
 
     # -- plan -------------------------------------------------------------------------------
@@ -93,10 +91,25 @@ class SlurmBackendImpl(Backend):
     def _elements_in_flight(self, subs: list[SubmissionRecord]) -> int:
         return sum(int(s.info.get("elements") or s.task_count) for s in subs)
 
+    # What this backend learns is kept in its memory (the engine keeps it in the ledger), so a
+    # controller started from cron decides as a long-lived one does.
+
+    @property
+    def _limit(self) -> int | None:
+        return self.memory.get("job_limit")
+
+    @_limit.setter
+    def _limit(self, value: int | None) -> None:
+        self.memory.set("job_limit", value)
+
     def job_limit(self) -> int:
         """Array elements this backend may have queued or running: ``max_jobs``, or less while the
         cluster refuses more (MaxSubmitJobs): halved on each refusal, grown again on success."""
         return min(self.settings.max_jobs, self._limit or self.settings.max_jobs)
+
+    def failed_nodes(self) -> dict[str, float]:
+        """Nodes that took a job down (NODE_FAIL), with when that was last seen."""
+        return self.memory.get("failed_nodes") or {}
 
     def has_capacity(self, stage: StageContext, all_in_flight: list[SubmissionRecord]) -> bool:
         self._in_flight = self._elements_in_flight(all_in_flight)
@@ -118,14 +131,18 @@ class SlurmBackendImpl(Backend):
         if backlog.more_coming and backlog.ready < 100 and backlog.waited < 5.0:
             return []   # let a few more become ready: one array instead of many tiny ones
         pilot = self.settings.pilot
-        if pilot and not self.settings.tasks_per_job and backlog.mean_seconds is None \
-                and backlog.ready > 2 * pilot:
+        if pilot and not self.settings.tasks_per_job and backlog.mean_seconds is None:
             # How long is a task? A small array first tells, so the rest is packed into elements
             # worth starting (no-op tasks in a thousand jobs would mostly measure job start-up).
-            if not in_flight:
-                self._planned_per[stage.name] = 1
-                return [pilot]
-            if backlog.waited < self.settings.pilot_wait:
+            # A stage's first submission is its pilot, once per run; the rest waits for its results.
+            sent = (self.memory.get(_pilot_key(stage)) or {}).get("submission")
+            if sent is None and not in_flight:
+                self.memory.set(_pilot_key(stage), {"planned_at": self.now()})
+                if backlog.ready > 2 * pilot:
+                    self._planned_per[stage.name] = 1
+                    return [pilot]
+            elif backlog.waited < self.settings.pilot_wait and \
+                    (any(s.id == sent for s in in_flight) if sent is not None else backlog.ready > 2 * pilot):
                 return []
         per = self.tasks_per_element(backlog)
         self._planned_per[stage.name] = per
@@ -145,7 +162,17 @@ class SlurmBackendImpl(Backend):
         manifest, plan = self._build_plan(stage, submission, tasks, folder, per)
         protocol.write_manifest(folder, manifest)
         protocol.write_json_atomic(folder / PLAN, plan)
-        return self._send_parts(stage, submission, plan, folder)
+        handle = self._send_parts(stage, submission, plan, folder)
+        self._sent(stage, submission)
+        return handle
+
+    def _sent(self, stage: StageContext, submission: SubmissionRecord) -> None:
+        """A submission is on the cluster: the stage's pilot, if the plan made it one."""
+        planned = self.memory.get(_pilot_key(stage)) or {}
+        if "planned_at" in planned:
+            self.memory.set(_pilot_key(stage), {"submission": submission.id, "sent_at": self.now()})
+            self.log(f"stage {stage.name}: submission {submission.id} is the pilot; the rest waits for its "
+                     "run times to size array elements")
 
     def preview(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> dict[str, Any]:
         """What ``submit`` would send, sending nothing: the sbatch command and script of each array."""
@@ -240,7 +267,8 @@ class SlurmBackendImpl(Backend):
         return Handle(remote_id=",".join(ids[p["part"]] for p in plan["parts"]), info=info)
 
     def _exclusions(self, stage: StageContext) -> list[str]:
-        if not self._bad_nodes or not self.settings.exclude_failed_nodes:
+        failed = self.failed_nodes()
+        if not failed or not self.settings.exclude_failed_nodes:
             return []
         partition = stage.spec.resources.partition or self.settings.partition
         if partition not in self._nodes:
@@ -249,7 +277,7 @@ class SlurmBackendImpl(Backend):
             except SlurmError:
                 self._nodes[partition] = []
         nodes = set(self._nodes[partition])
-        bad = sorted(self._bad_nodes & nodes) if nodes else []
+        bad = sorted(set(failed) & nodes) if nodes else []
         # Never exclude every node: the work would never run.
         return bad if nodes - set(bad) else []
 
@@ -274,7 +302,9 @@ class SlurmBackendImpl(Backend):
                 found[int(part)] = row.job_id
         if not found:
             return None
-        return self._send_parts(stage, submission, plan, folder, found)
+        handle = self._send_parts(stage, submission, plan, folder, found)
+        self._sent(stage, submission)
+        return handle
 
     # -- poll --------------------------------------------------------------------------------
 
@@ -450,7 +480,7 @@ class SlurmBackendImpl(Backend):
         where = f"job {row.job_id}_{row.index}" if row is not None and row.index is not None else "its job"
         node = row.node if row is not None else None
         if state == SlurmState.NODE_FAIL and node:
-            self._bad_nodes.add(node)
+            self.memory.set("failed_nodes", {**self.failed_nodes(), node: self.now()})
         for task in tasks:
             tid = task["task_id"]
             record = final.get(tid)
@@ -529,6 +559,10 @@ class SlurmBackendImpl(Backend):
     def interrupt(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord],
                   grace: float) -> None:
         """Jobs keep running on the cluster while the controller is away; the next one adopts them."""
+
+
+def _pilot_key(stage: StageContext) -> str:
+    return f"pilot.{stage.name}"
 
 
 __all__ = ["SlurmBackendImpl", "SlurmTarget", "job_name_for"]

@@ -16,6 +16,7 @@ from corral.backends import Backend, make_backend
 from corral.backends.base import Backlog, CapacityError, StageContext, SubmissionRecord, TaskSpec
 from corral.engine.claims import Claims
 from corral.engine.clock import Clock, SystemClock
+from corral.engine.learning import Learning
 from corral.engine.record import Changes, Recorder
 from corral.errors import CorralError
 from corral.ledger import Ledger, dumps, loads, task_key
@@ -60,19 +61,19 @@ class Engine:
             name: StageContext(name=name, spec=stage, run_id=run_id, root=campaign.root, run_dir=self.run_dir,
                                ledger_url=ledger.url)
             for name, stage in spec.stages.items()}
+        #: what this run learned so far (durations per stage, each backend's memory), from the ledger
+        self.learning = Learning(ledger, run_id)
         self.backends: dict[str, Backend] = backends or {}
         for name, settings in campaign.backends.items():
             if name not in self.backends and any(s.backend == name for s in spec.stages.values()):
                 self.backends[name] = make_backend(name, settings, log=self.log,
-                                                   wake=getattr(self.clock, "wake", None), clock=self.clock)
+                                                   wake=getattr(self.clock, "wake", None), clock=self.clock,
+                                                   memory=self.learning.backend(name))
         self.recorder = Recorder(run_id, spec.stages, self.order, log=self.log)
         self.claims = Claims(ledger, run_id, log=self.log)
         self._status: str | None = None
         self._run_stamp: tuple | None = None
         self._next_wake: float | None = None
-        #: moving average of task run time per stage, learned from results (seconds)
-        self.mean_seconds: dict[str, float] = {}
-        self._stage_of_task: dict[int, str] = {}
         #: open submissions with a failed task: a job waiting on them with afterok would never start
         self._failing_subs: set[int] = set()
 
@@ -95,6 +96,7 @@ class Engine:
             subs = [s for s in subs if s.id not in finished]
             if submit:
                 self._plan_and_submit(subs, report)
+            self.learning.flush(self.clock.now())
             if report.changed or self._status is None or finished or self._status_changed_elsewhere():
                 self._finish(report)
             else:
@@ -167,7 +169,7 @@ class Engine:
         finished = {sid for sid, poll in polls.items() if poll.finished}
         if not any(p.results or p.finished or p.info or p.started_task_ids for p in polls.values()):
             return finished
-        self._learn_durations(polls.values())
+        self._learn_durations(open_subs, polls)
         with self.ledger.write() as conn:
             for sub in open_subs:
                 poll = polls.get(sub.id)
@@ -191,6 +193,7 @@ class Engine:
                     self.ledger.update_submission(conn, sub.id, info={**sub.info, **poll.info})
             self.recorder.release(conn, changes, now)
             self.ledger.add_events(conn, changes.events)
+            self.learning.save(conn, now)
         report.completed += changes.completed
         report.failed += changes.failed
         report.retried += changes.retried
@@ -201,17 +204,13 @@ class Engine:
                      f"{changes.requeued} to run again")
         return finished
 
-    def _learn_durations(self, polls) -> None:
-        for poll in polls:
-            for res in poll.results:
-                if res.started_at is None or res.finished_at is None:
-                    continue
-                stage = self._stage_of_task.pop(res.task_id, None)
-                if stage is None:
-                    continue
-                seconds = max(0.0, res.finished_at - res.started_at)
-                old = self.mean_seconds.get(stage)
-                self.mean_seconds[stage] = seconds if old is None else 0.9 * old + 0.1 * seconds
+    def _learn_durations(self, subs: list[SubmissionRecord], polls: dict[int, Any]) -> None:
+        """A moving average of task run time per stage, from the results a poll brought."""
+        for sub in subs:
+            poll = polls.get(sub.id)
+            if poll is not None and sub.stage in self.stages:
+                self.learning.learn_seconds(sub.stage, [max(0.0, r.finished_at - r.started_at) for r in poll.results
+                                                        if r.started_at is not None and r.finished_at is not None])
 
     # -- plan and submit ------------------------------------------------------------------------
 
@@ -238,7 +237,7 @@ class Engine:
                     oldest = self.ledger.oldest_ready_at(conn, self.run_id, name)
                     backlog = Backlog(ready=ready, remaining=remaining, more_coming=more,
                                       waited=(now - oldest) if oldest is not None else 0.0,
-                                      mean_seconds=self.mean_seconds.get(name))
+                                      mean_seconds=self.learning.mean_seconds(name))
                 else:
                     backlog = Backlog(ready=groups, remaining=groups)
                 if backend.wants_cost:
@@ -340,8 +339,6 @@ class Engine:
         record = SubmissionRecord(id=sub_id, stage=stage.name, idempotency_key=key, remote_id=None,
                                   state=SubmissionState.SUBMITTING, created_at=now, submitted_at=None,
                                   task_count=len(rows), info=info)
-        for row in rows:
-            self._stage_of_task[row["id"]] = stage.name
         return record, [self._task_spec(stage.name, r) for r in rows]
 
     def _send(self, stage: StageContext, backend: Backend, sub: SubmissionRecord, tasks: list[TaskSpec],
@@ -373,6 +370,7 @@ class Engine:
         with self.ledger.write() as conn:
             self.ledger.update_submission(conn, sub_id, remote_id=remote_id, state=SubmissionState.SUBMITTED,
                                           submitted_at=now, info=info)
+            self.learning.save(conn, now)
             self.ledger.add_events(conn, [{"at": now, "run_id": self.run_id, "kind": "submission",
                                            "submission_id": sub_id, "to_state": SubmissionState.SUBMITTED,
                                            "message": ("adopted " if adopted else "") + remote_id}])

@@ -32,11 +32,18 @@ def _v3_text_columns(conn: Connection) -> None:
         conn.exec_driver_sql(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE TEXT')
 
 
+def _v4_learned(conn: Connection) -> None:
+    """What the engine and the backends learn is kept per run, so `corral tick` from cron decides
+    as a long-lived `corral run` does."""
+    schema.learned.create(conn, checkfirst=True)
+
+
 # Version 1 creates the current tables, so on a new ledger the later steps find nothing to do.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: lambda conn: schema.metadata.create_all(conn),
     2: _v2_controllers,
     3: _v3_text_columns,
+    4: _v4_learned,
 }
 
 

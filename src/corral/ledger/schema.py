@@ -130,3 +130,15 @@ events = Table(
     Column("message", Text),
     Index("ix_events_run", "run_id", "at"),
 )
+
+# What the engine and the backends learned in a run (schema 4): task durations, a cluster's job
+# limit, failed nodes, whether a pilot went out. One JSON value per key; ``scope`` is
+# ``stage:<name>`` or ``backend:<name>``.
+learned = Table(
+    "learned", metadata,
+    Column("run_id", Text, primary_key=True),
+    Column("scope", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

@@ -84,7 +84,6 @@ class LlmBatchBackend(Backend):
         self.poll_interval = min(5.0, settings.poll_interval)
         self._client: Any = None
         self._state: State | None = None
-        self._state_path: Path | None = None
         self._templates: dict[str, RequestTemplate] = {}
         self._parsers: dict[str, Any] = {}
         self._estimators: dict[str | None, TokenEstimator] = {}
@@ -143,14 +142,17 @@ class LlmBatchBackend(Backend):
         return os.environ[self.settings.api_key_env]
 
     def state(self, stage: StageContext) -> State:
+        """What this backend learned in the run: from its memory (kept in the ledger), or, for a
+        run begun by a corral that kept it in the run folder, from that file."""
         if self._state is None:
-            self._state_path = stage.run_dir / "llm" / f"{self.name}.json"
-            self._state = State.load(self._state_path)
+            stored = self.memory.get("state")
+            self._state = State.from_dict(stored) if stored is not None else \
+                State.load(stage.run_dir / "llm" / f"{self.name}.json")
         return self._state
 
     def save_state(self) -> None:
-        if self._state is not None and self._state_path is not None:
-            self._state.save(self._state_path)
+        if self._state is not None:
+            self.memory.set("state", self._state.to_dict())
 
     def journal(self, stage: StageContext) -> Path:
         return stage.run_dir / "llm" / f"{self.name}-batches.jsonl"

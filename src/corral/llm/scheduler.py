@@ -58,6 +58,10 @@ class State:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             return cls()
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> State:
         state = cls()
         for key, value in data.items():
             if key == "calibration":
@@ -68,10 +72,13 @@ class State:
                 setattr(state, key, value)
         return state
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self)))
+        tmp.write_text(json.dumps(self.to_dict()))
         tmp.replace(path)
 
     def record_submit(self, now: float, tokens: float, keep: float) -> None:
