@@ -15,16 +15,20 @@ from typing import Any, Callable
 from sqlalchemy import func, select, update
 
 from corral.backends import Backend, make_backend
-from corral.backends.base import Backlog, CapacityError, StageContext, SubmissionRecord, TaskSpec
+from corral.backends.base import (Backlog, CapacityError, PollResult, StageContext, SubmissionPlan, SubmissionRecord,
+                                  TaskSpec, TransientError)
 from corral.engine.claims import Claims
 from corral.engine.clock import Clock, SystemClock
 from corral.engine.record import Changes, Recorder
 from corral.errors import CorralError
 from corral.ledger import Ledger, dumps, loads, schema, task_key
 from corral.spec import LoadedCampaign
-from corral.states import Outcome
+from corral.states import ErrorClass, Outcome, SubmissionState
 
 ACTIVE = ("waiting", "pending", "queued", "running")
+#: after a submit call that did not get through: seconds before the next, doubling per failure in a row
+TRANSIENT_BACKOFF = 15.0
+TRANSIENT_BACKOFF_MAX = 900.0
 
 
 @dataclass
@@ -65,8 +69,8 @@ class Engine:
         self.backends: dict[str, Backend] = backends or {}
         for name, settings in campaign.backends.items():
             if name not in self.backends and any(s.backend == name for s in spec.stages.values()):
-                self.backends[name] = make_backend(name, settings, log=self.log,
-                                                   wake=getattr(self.clock, "wake", None), clock=self.clock)
+                self.backends[name] = make_backend(name, settings, clock=self.clock, log=self.log,
+                                                   wake=getattr(self.clock, "wake", None))
         self.recorder = Recorder(run_id, spec.stages, self.order, log=self.log)
         self.claims = Claims(ledger, run_id, log=self.log)
         self._status: str | None = None
@@ -77,6 +81,8 @@ class Engine:
         self._stage_of_task: dict[int, str] = {}
         #: open submissions with a failed task: a job waiting on them with afterok would never start
         self._failing_subs: set[int] = set()
+        #: submit calls in a row per backend that did not get through (TransientError): the backoff grows
+        self._transient_failures: dict[str, int] = {}
 
     # -- the tick ------------------------------------------------------------------
 
@@ -124,7 +130,12 @@ class Engine:
             stage = self.stages.get(sub.stage)
             if backend is None or stage is None:
                 continue
-            handle = backend.find(stage, sub)
+            try:
+                handle = backend.find(stage, sub)
+            except TransientError as exc:
+                report.errors.append(f"looking up submission {sub.id} on {backend.name!r} failed: {exc}")
+                self.log(f"error: looking up submission {sub.id} failed (trying again at the next tick): {exc}")
+                continue
             if handle is not None:
                 self._confirm(sub.id, handle.remote_id, handle.info, adopted=True)
                 sub.remote_id, sub.state, sub.info = handle.remote_id, "submitted", {**sub.info, **handle.info}
@@ -139,7 +150,8 @@ class Engine:
                 sub.state = "cancelled"
                 continue
             self.log(f"submission {sub.id} ({sub.stage}) was never sent; sending it now")
-            self._send(stage, backend, sub, [self._task_spec(sub.stage, r) for r in rows], report)
+            self._send(stage, backend, sub, [self._task_spec(sub.stage, r) for r in rows], report,
+                       SubmissionPlan(size=len(rows)))
 
     # -- poll and collect --------------------------------------------------------------------
 
@@ -158,11 +170,11 @@ class Engine:
                 continue
             try:
                 polls.update(backend.poll(self.stages, subs))
-            except CorralError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a backend outage must not stop the controller
+            except (TransientError, ConnectionError, TimeoutError) as exc:
+                # An outage: the same submissions are asked about at the next poll. Anything else
+                # is a bug, and stops the controller instead of being retried forever.
                 report.errors.append(f"polling backend {name!r} failed: {exc}")
-                self.log(f"error: polling backend {name!r} failed: {exc!r}")
+                self.log(f"error: polling backend {name!r} failed (asking again at the next poll): {exc!r}")
         report.in_flight = len(open_subs)
         finished = {sid for sid, poll in polls.items() if poll.finished}
         if not any(p.results or p.finished or p.info or p.started_task_ids for p in polls.values()):
@@ -181,12 +193,10 @@ class Engine:
                     self._failing_subs.add(sub.id)
                 if poll.finished:
                     self.recorder.lose(conn, sub.id, now, poll.lost_error_class, poll.lost_message, changes)
-                    self.ledger.update_submission(conn, sub.id, state="finished", finished_at=now)
-                    changes.events.append({"at": now, "run_id": self.run_id, "kind": "submission",
-                                           "stage": sub.stage, "submission_id": sub.id, "to_state": "finished"})
+                    self._end_submission(conn, sub, poll, now, changes, report)
                 elif poll.running and sub.state == "submitted":
                     self.ledger.update_submission(conn, sub.id, state="running")
-                if poll.info:
+                if poll.info and poll.gone is None:
                     self.ledger.update_submission(conn, sub.id, info={**sub.info, **poll.info})
             self.recorder.release(conn, changes, now)
             self.ledger.add_events(conn, changes.events)
@@ -199,6 +209,22 @@ class Engine:
             self.log(f"collected: {changes.completed} done, {changes.failed} failed, {changes.retried} to retry, "
                      f"{changes.requeued} to run again")
         return finished
+
+    def _end_submission(self, conn, sub: SubmissionRecord, poll: PollResult, now: float, changes: Changes,
+                        report: TickReport) -> None:
+        """A submission that will report nothing more: finished, or gone from the remote side."""
+        if poll.gone is None:
+            self.ledger.update_submission(conn, sub.id, state=SubmissionState.FINISHED, finished_at=now)
+            changes.events.append({"at": now, "run_id": self.run_id, "kind": "submission", "stage": sub.stage,
+                                   "submission_id": sub.id, "to_state": SubmissionState.FINISHED})
+            return
+        message = f"submission {sub.id} ({sub.stage}, {sub.remote_id}) is gone: {poll.gone}"
+        self.ledger.update_submission(conn, sub.id, state=SubmissionState.FAILED, finished_at=now,
+                                      info={**sub.info, **(poll.info or {}), "error": poll.gone})
+        changes.events.append({"at": now, "run_id": self.run_id, "kind": "submission", "stage": sub.stage,
+                               "submission_id": sub.id, "to_state": SubmissionState.FAILED, "message": message})
+        report.errors.append(message)
+        self.log(f"error: {message}; its unfinished tasks run again")
 
     def _learn_durations(self, polls) -> None:
         for poll in polls:
@@ -243,18 +269,17 @@ class Engine:
                     backlog = replace(backlog, cost_spent=conn.execute(select(func.sum(schema.tasks.c.cost)).where(
                         schema.tasks.c.run_id == self.run_id)).scalar() or 0.0)
             stage_subs = [s for s in backend_subs if s.stage == name]
-            sizes = backend.plan(stage, backlog, stage_subs, backend_subs)
+            plans = backend.plan(stage, backlog, stage_subs, backend_subs)
             if stage.spec.per == "batch":
-                sizes = [stage.spec.size or ready] * len(sizes)
+                plans = [replace(plan, size=stage.spec.size or ready) for plan in plans]
             elif stage.spec.per == "all":
-                sizes = sizes[:1]
-                sizes = [1] if sizes else []
-            for size in sizes:
-                sub = self._queue(stage, size)
+                plans = [replace(plan, size=1) for plan in plans[:1]]
+            for plan in plans:
+                sub = self._queue(stage, plan.size)
                 if sub is None:
                     break
                 record, tasks = sub
-                ok = self._send(stage, backend, record, tasks, report)
+                ok = self._send(stage, backend, record, tasks, report, plan)
                 open_subs.append(record)
                 if not ok:
                     break
@@ -287,14 +312,15 @@ class Engine:
                     continue
                 waiting = self.ledger.count_states(conn, self.run_id, name, ("waiting",))
             after = sorted({rid for s in upstream for rid in (s.remote_id or "").split(",") if rid})
-            sizes = backend.plan(stage, Backlog(ready=waiting, remaining=waiting), [], open_subs) or [waiting]
-            for size in sizes:
-                queued = self._queue(stage, size, info={"after": after}, ahead=True)
+            plans = backend.plan(stage, Backlog(ready=waiting, remaining=waiting), [], open_subs) or \
+                [SubmissionPlan(size=waiting)]
+            for plan in plans:
+                queued = self._queue(stage, plan.size, info={"after": after}, ahead=True)
                 if queued is None:
                     break
                 record, tasks = queued
                 self.log(f"stage {name}: {len(tasks)} tasks sent ahead, after {', '.join(after)}")
-                ok = self._send(stage, backend, record, tasks, report)
+                ok = self._send(stage, backend, record, tasks, report, plan)
                 open_subs.append(record)
                 if not ok:
                     break
@@ -354,12 +380,24 @@ class Engine:
         return record, [self._task_spec(stage.name, r) for r in rows]
 
     def _send(self, stage: StageContext, backend: Backend, sub: SubmissionRecord, tasks: list[TaskSpec],
-              report: TickReport) -> bool:
+              report: TickReport, plan: SubmissionPlan) -> bool:
         try:
-            handle = backend.submit(stage, sub, tasks)
+            handle = backend.submit(stage, sub, tasks, plan)
         except CapacityError as exc:
             self._unqueue(sub, retry_after=exc.retry_after or 30.0, message=str(exc), consume=False)
             self.log(f"backend {backend.name!r} refused submission {sub.id} for capacity: {exc}")
+            return False
+        except TransientError as exc:
+            failures = self._transient_failures.get(backend.name, 0) + 1
+            self._transient_failures[backend.name] = failures
+            delay = max(exc.retry_after or 0.0, min(TRANSIENT_BACKOFF_MAX, TRANSIENT_BACKOFF * 2 ** (failures - 1)))
+            message = f"{type(exc).__name__}: {exc}"
+            self._unqueue(sub, retry_after=delay, message=f"not sent, the backend did not answer: {exc}",
+                          consume=False, error_class=ErrorClass.TRANSIENT)
+            report.errors.append(f"submitting to {backend.name!r} did not get through: {exc}")
+            self.log(f"error: submission {sub.id} to {backend.name!r} did not get through ({message}); its "
+                     f"{len(tasks)} tasks are pending again, attempts kept; next try in {delay:g}s "
+                     f"({failures} in a row)")
             return False
         except CorralError:
             self._unqueue(sub, retry_after=0.0, message="submission failed", consume=False)
@@ -369,6 +407,7 @@ class Engine:
             report.errors.append(f"submitting to {backend.name!r} failed: {exc}")
             self.log(f"error: submission {sub.id} to {backend.name!r} failed: {exc!r}")
             return False
+        self._transient_failures.pop(backend.name, None)
         self._confirm(sub.id, handle.remote_id, handle.info)
         sub.remote_id, sub.state, sub.info = handle.remote_id, "submitted", handle.info
         report.submitted += 1
@@ -386,15 +425,17 @@ class Engine:
                                            "submission_id": sub_id, "to_state": "submitted",
                                            "message": ("adopted " if adopted else "") + remote_id}])
 
-    def _unqueue(self, sub: SubmissionRecord, retry_after: float, message: str, consume: bool) -> None:
+    def _unqueue(self, sub: SubmissionRecord, retry_after: float, message: str, consume: bool,
+                 error_class: ErrorClass | None = None) -> None:
         from corral.backends.base import TaskResult
 
         now = self.clock.now()
         changes = Changes()
+        error_class = error_class or (ErrorClass.SUBMIT if consume else ErrorClass.CAPACITY)
         with self.ledger.write() as conn:
             rows = self.ledger.submission_task_rows(conn, sub.id)
             outcome = Outcome.FAILED if consume else Outcome.CAPACITY
-            results = [TaskResult(task_id=r["id"], outcome=outcome, error_class="submit" if consume else "capacity",
+            results = [TaskResult(task_id=r["id"], outcome=outcome, error_class=error_class,
                                   error_message=message, info={"retry_after": retry_after})
                        for r in rows if r["state"] in ("queued", "running")]
             self.recorder.apply(conn, results, sub.id, now, changes)
