@@ -97,6 +97,8 @@ class SlurmBackendImpl(Backend):
         self._quiet_polls = 0
         self._limit: int | None = None
         self._unknown_states: set[str] = set()
+        #: submissions with a trace of having run (a row in sacct/squeue, a worker's file)
+        self._traced: set[int] = set()
 
     # -- plan -------------------------------------------------------------------------------
 
@@ -411,7 +413,7 @@ class SlurmBackendImpl(Backend):
         stats_changed = False
         all_ended = True
         # Whether anything shows this submission ran: a row for one of its jobs, or a worker's file.
-        traces = False
+        traces = sub.id in self._traced
         for job in jobs:
             rows = by_job.get(job["id"], {})
             waiting = pending.get(job["id"])
@@ -450,11 +452,14 @@ class SlurmBackendImpl(Backend):
                     stats_changed = True
                 self._closed.add((sub.id, element))
         result.finished = all_ended
-        if all_ended and not traces and not any(key[0] == sub.id for key in self._closed):
+        if traces:
+            self._traced.add(sub.id)
+        elif all_ended:
             result.gone = self._gone_message(sub, age)
         if stats_changed:
             result.info = {**(result.info or {}), "efficiency": stats}
         if result.finished:
+            self._traced.discard(sub.id)
             for key in [k for k in self._closed if k[0] == sub.id]:
                 self._closed.discard(key)
                 self._offsets.pop(key, None)

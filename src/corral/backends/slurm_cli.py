@@ -263,6 +263,18 @@ def _row(job_id: str, element: str | None, state: str) -> JobRow:
                   state=SlurmState.parse(state), raw_state=state.strip())
 
 
+def failure(command: str, returncode: int, message: str) -> Exception:
+    """The exception for a SLURM command that exited ``returncode`` saying ``message``: too many jobs
+    (CapacityError with ``limit``), the controller did not answer (TransientError), or SlurmError."""
+    if _LIMIT.search(message):
+        error = CapacityError(f"{command}: {message}", retry_after=60.0)
+        error.limit = True
+        return error
+    if _TRANSIENT.search(message):
+        return TransientError(f"{command}: {message}", retry_after=60.0)
+    return SlurmError(f"{command} failed ({returncode}): {message}")
+
+
 class SlurmCommands:
     """Runs SLURM's tools; ``calls`` counts each by name."""
 
@@ -282,14 +294,7 @@ class SlurmCommands:
         except subprocess.TimeoutExpired:
             raise TransientError(f"{args[0]} did not answer within {self.timeout:g}s", retry_after=30.0) from None
         if proc.returncode != 0:
-            message = (proc.stderr or proc.stdout).strip()
-            if _LIMIT.search(message):
-                error = CapacityError(f"{args[0]}: {message}", retry_after=60.0)
-                error.limit = True
-                raise error
-            if _TRANSIENT.search(message):
-                raise TransientError(f"{args[0]}: {message}", retry_after=60.0)
-            raise SlurmError(f"{' '.join(args[:1])} failed ({proc.returncode}): {message}")
+            raise failure(args[0], proc.returncode, (proc.stderr or proc.stdout).strip())
         return proc.stdout
 
     def sbatch(self, script: str, extra: list[str] | None = None, env: dict[str, str] | None = None) -> str:
