@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 from conftest import campaign_dict, write_campaign, write_module
-from test_llm_backends import (  # noqa: F401 - fixtures
-    api_keys,
+from test_llm_backends import (
+    ANSWER,
     assert_no_batch_twice,
     campaign,
-    clock,
+    fast_turnaround,
     run_to_end,
-    sim_factory,
     tasks,
 )
 
@@ -28,6 +27,29 @@ from corral.engine import Engine
 from corral.sim import SimConfig, SimServer
 
 pytestmark = pytest.mark.usefixtures("campaign_ledger")
+
+
+@pytest.fixture
+def clock():
+    return VirtualClock()
+
+
+@pytest.fixture
+def sim_factory(clock, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sim")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sim")
+    servers = []
+
+    def make() -> SimServer:
+        server = SimServer(SimConfig(seed=1, answer_template=ANSWER, turnaround=fast_turnaround(),
+                                     retry_after_s=0.01), clock=clock)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
 
 
 def log_text(folder: Path) -> str:
@@ -127,10 +149,10 @@ def test_transient_submit_errors_back_off_longer_each_time_and_keep_attempts(tmp
     write_module(tmp_path, "tasks", "def f(item, ctx):\n    return {'x': item['x']}\n")
     write_campaign(tmp_path, campaign_dict({"a": {"call": "tasks:f"}}, items={"grid": {"x": [0, 1]}}))
     campaign_ = corral.open(str(tmp_path / "corral.yaml"))
-    clock = VirtualClock()
+    virtual = VirtualClock()
     try:
-        run, _ = campaign_.start(clock=clock)
-        engine = Engine(campaign_.loaded, campaign_.ledger(), run.id, clock=clock)
+        run, _ = campaign_.start(clock=virtual)
+        engine = Engine(campaign_.loaded, campaign_.ledger(), run.id, clock=virtual)
         backend = engine.backends["local"]
         real_submit = backend.submit
 
@@ -144,8 +166,8 @@ def test_transient_submit_errors_back_off_longer_each_time_and_keep_attempts(tmp
             assert report.submitted == 0 and any("did not get through" in e for e in report.errors)
             task = run.task("t1")
             assert task["state"] == "pending" and task["attempts"] == 0 and task["error_class"] == "transient"
-            waits.append(round(task["not_before"] - clock.now()))
-            clock.advance(waits[-1] + 1)
+            waits.append(round(task["not_before"] - virtual.now()))
+            virtual.advance(waits[-1] + 1)
         assert waits == [15, 30, 60]
         backend.submit = real_submit
         deadline = time.monotonic() + 60

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from corral.backends.base import CapacityError, StageContext, SubmissionRecord, TransientError
+from corral.backends.base import (
+    CapacityError,
+    StageContext,
+    SubmissionRecord,
+    TransientError,
+)
 from corral.backends.slurm import SlurmBackendImpl, job_name_for
 from corral.backends.slurm_cli import (
     ENDED,

@@ -164,11 +164,6 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
-class SubmissionGone(Exception):
-    """The remote side says a submission does not exist (HTTP 404, or 401/403 for it): nothing will
-    ever be reported for it. Raised inside a backend's poll and turned into ``PollResult.gone``."""
-
-
 class Backend(ABC):
     """One execution engine. Subclasses live one per file in this package."""
 

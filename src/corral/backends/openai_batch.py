@@ -17,7 +17,13 @@ from typing import Any
 
 from corral.backends.base import CapacityError, StageContext, SubmissionRecord
 from corral.backends.llm_batch import LlmBatchBackend
-from corral.backends.llm_results import ApiErrorKind, BatchStatus, ResultLine, iter_jsonl, sdk_error_kind
+from corral.backends.llm_results import (
+    ApiErrorKind,
+    BatchStatus,
+    ResultLine,
+    iter_jsonl,
+    sdk_error_kind,
+)
 from corral.llm.packing import Entry
 from corral.spec.llm import OpenAIBatchSettings
 

@@ -15,20 +15,16 @@ from typing import Any, Callable
 from sqlalchemy import func, select, update
 
 from corral.backends import Backend, make_backend
-from corral.backends.base import (Backlog, CapacityError, PollResult, StageContext, SubmissionPlan, SubmissionRecord,
-                                  TaskSpec, TransientError)
+from corral.backends.base import Backlog, StageContext, SubmissionPlan, SubmissionRecord, TaskSpec, TransientError
 from corral.engine.claims import Claims
 from corral.engine.clock import Clock, SystemClock
 from corral.engine.record import Changes, Recorder
-from corral.errors import CorralError
+from corral.engine.sending import Sending, gone
 from corral.ledger import Ledger, dumps, loads, schema, task_key
 from corral.spec import LoadedCampaign
-from corral.states import ErrorClass, Outcome, SubmissionState
+from corral.states import ErrorClass, Outcome
 
 ACTIVE = ("waiting", "pending", "queued", "running")
-#: after a submit call that did not get through: seconds before the next, doubling per failure in a row
-TRANSIENT_BACKOFF = 15.0
-TRANSIENT_BACKOFF_MAX = 900.0
 
 
 @dataclass
@@ -51,7 +47,7 @@ class TickReport:
         return bool(self.submitted or self.completed or self.failed or self.retried or self.requeued)
 
 
-class Engine:
+class Engine(Sending):
     def __init__(self, campaign: LoadedCampaign, ledger: Ledger, run_id: str, *, clock: Clock | None = None,
                  log: Callable[[str], None] | None = None, backends: dict[str, Backend] | None = None):
         self.campaign = campaign
@@ -81,8 +77,7 @@ class Engine:
         self._stage_of_task: dict[int, str] = {}
         #: open submissions with a failed task: a job waiting on them with afterok would never start
         self._failing_subs: set[int] = set()
-        #: submit calls in a row per backend that did not get through (TransientError): the backoff grows
-        self._transient_failures: dict[str, int] = {}
+        Sending.__init__(self)
 
     # -- the tick ------------------------------------------------------------------
 
@@ -133,8 +128,7 @@ class Engine:
             try:
                 handle = backend.find(stage, sub)
             except TransientError as exc:
-                report.errors.append(f"looking up submission {sub.id} on {backend.name!r} failed: {exc}")
-                self.log(f"error: looking up submission {sub.id} failed (trying again at the next tick): {exc}")
+                self._error(report, f"looking up submission {sub.id} failed (trying again at the next tick): {exc}")
                 continue
             if handle is not None:
                 self._confirm(sub.id, handle.remote_id, handle.info, adopted=True)
@@ -170,11 +164,8 @@ class Engine:
                 continue
             try:
                 polls.update(backend.poll(self.stages, subs))
-            except (TransientError, ConnectionError, TimeoutError) as exc:
-                # An outage: the same submissions are asked about at the next poll. Anything else
-                # is a bug, and stops the controller instead of being retried forever.
-                report.errors.append(f"polling backend {name!r} failed: {exc}")
-                self.log(f"error: polling backend {name!r} failed (asking again at the next poll): {exc!r}")
+            except (TransientError, ConnectionError, TimeoutError) as exc:   # an outage; anything else is a bug
+                self._error(report, f"polling backend {name!r} failed (asking again at the next poll): {exc!r}")
         report.in_flight = len(open_subs)
         finished = {sid for sid, poll in polls.items() if poll.finished}
         if not any(p.results or p.finished or p.info or p.started_task_ids for p in polls.values()):
@@ -193,7 +184,12 @@ class Engine:
                     self._failing_subs.add(sub.id)
                 if poll.finished:
                     self.recorder.lose(conn, sub.id, now, poll.lost_error_class, poll.lost_message, changes)
-                    self._end_submission(conn, sub, poll, now, changes, report)
+                    state, info, message = gone(sub, poll)
+                    self.ledger.update_submission(conn, sub.id, state=state, finished_at=now, **info)
+                    changes.events.append({"at": now, "run_id": self.run_id, "kind": "submission", "stage": sub.stage,
+                                           "submission_id": sub.id, "to_state": state, "message": message})
+                    if message:
+                        self._error(report, f"{message}; its unfinished tasks run again")
                 elif poll.running and sub.state == "submitted":
                     self.ledger.update_submission(conn, sub.id, state="running")
                 if poll.info and poll.gone is None:
@@ -209,22 +205,6 @@ class Engine:
             self.log(f"collected: {changes.completed} done, {changes.failed} failed, {changes.retried} to retry, "
                      f"{changes.requeued} to run again")
         return finished
-
-    def _end_submission(self, conn, sub: SubmissionRecord, poll: PollResult, now: float, changes: Changes,
-                        report: TickReport) -> None:
-        """A submission that will report nothing more: finished, or gone from the remote side."""
-        if poll.gone is None:
-            self.ledger.update_submission(conn, sub.id, state=SubmissionState.FINISHED, finished_at=now)
-            changes.events.append({"at": now, "run_id": self.run_id, "kind": "submission", "stage": sub.stage,
-                                   "submission_id": sub.id, "to_state": SubmissionState.FINISHED})
-            return
-        message = f"submission {sub.id} ({sub.stage}, {sub.remote_id}) is gone: {poll.gone}"
-        self.ledger.update_submission(conn, sub.id, state=SubmissionState.FAILED, finished_at=now,
-                                      info={**sub.info, **(poll.info or {}), "error": poll.gone})
-        changes.events.append({"at": now, "run_id": self.run_id, "kind": "submission", "stage": sub.stage,
-                               "submission_id": sub.id, "to_state": SubmissionState.FAILED, "message": message})
-        report.errors.append(message)
-        self.log(f"error: {message}; its unfinished tasks run again")
 
     def _learn_durations(self, polls) -> None:
         for poll in polls:
@@ -378,43 +358,6 @@ class Engine:
         for row in rows:
             self._stage_of_task[row["id"]] = stage.name
         return record, [self._task_spec(stage.name, r) for r in rows]
-
-    def _send(self, stage: StageContext, backend: Backend, sub: SubmissionRecord, tasks: list[TaskSpec],
-              report: TickReport, plan: SubmissionPlan) -> bool:
-        try:
-            handle = backend.submit(stage, sub, tasks, plan)
-        except CapacityError as exc:
-            self._unqueue(sub, retry_after=exc.retry_after or 30.0, message=str(exc), consume=False)
-            self.log(f"backend {backend.name!r} refused submission {sub.id} for capacity: {exc}")
-            return False
-        except TransientError as exc:
-            failures = self._transient_failures.get(backend.name, 0) + 1
-            self._transient_failures[backend.name] = failures
-            delay = max(exc.retry_after or 0.0, min(TRANSIENT_BACKOFF_MAX, TRANSIENT_BACKOFF * 2 ** (failures - 1)))
-            message = f"{type(exc).__name__}: {exc}"
-            self._unqueue(sub, retry_after=delay, message=f"not sent, the backend did not answer: {exc}",
-                          consume=False, error_class=ErrorClass.TRANSIENT)
-            report.errors.append(f"submitting to {backend.name!r} did not get through: {exc}")
-            self.log(f"error: submission {sub.id} to {backend.name!r} did not get through ({message}); its "
-                     f"{len(tasks)} tasks are pending again, attempts kept; next try in {delay:g}s "
-                     f"({failures} in a row)")
-            return False
-        except CorralError:
-            self._unqueue(sub, retry_after=0.0, message="submission failed", consume=False)
-            raise
-        except Exception as exc:  # noqa: BLE001 - recorded on the tasks; their attempts are used
-            self._unqueue(sub, retry_after=0.0, message=f"{type(exc).__name__}: {exc}", consume=True)
-            report.errors.append(f"submitting to {backend.name!r} failed: {exc}")
-            self.log(f"error: submission {sub.id} to {backend.name!r} failed: {exc!r}")
-            return False
-        self._transient_failures.pop(backend.name, None)
-        self._confirm(sub.id, handle.remote_id, handle.info)
-        sub.remote_id, sub.state, sub.info = handle.remote_id, "submitted", handle.info
-        report.submitted += 1
-        report.submitted_tasks += len(tasks)
-        self.log(f"submitted {sub.id} stage={stage.name} tasks={len(tasks)} backend={backend.name} "
-                 f"remote={handle.remote_id}")
-        return True
 
     def _confirm(self, sub_id: int, remote_id: str, info: dict[str, Any], adopted: bool = False) -> None:
         now = self.clock.now()
