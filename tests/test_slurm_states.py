@@ -177,3 +177,21 @@ def test_a_job_unknown_to_sacct_and_squeue_long_after_submission_is_gone(tmp_pat
     assert poll.finished and "no record of job(s) 5000" in poll.gone
     # Never started: both run again with their attempts kept.
     assert sorted((r.task_id, r.outcome.value) for r in poll.results) == [(7, "lost"), (8, "lost")]
+
+
+def test_the_first_target_to_start_wins_a_race():
+    from corral.backends.slurm_race import race
+
+    jobs = [{"id": "6000", "offset": 0, "count": 1, "target": "low"},
+            {"id": "6001", "offset": 0, "count": 1, "target": "debug"}]
+    rows = parse_squeue("6000|PENDING|Priority|k:0|\n6001|RUNNING|None|k:1|node1\n")
+    by_job = {row.job_id: {0: row} for row in rows}
+    assert race(jobs, None, {"6000": by_job["6000"]}, {}, 100.0) == ([], None, [])
+    won, waits, cancel = race(jobs, None, by_job, {}, 100.0)
+    assert [j["target"] for j in won] == ["debug"] and cancel == ["6000"]
+    assert waits == {"low": {"queued_s": None, "started": False}, "debug": {"queued_s": None, "started": True}}
+    # Once the winner is recorded, the waits are not recorded again; the loser is still cancelled.
+    assert race(jobs, "debug", by_job, {}, 200.0) == ([jobs[1]], None, ["6000"])
+    # An element in a state corral does not know has not started: no winner yet.
+    odd = {"6001": {0: parse_squeue("6001|BRAND_NEW_STATE|None|k:1|\n")[0]}}
+    assert race(jobs, None, odd, {}, 100.0) == ([], None, [])

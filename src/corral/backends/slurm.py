@@ -41,6 +41,7 @@ from corral.backends.slurm_cli import (
     SlurmState,
     Verdict,
 )
+from corral.backends.slurm_race import race
 from corral.backends.slurm_script import (
     ArrayJob,
     JobResources,
@@ -366,41 +367,16 @@ class SlurmBackendImpl(Backend):
                                  self.settings.poll_interval * (1.5 ** min(self._quiet_polls, 10)))
         return out
 
-    def _race(self, sub: SubmissionRecord, by_job: dict[str, dict[int, JobRow]],
-              pending: dict[str, JobRow], to_cancel: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Jobs of the target that won (the first to start); the others are cancelled."""
-        jobs = sub.info["jobs"]
-        if not self.settings.race:
-            return jobs, {}
-        winner = sub.info.get("race_winner")
-        if winner is None:
-            for job in jobs:
-                rows = by_job.get(job["id"], {}).values()
-                if any(r.state in STARTED or r.state in ENDED for r in rows):
-                    winner = job["target"]
-                    break
-        if winner is None:
-            return [], {}
-        waits = {}
-        for job in jobs:
-            rows = list(by_job.get(job["id"], {}).values()) + ([pending[job["id"]]] if job["id"] in pending else [])
-            submit = min((r.submit for r in rows if r.submit), default=None)
-            start = min((r.start for r in rows if r.start), default=None)
-            if job["target"] != winner:
-                to_cancel.append(job["id"])
-                waits[job["target"]] = {"queued_s": round((self.now() - submit), 1) if submit else None,
-                                        "started": False}
-            else:
-                waits[job["target"]] = {"queued_s": round(start - submit, 1) if start and submit else None,
-                                        "started": True}
-        info = {} if sub.info.get("race_winner") else {"race_winner": winner, "race": waits}
-        return [j for j in jobs if j["target"] == winner], info
-
     def _poll_one(self, stage: StageContext, sub: SubmissionRecord, by_job: dict[str, dict[int, JobRow]],
                   pending: dict[str, JobRow], to_cancel: list[str]) -> PollResult:
         folder = protocol.submission_dir(stage.run_dir, sub.id)
         age = self.now() - (sub.submitted_at or sub.created_at)
-        jobs, info = self._race(sub, by_job, pending, to_cancel)
+        jobs, info = sub.info["jobs"], {}
+        if self.settings.race:
+            jobs, waits, cancel = race(jobs, sub.info.get("race_winner"), by_job, pending, self.now())
+            to_cancel.extend(cancel)
+            if waits is not None:
+                info = {"race_winner": jobs[0]["target"], "race": waits}
         if self.settings.race and not jobs:
             seen = any(j["id"] in by_job or j["id"] in pending for j in sub.info["jobs"])
             if seen or age < self.settings.missing_grace:
