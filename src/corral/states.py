@@ -71,10 +71,12 @@ class ErrorClass(str, Enum):
     NODE_FAIL = "node_fail"
     WORKER_LOST = "worker_lost"        # started, then its worker vanished without a result
     SUBMIT = "submit"                  # the backend refused the submission for good
+    GONE = "gone"                      # started, then the backend forgot its submission (HTTP 404)
     # run again without using an attempt
     INTERRUPTED = "interrupted"        # stopped by a signal or preemption
     PREEMPTED = "preempted"
     CAPACITY = "capacity"              # the backend had no room
+    TRANSIENT = "transient"            # the submit call did not get through (connection, timeout, 5xx)
     RATE_LIMIT = "rate_limit"
     TOKEN_LIMIT = "token_limit"
     EXPIRED = "expired"                # the provider's batch window ended first

@@ -6,27 +6,25 @@ from importlib import import_module
 from typing import Any, Callable
 
 from corral.backends.base import Backend, LearnedState
-
-#: backend type (the ``type:`` of a ``backends:`` entry) -> "module:class", imported on first use
-BACKEND_CLASSES: dict[str, str] = {
-    "local": "corral.backends.local:LocalBackendImpl",
-    "openai_batch": "corral.backends.openai_batch:OpenAIBatchBackend",
-    "anthropic_batch": "corral.backends.anthropic_batch:AnthropicBatchBackend",
-    "slurm": "corral.backends.slurm:SlurmBackendImpl",
-}
+from corral.clock import Clock
+from corral.spec.backend_types import BACKEND_TYPES
 
 
-def make_backend(name: str, settings: Any, log: Callable[[str], None] | None = None,
-                 wake: Callable[[], None] | None = None, clock: Any | None = None,
-                 memory: LearnedState | None = None) -> Backend:
-    kind = getattr(settings, "type", name)
-    target = BACKEND_CLASSES.get(kind)
-    if target is None:
+def backend_class(kind: str) -> type[Backend]:
+    """The class of a backend type (``spec.backend_types.BACKEND_TYPES``), imported on first use."""
+    entry = BACKEND_TYPES.get(kind)
+    if entry is None:
         raise ValueError(f"no backend of type {kind!r}")
-    module, _, cls = target.partition(":")
-    backend = getattr(import_module(module), cls)(name, settings, log=log, wake=wake, memory=memory)
-    backend.clock = clock
-    return backend
+    module, _, name = entry.implementation.partition(":")
+    return getattr(import_module(module), name)
 
 
-__all__ = ["Backend", "BACKEND_CLASSES", "make_backend"]
+def make_backend(name: str, settings: Any, *, clock: Clock | None = None, log: Callable[[str], None] | None = None,
+                 wake: Callable[[], None] | None = None, memory: LearnedState | None = None) -> Backend:
+    """The backend ``name`` with its validated ``settings``; ``clock`` is the engine's (wall time if None),
+    ``memory`` what it learned earlier in the run."""
+    return backend_class(getattr(settings, "type", name))(name, settings, clock=clock, log=log, wake=wake,
+                                                          memory=memory)
+
+
+__all__ = ["Backend", "backend_class", "make_backend"]

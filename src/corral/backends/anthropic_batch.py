@@ -20,7 +20,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from corral.backends.base import CapacityError, StageContext, SubmissionRecord
-from corral.llm.batch import BatchStatus, LlmBatchBackend, ResultLine, iter_jsonl
+from corral.backends.llm_batch import LlmBatchBackend
+from corral.backends.llm_results import (
+    ApiErrorKind,
+    BatchStatus,
+    ResultLine,
+    iter_jsonl,
+    sdk_error_kind,
+)
 from corral.llm.packing import Entry
 from corral.spec.llm import AnthropicBatchSettings
 
@@ -47,8 +54,13 @@ class AnthropicBatchBackend(LlmBatchBackend):
     def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"custom_id": custom_id, "params": body}
 
+    def error_kind(self, exc: BaseException) -> ApiErrorKind:
+        import anthropic
+
+        return sdk_error_kind(exc, anthropic.APIConnectionError, anthropic.APIStatusError)
+
     def create_batch(self, stage: StageContext, submission: SubmissionRecord, entries: list[Entry],
-                     model: str) -> tuple[str, dict[str, Any]]:
+                     model: str, in_flight_tokens: float) -> tuple[str, dict[str, Any]]:
         import anthropic
 
         requests = [json.loads(entry.line) for entry in entries]

@@ -8,12 +8,12 @@ crash with the same arguments, so each must be safe to repeat.
 from __future__ import annotations
 
 import json
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from corral.clock import Clock, SystemClock
 from corral.spec.models import Stage
 from corral.states import Outcome
 
@@ -57,6 +57,17 @@ class Backlog:
     waited: float = 0.0
     mean_seconds: float | None = None   # learned run time of one task, when known
     cost_spent: float = 0.0             # the run's recorded cost so far (for backends with ``wants_cost``)
+
+
+@dataclass(frozen=True)
+class SubmissionPlan:
+    """One submission ``plan()`` decided to make: ``size`` ready tasks. A backend that decides more
+    than the size (a worker slot, tasks per array element, the token room left) returns a subclass;
+    the engine hands each plan back to ``submit`` unchanged but for ``size``. ``submit`` also accepts
+    a plain SubmissionPlan (a submission sent again after a restart, or sent ahead of its needs) and
+    then decides the rest itself."""
+
+    size: int
 
 
 @dataclass
@@ -117,6 +128,9 @@ class PollResult:
     lost_error_class: str = "worker_lost"
     lost_message: str = "the worker stopped without reporting a result"
     info: dict[str, Any] | None = None
+    #: the remote side no longer knows this submission (why, in words): it ends (``finished`` must
+    #: be true too), its unfinished tasks are treated as above, and the engine records it as failed
+    gone: str | None = None
 
 
 _OUTCOMES = {"done": Outcome.DONE, "skipped": Outcome.SKIPPED, "failed": Outcome.FAILED,
@@ -176,6 +190,14 @@ class LearnedState:
 
 def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
+class TransientError(Exception):
+    """The call did not get through (connection refused or reset, timeout, HTTP 5xx, a scheduler
+    that did not answer): nothing is wrong with the work. At submit its tasks go back to pending
+    without using an attempt; at poll it is an outage, and the next poll asks again."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Backend(ABC):
@@ -190,26 +212,28 @@ class Backend(ABC):
     #: whether plan() needs ``Backlog.cost_spent`` (a sum over the run's tasks, so only on request)
     wants_cost: bool = False
 
-    def __init__(self, name: str, settings: Any, *, log: Callable[[str], None] | None = None,
-                 wake: Callable[[], None] | None = None, memory: LearnedState | None = None):
+    def __init__(self, name: str, settings: Any, *, clock: Clock | None = None,
+                 log: Callable[[str], None] | None = None, wake: Callable[[], None] | None = None,
+                 memory: LearnedState | None = None):
         self.name = name
         self.settings = settings
+        #: the engine's clock, virtual in tests and benchmarks: every time decision reads ``now()``
+        self.clock: Clock = clock or SystemClock()
         self.log = log or (lambda message: None)
         #: call to end the controller's sleep early when something changed (a worker exited)
         self.wake = wake or (lambda: None)
-        #: the engine's clock (``now()``), virtual in tests and benchmarks; None means wall time
-        self.clock: Any | None = None
         #: what this backend learned in the run so far (kept in the ledger by the engine)
         self.memory = memory if memory is not None else LearnedState()
 
     def now(self) -> float:
-        return self.clock.now() if self.clock is not None else time.time()
+        return self.clock.now()
 
     @abstractmethod
     def plan(self, stage: StageContext, backlog: Backlog, in_flight: list[SubmissionRecord],
-             all_in_flight: list[SubmissionRecord]) -> list[int]:
-        """Sizes of the submissions to make now from ``backlog.ready`` tasks (empty when full or
-        when waiting for more tasks makes a better submission).
+             all_in_flight: list[SubmissionRecord]) -> list[SubmissionPlan]:
+        """The submissions to make now from ``backlog.ready`` tasks (none when full or when waiting
+        for more tasks makes a better submission). Everything ``submit`` needs from this decision
+        travels in the plans, never in the backend object.
 
         ``in_flight`` are this stage's open submissions on this backend, ``all_in_flight`` those of
         every stage on this backend (they share its capacity).
@@ -220,8 +244,11 @@ class Backend(ABC):
         return True
 
     @abstractmethod
-    def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> Handle:
-        """Start ``tasks`` remotely. Raise CapacityError when refused for capacity."""
+    def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
+               plan: SubmissionPlan) -> Handle:
+        """Start ``tasks`` remotely, as ``plan`` (one of ``plan()``'s, or a plain SubmissionPlan)
+        says. Raise CapacityError when refused for capacity, TransientError when the call did not
+        get through; any other exception is a permanent failure and uses an attempt of each task."""
 
     def preview(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> dict[str, Any] | None:
         """For ``--dry-run``: what ``submit`` would send (commands, scripts, requests), sending nothing."""
@@ -239,7 +266,11 @@ class Backend(ABC):
     @abstractmethod
     def poll(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> dict[int, PollResult]:
         """What became of these submissions (of any stage) since the last poll, with as few remote
-        calls as possible: one call for all of them, never one per submission or task."""
+        calls as possible: one call for all of them, never one per submission or task.
+
+        Raise TransientError when the remote side cannot be reached (the engine polls again later);
+        a submission the remote side no longer knows is reported with ``PollResult.gone``. Any
+        other exception is a bug and stops the controller."""
 
     @abstractmethod
     def cancel(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> None:

@@ -19,11 +19,12 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from corral.backends.base import (Backend, Backlog, Handle, PollResult, StageContext, SubmissionRecord,
-                                  TaskSpec, result_from_record)
+from corral.backends.base import (Backend, Backlog, Handle, PollResult, StageContext, SubmissionPlan,
+                                  SubmissionRecord, TaskSpec, result_from_record)
 from corral.errors import CorralError
 from corral.spec.models import LocalBackend as LocalSettings
 from corral.worker import protocol
@@ -47,6 +48,14 @@ def detect_gpus() -> list[int | str]:
     return [int(line) for line in out.split() if line.strip().isdigit()]
 
 
+@dataclass(frozen=True)
+class LocalPlan(SubmissionPlan):
+    """One worker process: its slot (``cpu#3``, ``gpu0,1#0``) and the GPUs it is pinned to."""
+
+    slot: str = ""
+    gpus: tuple[int | str, ...] = ()
+
+
 class LocalBackendImpl(Backend):
     kind = "local"
     # Worker exits wake the controller at once; polls in between only refresh progress.
@@ -65,7 +74,6 @@ class LocalBackendImpl(Backend):
         self._children: dict[int, subprocess.Popen] = {}
         self._results_offset: dict[int, int] = {}
         self._started_offset: dict[int, int] = {}
-        self._planned_slots: dict[str, list[dict[str, Any]]] = {}
 
     # -- slots ----------------------------------------------------------------------
 
@@ -107,7 +115,7 @@ class LocalBackendImpl(Backend):
     linger = 1.0
 
     def plan(self, stage: StageContext, backlog: Backlog, in_flight: list[SubmissionRecord],
-             all_in_flight: list[SubmissionRecord]) -> list[int]:
+             all_in_flight: list[SubmissionRecord]) -> list[LocalPlan]:
         ready = backlog.ready
         free = self._free_slots(stage, all_in_flight)
         if not free or ready <= 0:
@@ -126,22 +134,22 @@ class LocalBackendImpl(Backend):
         chunk = max(1, min(chunk, self.settings.max_tasks_per_worker))
         if backlog.more_coming and ready < chunk and backlog.waited < self.linger:
             return []
-        sizes: list[int] = []
+        plans: list[LocalPlan] = []
         left = ready
-        for _ in free:
+        for slot in free:
             if left <= 0:
                 break
             size = min(chunk, left)
-            sizes.append(size)
+            plans.append(LocalPlan(size=size, slot=slot["slot"], gpus=tuple(slot["gpus"])))
             left -= size
-        self._planned_slots[stage.name] = free[: len(sizes)]
-        return sizes
+        return plans
 
     # -- submit / find -------------------------------------------------------------------
 
-    def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> Handle:
+    def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
+               plan: SubmissionPlan) -> Handle:
         folder = protocol.submission_dir(stage.run_dir, submission.id)
-        slot = self._take_slot(stage, submission)
+        slot = self._slot_of(stage, submission, plan)
         mode = stage.spec.per
         manifest = {
             "run_id": stage.run_id, "stage": stage.name, "stage_spec": stage.spec.model_dump(mode="json"),
@@ -179,10 +187,9 @@ class LocalBackendImpl(Backend):
         proc.wait()
         self.wake()
 
-    def _take_slot(self, stage: StageContext, submission: SubmissionRecord) -> dict[str, Any]:
-        planned = self._planned_slots.get(stage.name)
-        if planned:
-            return planned.pop(0)
+    def _slot_of(self, stage: StageContext, submission: SubmissionRecord, plan: SubmissionPlan) -> dict[str, Any]:
+        if isinstance(plan, LocalPlan) and plan.slot:
+            return {"slot": plan.slot, "gpus": list(plan.gpus)}
         slots = self.slots_for(self.gpus_per_task(stage))
         named = {s["slot"]: s for s in slots}
         return named.get(submission.info.get("slot"), slots[0])
@@ -237,6 +244,7 @@ class LocalBackendImpl(Backend):
     def interrupt(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord],
                   grace: float) -> None:
         folders = self._signal_all(stages, submissions)
+        # Worker processes stop in real time, whatever the engine's (maybe virtual) clock says.
         deadline = time.monotonic() + grace
         while folders and time.monotonic() < deadline:
             folders = [f for f in folders if _locked(f)]

@@ -5,8 +5,9 @@ created with ``completion_window=24h`` and the submission's idempotency key in i
 that after a crash the batch is found again through the list endpoint and adopted, never created
 twice. When the batch ends its output and error files are read once, line by line, and matched by
 ``custom_id``. HTTP retries (429, 5xx, timeouts) are the SDK's own, with ``max_retries`` and
-``timeout`` from the settings. Scheduling, packing and collection are shared with the Anthropic
-backend (corral.llm.batch).
+``timeout`` from the settings; a call they gave up on is an outage (TransientError at submit: no
+attempt used), a 404 for a batch says it is gone. Scheduling, packing and collection are shared
+with the Anthropic backend (corral.backends.llm_batch).
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from corral.backends.base import CapacityError, StageContext, SubmissionRecord
-from corral.llm.batch import BatchStatus, LlmBatchBackend, ResultLine, iter_jsonl
+from corral.backends.llm_batch import LlmBatchBackend
+from corral.backends.llm_results import (
+    ApiErrorKind,
+    BatchStatus,
+    ResultLine,
+    iter_jsonl,
+    sdk_error_kind,
+)
 from corral.llm.packing import Entry
 from corral.spec.llm import OpenAIBatchSettings
 
@@ -42,8 +50,13 @@ class OpenAIBatchBackend(LlmBatchBackend):
     def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"custom_id": custom_id, "method": "POST", "url": self.settings.endpoint, "body": body}
 
+    def error_kind(self, exc: BaseException) -> ApiErrorKind:
+        import openai
+
+        return sdk_error_kind(exc, openai.APIConnectionError, openai.APIStatusError)
+
     def create_batch(self, stage: StageContext, submission: SubmissionRecord, entries: list[Entry],
-                     model: str) -> tuple[str, dict[str, Any]]:
+                     model: str, in_flight_tokens: float) -> tuple[str, dict[str, Any]]:
         import openai
 
         key = submission.idempotency_key
@@ -65,7 +78,7 @@ class OpenAIBatchBackend(LlmBatchBackend):
             self._forget_file(upload.id)
             if code == "token_limit_exceeded" or exc.status_code == 429:
                 state = self.state(stage)
-                self.limit_refused(state, sum(b.tokens for b in self._in_flight) + sum(e.tokens for e in entries))
+                self.limit_refused(state, in_flight_tokens + sum(e.tokens for e in entries))
                 raise CapacityError(f"batch refused at creation ({code or exc.status_code}): {_message(exc)}",
                                     retry_after=state.backoff) from None
             raise

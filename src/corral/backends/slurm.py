@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,11 @@ from corral.backends.base import (
     Handle,
     PollResult,
     StageContext,
+    SubmissionPlan,
     SubmissionRecord,
     TaskResult,
     TaskSpec,
+    TransientError,
     result_from_record,
 )
 from corral.backends.slurm_cli import (
@@ -39,6 +41,7 @@ from corral.backends.slurm_cli import (
     SlurmState,
     Verdict,
 )
+from corral.backends.slurm_race import race
 from corral.backends.slurm_script import (
     ArrayJob,
     JobResources,
@@ -68,6 +71,17 @@ def job_name_for(run_id: str) -> str:
     return f"corral.{safe}"
 
 
+@dataclass(frozen=True)
+class SlurmPlan(SubmissionPlan):
+    """One submission: ``size`` tasks, ``tasks_per_element`` run one after another by each array
+    element, the elements this backend had in flight when it was planned, and whether it is the pilot."""
+
+    tasks_per_element: int = 1
+    elements_in_flight: int = 0
+    #: the stage's pilot: the first submission, whose run times size the rest
+    pilot: bool = False
+
+
 class SlurmBackendImpl(Backend):
     kind = "slurm"
 
@@ -83,8 +97,9 @@ class SlurmBackendImpl(Backend):
         self._accounting = True
         self._accounting_retry_at = 0.0
         self._quiet_polls = 0
-        self._planned_per: dict[str, int] = {}
-        self._in_flight = 0
+        self._unknown_states: set[str] = set()
+        #: submissions with a trace of having run (a row in sacct/squeue, a worker's file)
+        self._traced: set[int] = set()
 
     # -- plan -------------------------------------------------------------------------------
 
@@ -112,8 +127,7 @@ class SlurmBackendImpl(Backend):
         return self.memory.get("failed_nodes") or {}
 
     def has_capacity(self, stage: StageContext, all_in_flight: list[SubmissionRecord]) -> bool:
-        self._in_flight = self._elements_in_flight(all_in_flight)
-        return self._in_flight < self.job_limit()
+        return self._elements_in_flight(all_in_flight) < self.job_limit()
 
     def tasks_per_element(self, backlog: Backlog) -> int:
         if self.settings.tasks_per_job:
@@ -127,52 +141,50 @@ class SlurmBackendImpl(Backend):
         return max(1, per)
 
     def plan(self, stage: StageContext, backlog: Backlog, in_flight: list[SubmissionRecord],
-             all_in_flight: list[SubmissionRecord]) -> list[int]:
+             all_in_flight: list[SubmissionRecord]) -> list[SlurmPlan]:
         if backlog.more_coming and backlog.ready < 100 and backlog.waited < 5.0:
             return []   # let a few more become ready: one array instead of many tiny ones
+        elements = self._elements_in_flight(all_in_flight)
         pilot = self.settings.pilot
+        first = False
         if pilot and not self.settings.tasks_per_job and backlog.mean_seconds is None:
             # How long is a task? A small array first tells, so the rest is packed into elements
             # worth starting (no-op tasks in a thousand jobs would mostly measure job start-up).
             # A stage's first submission is its pilot, once per run; the rest waits for its results.
             sent = (self.memory.get(_pilot_key(stage)) or {}).get("submission")
-            if sent is None and not in_flight:
-                self.memory.set(_pilot_key(stage), {"planned_at": self.now()})
-                if backlog.ready > 2 * pilot:
-                    self._planned_per[stage.name] = 1
-                    return [pilot]
-            elif backlog.waited < self.settings.pilot_wait and \
+            first = sent is None and not in_flight
+            if first and backlog.ready > 2 * pilot:
+                return [SlurmPlan(size=pilot, tasks_per_element=1, elements_in_flight=elements, pilot=True)]
+            if not first and backlog.waited < self.settings.pilot_wait and \
                     (any(s.id == sent for s in in_flight) if sent is not None else backlog.ready > 2 * pilot):
                 return []
         per = self.tasks_per_element(backlog)
-        self._planned_per[stage.name] = per
-        room = (self.job_limit() - self._elements_in_flight(all_in_flight)) * per
+        room = (self.job_limit() - elements) * per
         size = min(backlog.ready, self.settings.max_tasks_per_submission, room)
-        return [size] if size > 0 else []
+        return [SlurmPlan(size=size, tasks_per_element=per, elements_in_flight=elements, pilot=first)] \
+            if size > 0 else []
 
     # -- submit ---------------------------------------------------------------------------------
 
-    def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> Handle:
+    def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
+               plan: SubmissionPlan) -> Handle:
         folder = protocol.submission_dir(stage.run_dir, submission.id)
-        per = self._planned_per.pop(stage.name, None) or \
-            self.tasks_per_element(Backlog(ready=len(tasks), remaining=len(tasks)))
+        if isinstance(plan, SlurmPlan):
+            per, in_flight = plan.tasks_per_element, plan.elements_in_flight
+        else:
+            per, in_flight = self.tasks_per_element(Backlog(ready=len(tasks), remaining=len(tasks))), 0
         for name in stage.spec.secrets:
             if name not in os.environ:
                 raise CorralError(f"stage {stage.name!r} needs the secret {name!r} in the environment")
-        manifest, plan = self._build_plan(stage, submission, tasks, folder, per)
+        manifest, parts = self._build_plan(stage, submission, tasks, folder, per)
         protocol.write_manifest(folder, manifest)
-        protocol.write_json_atomic(folder / PLAN, plan)
-        handle = self._send_parts(stage, submission, plan, folder)
-        self._sent(stage, submission)
-        return handle
-
-    def _sent(self, stage: StageContext, submission: SubmissionRecord) -> None:
-        """A submission is on the cluster: the stage's pilot, if the plan made it one."""
-        planned = self.memory.get(_pilot_key(stage)) or {}
-        if "planned_at" in planned:
+        protocol.write_json_atomic(folder / PLAN, parts)
+        handle = self._send_parts(stage, submission, parts, folder, in_flight=in_flight)
+        if isinstance(plan, SlurmPlan) and plan.pilot:
             self.memory.set(_pilot_key(stage), {"submission": submission.id, "sent_at": self.now()})
             self.log(f"stage {stage.name}: submission {submission.id} is the pilot; the rest waits for its "
                      "run times to size array elements")
+        return handle
 
     def preview(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> dict[str, Any]:
         """What ``submit`` would send, sending nothing: the sbatch command and script of each array."""
@@ -232,13 +244,22 @@ class SlurmBackendImpl(Backend):
         return manifest, plan
 
     def _send_parts(self, stage: StageContext, submission: SubmissionRecord, plan: dict[str, Any],
-                    folder: Path, found: dict[int, str] | None = None) -> Handle:
+                    folder: Path, found: dict[int, str] | None = None, in_flight: int = 0) -> Handle:
         ids: dict[int, str] = dict(found or {})
         for part in plan["parts"]:
             if part["part"] in ids:
                 continue
             try:
                 ids[part["part"]] = self.commands.sbatch(part["script"])
+            except TransientError:
+                # The answer was lost, but the job may exist: adopt it if the queue shows it.
+                job_id = self._queued_part(plan, part["part"])
+                if job_id is not None:
+                    ids[part["part"]] = job_id
+                    continue
+                if ids:
+                    self.commands.scancel(list(ids.values()))
+                raise
             except SlurmError as exc:
                 if ids:
                     self.commands.scancel(list(ids.values()))
@@ -251,7 +272,7 @@ class SlurmBackendImpl(Backend):
                 if exc.limit:
                     # The cluster counts array elements against MaxSubmitJobs: ask for fewer.
                     self._limit = max(1, min(self._limit or self.settings.max_jobs,
-                                             self._in_flight + plan["elements"]) // 2)
+                                             in_flight + plan["elements"]) // 2)
                     self.log(f"the cluster refused more jobs ({exc}); at most {self._limit} elements from now")
                     raise CapacityError(str(exc), retry_after=2.0) from None
                 raise
@@ -265,6 +286,14 @@ class SlurmBackendImpl(Backend):
         if submission.info.get("after"):
             info["after"] = submission.info["after"]
         return Handle(remote_id=",".join(ids[p["part"]] for p in plan["parts"]), info=info)
+
+    def _queued_part(self, plan: dict[str, Any], part: int) -> str | None:
+        try:
+            rows = self.commands.squeue(plan["job_name"], all_states=True)
+        except (SlurmError, CapacityError, TransientError):
+            return None
+        comment = f"{plan['key']}:{part}"
+        return next((row.job_id for row in rows if row.comment == comment), None)
 
     def _exclusions(self, stage: StageContext) -> list[str]:
         failed = self.failed_nodes()
@@ -309,16 +338,16 @@ class SlurmBackendImpl(Backend):
     # -- poll --------------------------------------------------------------------------------
 
     def _rows(self, name: str, since: float) -> list[JobRow]:
-        if not self._accounting and time.monotonic() >= self._accounting_retry_at:
+        if not self._accounting and self.now() >= self._accounting_retry_at:
             self._accounting = True      # accounting may be back (slurmdbd restarted)
         if self._accounting:
             try:
                 return self.commands.sacct(name, since)
-            except (SlurmError, CapacityError) as exc:
+            except (SlurmError, CapacityError, TransientError) as exc:
                 self.log(f"sacct failed ({exc}); following jobs with squeue and result files "
                          f"for {ACCOUNTING_RETRY:.0f}s")
                 self._accounting = False
-                self._accounting_retry_at = time.monotonic() + ACCOUNTING_RETRY
+                self._accounting_retry_at = self.now() + ACCOUNTING_RETRY
         return self.commands.squeue(name, all_states=True)
 
     def poll(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> dict[int, PollResult]:
@@ -331,7 +360,7 @@ class SlurmBackendImpl(Backend):
         listed = {row.job_id for row in rows}
         # A job sacct does not list yet: just submitted (slurmdbd has not heard of it; wait), or
         # held by a dependency (never eligible, so never in accounting: ask squeue).
-        now = time.time()
+        now = self.now()
         missing = any(j["id"] not in listed and (s.info.get("after") or
                                                  now - (s.submitted_at or s.created_at) > UNLISTED_GRACE)
                       for s in subs for j in s.info["jobs"])
@@ -366,51 +395,29 @@ class SlurmBackendImpl(Backend):
                                  self.settings.poll_interval * (1.5 ** min(self._quiet_polls, 10)))
         return out
 
-    def _race(self, sub: SubmissionRecord, by_job: dict[str, dict[int, JobRow]],
-              pending: dict[str, JobRow], to_cancel: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Jobs of the target that won (the first to start); the others are cancelled."""
-        jobs = sub.info["jobs"]
-        if not self.settings.race:
-            return jobs, {}
-        winner = sub.info.get("race_winner")
-        if winner is None:
-            for job in jobs:
-                rows = by_job.get(job["id"], {}).values()
-                if any(r.state in STARTED or r.state not in LIVE for r in rows):
-                    winner = job["target"]
-                    break
-        if winner is None:
-            return [], {}
-        waits = {}
-        for job in jobs:
-            rows = list(by_job.get(job["id"], {}).values()) + ([pending[job["id"]]] if job["id"] in pending else [])
-            submit = min((r.submit for r in rows if r.submit), default=None)
-            start = min((r.start for r in rows if r.start), default=None)
-            if job["target"] != winner:
-                to_cancel.append(job["id"])
-                waits[job["target"]] = {"queued_s": round((time.time() - submit), 1) if submit else None,
-                                        "started": False}
-            else:
-                waits[job["target"]] = {"queued_s": round(start - submit, 1) if start and submit else None,
-                                        "started": True}
-        info = {} if sub.info.get("race_winner") else {"race_winner": winner, "race": waits}
-        return [j for j in jobs if j["target"] == winner], info
-
     def _poll_one(self, stage: StageContext, sub: SubmissionRecord, by_job: dict[str, dict[int, JobRow]],
                   pending: dict[str, JobRow], to_cancel: list[str]) -> PollResult:
         folder = protocol.submission_dir(stage.run_dir, sub.id)
-        age = time.time() - (sub.submitted_at or sub.created_at)
-        jobs, info = self._race(sub, by_job, pending, to_cancel)
+        age = self.now() - (sub.submitted_at or sub.created_at)
+        jobs, info = sub.info["jobs"], {}
+        if self.settings.race:
+            jobs, waits, cancel = race(jobs, sub.info.get("race_winner"), by_job, pending, self.now())
+            to_cancel.extend(cancel)
+            if waits is not None:
+                info = {"race_winner": jobs[0]["target"], "race": waits}
         if self.settings.race and not jobs:
             seen = any(j["id"] in by_job or j["id"] in pending for j in sub.info["jobs"])
             if seen or age < self.settings.missing_grace:
                 return PollResult(info=info or None)
-            return PollResult(finished=True, lost_message="the cluster has no record of this submission's jobs")
+            return PollResult(finished=True, lost_message="the cluster has no record of this submission's jobs",
+                              gone=self._gone_message(sub, age))
         result = PollResult(info=info or None)
         manifest: dict[str, Any] | None = None
         stats = dict(sub.info.get("efficiency") or {})
         stats_changed = False
         all_ended = True
+        # Whether anything shows this submission ran: a row for one of its jobs, or a worker's file.
+        traces = sub.id in self._traced
         for job in jobs:
             rows = by_job.get(job["id"], {})
             waiting = pending.get(job["id"])
@@ -421,9 +428,10 @@ class SlurmBackendImpl(Backend):
                 row = rows.get(index)
                 if row is None and waiting is not None:
                     row = JobRow(job_id=job["id"], index=index, pending_range=waiting.pending_range,
-                                 state=waiting.state, reason=waiting.reason)
+                                 state=waiting.state, raw_state=waiting.raw_state, reason=waiting.reason)
                 edir = protocol.element_dir(folder, element)
                 started, results = self._read(sub.id, element, edir)
+                traces = traces or row is not None or bool(started or results) or edir.exists()
                 result.results.extend(r for r in results if r.outcome != Outcome.INTERRUPTED)
                 result.started_at.update(started)
                 if row is not None and row.state in STARTED:
@@ -435,6 +443,11 @@ class SlurmBackendImpl(Backend):
                 elif row is not None and row.state in LIVE or row is None and self._maybe_alive(edir, age):
                     all_ended = False
                     continue
+                elif row is not None and row.state == SlurmState.UNKNOWN:
+                    # Neither live nor ended: not counted as running, and asked about again next poll.
+                    self._unknown_state(row)
+                    all_ended = False
+                    continue
                 manifest = manifest or protocol.read_manifest(folder)
                 result.results.extend(self._ended(manifest, element, edir, row, dependency))
                 if row is not None and row.elapsed is not None and not dependency:
@@ -443,13 +456,29 @@ class SlurmBackendImpl(Backend):
                     stats_changed = True
                 self._closed.add((sub.id, element))
         result.finished = all_ended
+        if traces:
+            self._traced.add(sub.id)
+        elif all_ended:
+            result.gone = self._gone_message(sub, age)
         if stats_changed:
             result.info = {**(result.info or {}), "efficiency": stats}
         if result.finished:
+            self._traced.discard(sub.id)
             for key in [k for k in self._closed if k[0] == sub.id]:
                 self._closed.discard(key)
                 self._offsets.pop(key, None)
         return result
+
+    def _gone_message(self, sub: SubmissionRecord, age: float) -> str:
+        ids = ", ".join(j["id"] for j in sub.info.get("jobs") or [])
+        return (f"the cluster has no record of job(s) {ids}: neither squeue nor sacct lists them {age:.0f}s after "
+                "submission, and no worker of theirs started")
+
+    def _unknown_state(self, row: JobRow) -> None:
+        if row.raw_state not in self._unknown_states:
+            self._unknown_states.add(row.raw_state)
+            self.log(f"{self.name}: job {row.key} is in state {row.raw_state!r}, which corral does not know; "
+                     "it is neither counted as running nor as ended, and asked about again at each poll")
 
     def _maybe_alive(self, edir: Path, age: float) -> bool:
         """An element neither sacct nor squeue lists: just submitted (not listed yet), or, without

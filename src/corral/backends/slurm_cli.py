@@ -1,8 +1,9 @@
 """SLURM's command-line tools (sbatch, sacct, squeue, scancel, scontrol) and what their answers mean.
 
 Every call goes through :class:`SlurmCommands`, which counts them (the benchmark reports the
-counts) and turns failures into :class:`SlurmError` or, for refusals that will pass with time,
-:class:`corral.backends.base.CapacityError`.
+counts) and turns failures into :class:`SlurmError`, :class:`corral.backends.base.CapacityError`
+(too many jobs: submit fewer) or :class:`corral.backends.base.TransientError` (the controller did
+not answer: try again later).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from corral.backends.base import CapacityError
+from corral.backends.base import CapacityError, TransientError
 
 
 class SlurmError(Exception):
@@ -22,7 +23,8 @@ class SlurmError(Exception):
 
 
 class SlurmState(str, Enum):
-    """Job states as sacct and squeue print them."""
+    """A job's state as corral reads it: SLURM's own word (sacct and squeue print the same ones),
+    or UNKNOWN for a word corral does not know (a newer SLURM, a site plugin)."""
 
     PENDING = "PENDING"
     CONFIGURING = "CONFIGURING"
@@ -38,6 +40,8 @@ class SlurmState(str, Enum):
     STOPPED = "STOPPED"
     SPECIAL_EXIT = "SPECIAL_EXIT"
     RESV_DEL_HOLD = "RESV_DEL_HOLD"
+    POWER_UP_NODE = "POWER_UP_NODE"
+    UPDATE_DB = "UPDATE_DB"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     TIMEOUT = "TIMEOUT"
@@ -48,24 +52,42 @@ class SlurmState(str, Enum):
     DEADLINE = "DEADLINE"
     PREEMPTED = "PREEMPTED"
     REVOKED = "REVOKED"
+    LAUNCH_FAILED = "LAUNCH_FAILED"
+    UNKNOWN = "UNKNOWN"
 
     @classmethod
     def parse(cls, text: str) -> SlurmState:
-        word = text.split()[0] if text.strip() else "PENDING"   # "CANCELLED by 0"
-        aliases = {"CA": "CANCELLED", "CD": "COMPLETED", "F": "FAILED", "TO": "TIMEOUT", "OOM": "OUT_OF_MEMORY",
-                   "NF": "NODE_FAIL", "PD": "PENDING", "R": "RUNNING", "CG": "COMPLETING", "PR": "PREEMPTED"}
-        word = aliases.get(word, word)
-        try:
-            return cls(word)
-        except ValueError:
-            return cls.PENDING
+        """The state of a ``State`` (sacct) or ``%T``/``%t`` (squeue) field; UNKNOWN for a word not
+        in SCHEDULER_STATES."""
+        words = text.split()
+        if not words:
+            return cls.UNKNOWN
+        # "CANCELLED by 1000"; a state with flags appended ("RUNNING+", "COMPLETING+" on some versions)
+        return SCHEDULER_STATES.get(words[0].rstrip("+*"), cls.UNKNOWN)
+
+
+#: every word sacct and squeue print for a job's state, long (``%T``, sacct) and compact (``%t``)
+SCHEDULER_STATES: dict[str, SlurmState] = {
+    **{state.value: state for state in SlurmState if state is not SlurmState.UNKNOWN},
+    "PD": SlurmState.PENDING, "CF": SlurmState.CONFIGURING, "R": SlurmState.RUNNING,
+    "CG": SlurmState.COMPLETING, "S": SlurmState.SUSPENDED, "RQ": SlurmState.REQUEUED,
+    "RH": SlurmState.REQUEUE_HOLD, "RF": SlurmState.REQUEUE_FED, "RS": SlurmState.RESIZING,
+    "SI": SlurmState.SIGNALING, "SO": SlurmState.STAGE_OUT, "ST": SlurmState.STOPPED,
+    "SE": SlurmState.SPECIAL_EXIT, "RD": SlurmState.RESV_DEL_HOLD, "PU": SlurmState.POWER_UP_NODE,
+    "CD": SlurmState.COMPLETED, "F": SlurmState.FAILED, "TO": SlurmState.TIMEOUT,
+    "OOM": SlurmState.OUT_OF_MEMORY, "CA": SlurmState.CANCELLED, "NF": SlurmState.NODE_FAIL,
+    "BF": SlurmState.BOOT_FAIL, "DL": SlurmState.DEADLINE, "PR": SlurmState.PREEMPTED,
+    "RV": SlurmState.REVOKED, "LF": SlurmState.LAUNCH_FAILED,
+}
 
 
 #: states in which the job may still run (or run again)
 LIVE = frozenset({SlurmState.PENDING, SlurmState.CONFIGURING, SlurmState.RUNNING, SlurmState.COMPLETING,
                   SlurmState.SUSPENDED, SlurmState.REQUEUED, SlurmState.REQUEUE_HOLD, SlurmState.REQUEUE_FED,
                   SlurmState.RESIZING, SlurmState.SIGNALING, SlurmState.STAGE_OUT, SlurmState.STOPPED,
-                  SlurmState.SPECIAL_EXIT, SlurmState.RESV_DEL_HOLD})
+                  SlurmState.SPECIAL_EXIT, SlurmState.RESV_DEL_HOLD, SlurmState.POWER_UP_NODE,
+                  SlurmState.UPDATE_DB})
+#: states in which the job's worker runs (its tasks may have started)
 STARTED = frozenset({SlurmState.RUNNING, SlurmState.COMPLETING, SlurmState.SIGNALING, SlurmState.STAGE_OUT})
 
 
@@ -88,7 +110,10 @@ ENDED: dict[SlurmState, tuple[Verdict, str]] = {
     SlurmState.BOOT_FAIL: (Verdict.REQUEUE, "node_fail"),
     SlurmState.PREEMPTED: (Verdict.REQUEUE, "preempted"),
     SlurmState.REVOKED: (Verdict.REQUEUE, "preempted"),
+    SlurmState.LAUNCH_FAILED: (Verdict.REQUEUE, "node_fail"),
 }
+# Every state is live, ended or UNKNOWN (neither: asked about again at the next poll).
+assert LIVE.isdisjoint(ENDED) and LIVE | set(ENDED) | {SlurmState.UNKNOWN} == set(SlurmState)
 
 SACCT_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "MaxRSS", "AllocCPUS", "NodeList", "Submit", "Start",
                 "End", "Reason", "Comment")
@@ -96,9 +121,12 @@ _JOB_ID = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]))?(?:\.(.+))?$")
 #: refusals because this user or account has too many jobs: submit fewer
 _LIMIT = re.compile(r"MaxSubmitJobs|AssocMaxSubmitJobLimit|QOSMaxSubmitJob|MaxJobCount|"
                     r"Job violates accounting/QOS policy", re.IGNORECASE)
-#: refusals that pass with time
-_CAPACITY = re.compile(r"temporarily|Resource temporarily unavailable|Socket timed out|"
-                       r"Unable to contact slurm controller", re.IGNORECASE)
+#: the controller did not answer (busy, restarting, unreachable): the call may be tried again
+_TRANSIENT = re.compile(r"temporarily|Socket timed out|Unable to contact slurm controller|"
+                        r"slurm_load_jobs error: (?!Invalid)|Connection (refused|timed out|reset)|"
+                        r"Zero Bytes were transmitted|Communication connection failure|"
+                        r"Slurm backup controller in standby|slurmctld is (busy|not responding)",
+                        re.IGNORECASE)
 
 
 @dataclass
@@ -109,6 +137,8 @@ class JobRow:
     index: int | None                 # array element, None for a plain job or a pending range
     pending_range: str | None         # "[5-999%4]": elements not started yet
     state: SlurmState
+    #: the scheduler's word for the state, as printed (kept for an UNKNOWN state)
+    raw_state: str = ""
     exit_code: int = 0
     signal: int = 0
     reason: str = ""
@@ -227,9 +257,22 @@ def parse_squeue(output: str) -> list[JobRow]:
 
 def _row(job_id: str, element: str | None, state: str) -> JobRow:
     if element is not None and element.startswith("["):
-        return JobRow(job_id=job_id, index=None, pending_range=element, state=SlurmState.parse(state))
+        return JobRow(job_id=job_id, index=None, pending_range=element, state=SlurmState.parse(state),
+                      raw_state=state.strip())
     return JobRow(job_id=job_id, index=int(element) if element is not None else None, pending_range=None,
-                  state=SlurmState.parse(state))
+                  state=SlurmState.parse(state), raw_state=state.strip())
+
+
+def failure(command: str, returncode: int, message: str) -> Exception:
+    """The exception for a SLURM command that exited ``returncode`` saying ``message``: too many jobs
+    (CapacityError with ``limit``), the controller did not answer (TransientError), or SlurmError."""
+    if _LIMIT.search(message):
+        error = CapacityError(f"{command}: {message}", retry_after=60.0)
+        error.limit = True
+        return error
+    if _TRANSIENT.search(message):
+        return TransientError(f"{command}: {message}", retry_after=60.0)
+    return SlurmError(f"{command} failed ({returncode}): {message}")
 
 
 class SlurmCommands:
@@ -249,16 +292,9 @@ class SlurmCommands:
             raise SlurmError(f"{args[0]} is not installed or not on PATH: this machine is not a SLURM "
                              "submission host") from None
         except subprocess.TimeoutExpired:
-            raise CapacityError(f"{args[0]} did not answer within {self.timeout:g}s", retry_after=30.0) from None
+            raise TransientError(f"{args[0]} did not answer within {self.timeout:g}s", retry_after=30.0) from None
         if proc.returncode != 0:
-            message = (proc.stderr or proc.stdout).strip()
-            if _LIMIT.search(message):
-                error = CapacityError(f"{args[0]}: {message}", retry_after=60.0)
-                error.limit = True
-                raise error
-            if _CAPACITY.search(message):
-                raise CapacityError(f"{args[0]}: {message}", retry_after=60.0)
-            raise SlurmError(f"{' '.join(args[:1])} failed ({proc.returncode}): {message}")
+            raise failure(args[0], proc.returncode, (proc.stderr or proc.stdout).strip())
         return proc.stdout
 
     def sbatch(self, script: str, extra: list[str] | None = None, env: dict[str, str] | None = None) -> str:
@@ -296,7 +332,7 @@ class SlurmCommands:
         where the cluster cannot be asked (a dry run on a laptop)."""
         try:
             return max(1, int(self.config().get("MaxArraySize", "1001")))
-        except (SlurmError, CapacityError, ValueError):
+        except (SlurmError, CapacityError, TransientError, ValueError):
             return 1001
 
     def partition_nodes(self, partition: str | None) -> list[str]:

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from corral.backends import Backend, make_backend
-from corral.backends.base import Backlog, CapacityError, StageContext, SubmissionRecord, TaskSpec
+from corral.backends.base import Backlog, StageContext, SubmissionPlan, SubmissionRecord, TaskSpec, TransientError
 from corral.engine.claims import Claims
 from corral.engine.clock import Clock, SystemClock
 from corral.engine.learning import Learning
 from corral.engine.record import Changes, Recorder
-from corral.errors import CorralError
+from corral.engine.sending import Sending, gone
 from corral.ledger import Ledger, dumps, loads, task_key
 from corral.ledger import engine_queries as queries
 from corral.spec import LoadedCampaign
@@ -46,7 +46,7 @@ class TickReport:
         return bool(self.submitted or self.completed or self.failed or self.retried or self.requeued)
 
 
-class Engine:
+class Engine(Sending):
     def __init__(self, campaign: LoadedCampaign, ledger: Ledger, run_id: str, *, clock: Clock | None = None,
                  log: Callable[[str], None] | None = None, backends: dict[str, Backend] | None = None):
         self.campaign = campaign
@@ -66,8 +66,8 @@ class Engine:
         self.backends: dict[str, Backend] = backends or {}
         for name, settings in campaign.backends.items():
             if name not in self.backends and any(s.backend == name for s in spec.stages.values()):
-                self.backends[name] = make_backend(name, settings, log=self.log,
-                                                   wake=getattr(self.clock, "wake", None), clock=self.clock,
+                self.backends[name] = make_backend(name, settings, clock=self.clock, log=self.log,
+                                                   wake=getattr(self.clock, "wake", None),
                                                    memory=self.learning.backend(name))
         self.recorder = Recorder(run_id, spec.stages, self.order, log=self.log)
         self.claims = Claims(ledger, run_id, log=self.log)
@@ -76,6 +76,7 @@ class Engine:
         self._next_wake: float | None = None
         #: open submissions with a failed task: a job waiting on them with afterok would never start
         self._failing_subs: set[int] = set()
+        Sending.__init__(self)
 
     # -- the tick ------------------------------------------------------------------
 
@@ -124,7 +125,11 @@ class Engine:
             stage = self.stages.get(sub.stage)
             if backend is None or stage is None:
                 continue
-            handle = backend.find(stage, sub)
+            try:
+                handle = backend.find(stage, sub)
+            except TransientError as exc:
+                self._error(report, f"looking up submission {sub.id} failed (trying again at the next tick): {exc}")
+                continue
             if handle is not None:
                 self._confirm(sub.id, handle.remote_id, handle.info, adopted=True)
                 sub.remote_id, sub.state = handle.remote_id, SubmissionState.SUBMITTED
@@ -141,7 +146,8 @@ class Engine:
                 sub.state = SubmissionState.CANCELLED
                 continue
             self.log(f"submission {sub.id} ({sub.stage}) was never sent; sending it now")
-            self._send(stage, backend, sub, [self._task_spec(sub.stage, r) for r in rows], report)
+            self._send(stage, backend, sub, [self._task_spec(sub.stage, r) for r in rows], report,
+                       SubmissionPlan(size=len(rows)))
 
     # -- poll and collect --------------------------------------------------------------------
 
@@ -160,11 +166,8 @@ class Engine:
                 continue
             try:
                 polls.update(backend.poll(self.stages, subs))
-            except CorralError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a backend outage must not stop the controller
-                report.errors.append(f"polling backend {name!r} failed: {exc}")
-                self.log(f"error: polling backend {name!r} failed: {exc!r}")
+            except (TransientError, ConnectionError, TimeoutError) as exc:   # an outage; anything else is a bug
+                self._error(report, f"polling backend {name!r} failed (asking again at the next poll): {exc!r}")
         report.in_flight = len(open_subs)
         finished = {sid for sid, poll in polls.items() if poll.finished}
         if not any(p.results or p.finished or p.info or p.started_task_ids for p in polls.values()):
@@ -183,13 +186,15 @@ class Engine:
                     self._failing_subs.add(sub.id)
                 if poll.finished:
                     self.recorder.lose(conn, sub.id, now, poll.lost_error_class, poll.lost_message, changes)
-                    self.ledger.update_submission(conn, sub.id, state=SubmissionState.FINISHED, finished_at=now)
-                    changes.events.append({"at": now, "run_id": self.run_id, "kind": "submission",
-                                           "stage": sub.stage, "submission_id": sub.id,
-                                           "to_state": SubmissionState.FINISHED})
+                    state, info, message = gone(sub, poll)
+                    self.ledger.update_submission(conn, sub.id, state=state, finished_at=now, **info)
+                    changes.events.append({"at": now, "run_id": self.run_id, "kind": "submission", "stage": sub.stage,
+                                           "submission_id": sub.id, "to_state": state, "message": message})
+                    if message:
+                        self._error(report, f"{message}; its unfinished tasks run again")
                 elif poll.running and sub.state == SubmissionState.SUBMITTED:
                     self.ledger.update_submission(conn, sub.id, state=SubmissionState.RUNNING)
-                if poll.info:
+                if poll.info and poll.gone is None:
                     self.ledger.update_submission(conn, sub.id, info={**sub.info, **poll.info})
             self.recorder.release(conn, changes, now)
             self.ledger.add_events(conn, changes.events)
@@ -243,18 +248,17 @@ class Engine:
                 if backend.wants_cost:
                     backlog = replace(backlog, cost_spent=queries.cost_spent(conn, self.run_id))
             stage_subs = [s for s in backend_subs if s.stage == name]
-            sizes = backend.plan(stage, backlog, stage_subs, backend_subs)
+            plans = backend.plan(stage, backlog, stage_subs, backend_subs)
             if stage.spec.per == "batch":
-                sizes = [stage.spec.size or ready] * len(sizes)
+                plans = [replace(plan, size=stage.spec.size or ready) for plan in plans]
             elif stage.spec.per == "all":
-                sizes = sizes[:1]
-                sizes = [1] if sizes else []
-            for size in sizes:
-                sub = self._queue(stage, size)
+                plans = [replace(plan, size=1) for plan in plans[:1]]
+            for plan in plans:
+                sub = self._queue(stage, plan.size)
                 if sub is None:
                     break
                 record, tasks = sub
-                ok = self._send(stage, backend, record, tasks, report)
+                ok = self._send(stage, backend, record, tasks, report, plan)
                 open_subs.append(record)
                 if not ok:
                     break
@@ -287,14 +291,15 @@ class Engine:
                     continue
                 waiting = self.ledger.count_states(conn, self.run_id, name, (TaskState.WAITING,))
             after = sorted({rid for s in upstream for rid in (s.remote_id or "").split(",") if rid})
-            sizes = backend.plan(stage, Backlog(ready=waiting, remaining=waiting), [], open_subs) or [waiting]
-            for size in sizes:
-                queued = self._queue(stage, size, info={"after": after}, ahead=True)
+            plans = backend.plan(stage, Backlog(ready=waiting, remaining=waiting), [], open_subs) or \
+                [SubmissionPlan(size=waiting)]
+            for plan in plans:
+                queued = self._queue(stage, plan.size, info={"after": after}, ahead=True)
                 if queued is None:
                     break
                 record, tasks = queued
                 self.log(f"stage {name}: {len(tasks)} tasks sent ahead, after {', '.join(after)}")
-                ok = self._send(stage, backend, record, tasks, report)
+                ok = self._send(stage, backend, record, tasks, report, plan)
                 open_subs.append(record)
                 if not ok:
                     break
@@ -341,30 +346,6 @@ class Engine:
                                   task_count=len(rows), info=info)
         return record, [self._task_spec(stage.name, r) for r in rows]
 
-    def _send(self, stage: StageContext, backend: Backend, sub: SubmissionRecord, tasks: list[TaskSpec],
-              report: TickReport) -> bool:
-        try:
-            handle = backend.submit(stage, sub, tasks)
-        except CapacityError as exc:
-            self._unqueue(sub, retry_after=exc.retry_after or 30.0, message=str(exc), consume=False)
-            self.log(f"backend {backend.name!r} refused submission {sub.id} for capacity: {exc}")
-            return False
-        except CorralError:
-            self._unqueue(sub, retry_after=0.0, message="submission failed", consume=False)
-            raise
-        except Exception as exc:  # noqa: BLE001 - recorded on the tasks; their attempts are used
-            self._unqueue(sub, retry_after=0.0, message=f"{type(exc).__name__}: {exc}", consume=True)
-            report.errors.append(f"submitting to {backend.name!r} failed: {exc}")
-            self.log(f"error: submission {sub.id} to {backend.name!r} failed: {exc!r}")
-            return False
-        self._confirm(sub.id, handle.remote_id, handle.info)
-        sub.remote_id, sub.state, sub.info = handle.remote_id, SubmissionState.SUBMITTED, handle.info
-        report.submitted += 1
-        report.submitted_tasks += len(tasks)
-        self.log(f"submitted {sub.id} stage={stage.name} tasks={len(tasks)} backend={backend.name} "
-                 f"remote={handle.remote_id}")
-        return True
-
     def _confirm(self, sub_id: int, remote_id: str, info: dict[str, Any], adopted: bool = False) -> None:
         now = self.clock.now()
         with self.ledger.write() as conn:
@@ -375,15 +356,16 @@ class Engine:
                                            "submission_id": sub_id, "to_state": SubmissionState.SUBMITTED,
                                            "message": ("adopted " if adopted else "") + remote_id}])
 
-    def _unqueue(self, sub: SubmissionRecord, retry_after: float, message: str, consume: bool) -> None:
+    def _unqueue(self, sub: SubmissionRecord, retry_after: float, message: str, consume: bool,
+                 error_class: ErrorClass | None = None) -> None:
         from corral.backends.base import TaskResult
 
         now = self.clock.now()
         changes = Changes()
+        error_class = error_class or (ErrorClass.SUBMIT if consume else ErrorClass.CAPACITY)
         with self.ledger.write() as conn:
             rows = self.ledger.submission_task_rows(conn, sub.id)
             outcome = Outcome.FAILED if consume else Outcome.CAPACITY
-            error_class = ErrorClass.SUBMIT if consume else ErrorClass.CAPACITY
             results = [TaskResult(task_id=r["id"], outcome=outcome, error_class=error_class,
                                   error_message=message, info={"retry_after": retry_after})
                        for r in rows if r["state"] in IN_FLIGHT]

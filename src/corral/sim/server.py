@@ -15,6 +15,12 @@ from corral.sim.model import SimConfig
 from corral.sim.web import ApiError, Req, Resp, json_resp
 
 
+#: what ``SimServer.fail_next`` can do to a call
+SCRIPTED_FAULTS = ("disconnect", "http_5xx", "not_found")
+#: the answer to a call whose connection is closed without one
+DISCONNECT = Resp(0, b"")
+
+
 class SimServer:
     """A local Batch API (OpenAI Files + Batches, Anthropic Message Batches) on 127.0.0.1.
 
@@ -35,6 +41,8 @@ class SimServer:
         self.anthropic = AnthropicApi(self.account)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        #: route ("POST /v1/files") -> [how, calls left] for fail_next
+        self._scripted: dict[str, list] = {}
 
     @property
     def state(self) -> SimState:
@@ -84,6 +92,16 @@ class SimServer:
         with self.account.lock:
             self.config.set_faults(**rates)
 
+    def fail_next(self, route: str, times: int = 1, how: str = "disconnect") -> None:
+        """The next ``times`` calls of ``route`` (as ``state.http_requests`` names them, e.g.
+        ``"POST /v1/files"``) fail before anything happens: ``disconnect`` closes the connection
+        without an answer (the SDKs raise APIConnectionError), ``http_5xx`` answers 500 (Anthropic
+        529), ``not_found`` answers 404. Unlike the rates, this is exact: for tests of one failure."""
+        if how not in SCRIPTED_FAULTS:
+            raise ValueError(f"unknown scripted fault {how!r}; one of {', '.join(SCRIPTED_FAULTS)}")
+        with self.account.lock:
+            self._scripted[route] = [how, int(times)]
+
     def advance(self, seconds: float) -> None:
         """Move a virtual clock forward (only for clocks that can be advanced)."""
         if not hasattr(self.clock, "advance"):
@@ -120,7 +138,12 @@ class SimServer:
         route, handler, args = self._route(api, req)
         with self.account.lock:
             self.state.http_requests[route] += 1
-            fault = self._http_fault()
+            fault = self._scripted_fault(route) or self._http_fault()
+        if fault == "disconnect":
+            return DISCONNECT, 0.0
+        if fault == "not_found":
+            return api.error(ApiError(404, "not_found_error" if api is self.anthropic else "invalid_request_error",
+                                      f"No such object: {req.path} (injected fault)")), 0.0
         if fault == "http_5xx":
             status, kind = (529, "overloaded_error") if api is self.anthropic else (500, "server_error")
             return api.error(ApiError(status, kind, "The server had an error while processing your request. "
@@ -151,6 +174,14 @@ class SimServer:
             if match and method == req.method:
                 return name, handler, match.groups()
         return f"{req.method} (unknown)", None, ()
+
+    def _scripted_fault(self, route: str) -> str | None:
+        scripted = self._scripted.get(route)
+        if not scripted or scripted[1] <= 0:
+            return None
+        scripted[1] -= 1
+        self.state.faults[scripted[0]] += 1
+        return scripted[0]
 
     def _http_fault(self) -> str | None:
         for name in ("http_5xx", "http_429", "timeout"):
@@ -251,6 +282,9 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # noqa: BLE001 (a bug in the simulator: answer like a server would, never hang the client)
             resp, delay = json_resp({"error": {"message": f"simulator error: {type(exc).__name__}: {exc}",
                                                "type": "server_error"}}, 500, {"x-should-retry": "false"}), 0.0
+        if resp is DISCONNECT:
+            self.close_connection = True
+            return
         if delay:
             time.sleep(delay)
         self._send(resp)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from corral.errors import SpecError
 from corral.spec import models
-from corral.spec.backend_types import BACKEND_TYPES
+from corral.spec.backend_types import BACKEND_SETTINGS, BACKEND_TYPES
 from corral.spec.models import Campaign
 
 
@@ -163,16 +163,16 @@ def validate_config(config: dict[str, Any], file: Path, overrides: list[str]) ->
     for name, settings in spec.backends.items():
         settings = dict(settings or {})
         kind = settings.get("type", name)
-        model = BACKEND_TYPES.get(kind)
-        if model is None:
+        entry = BACKEND_TYPES.get(kind) if isinstance(kind, str) else None
+        if entry is None:
             raise SpecError(f"unknown backend type {kind!r}", file=str(file), key=f"backends.{name}.type",
                             expected=" | ".join(sorted(BACKEND_TYPES)),
                             suggestion=_closest(str(kind), BACKEND_TYPES))
         settings["type"] = kind
         try:
-            backends[name] = model.model_validate(settings)
+            backends[name] = BACKEND_SETTINGS.validate_python(settings)
         except ValidationError as exc:
-            raise _spec_error(exc, file, model, settings, prefix=f"backends.{name}") from None
+            raise _spec_error(exc, file, entry.settings, settings, prefix=f"backends.{name}", tag=kind) from None
     if "local" not in backends:
         backends["local"] = models.LocalBackend()
     _check_stages(spec, backends, file)
@@ -239,8 +239,10 @@ def _clean_loc(loc: tuple) -> tuple:
 
 
 def _spec_error(exc: ValidationError, file: Path, model: type[BaseModel], data: Any,
-                prefix: str = "") -> SpecError:
-    errors = [dict(e, loc=_clean_loc(e["loc"])) for e in exc.errors()]
+                prefix: str = "", tag: str | None = None) -> SpecError:
+    """``tag``: the discriminator value a tagged union put first in every location."""
+    errors = [dict(e, loc=_clean_loc(e["loc"][1:] if tag is not None and e["loc"][:1] == (tag,) else e["loc"]))
+              for e in exc.errors()]
     # An unknown key usually explains a missing one (a typo): report it first.
     errors.sort(key=lambda e: {"extra_forbidden": 0, "missing": 2}.get(e["type"], 1))
     err = errors[0]

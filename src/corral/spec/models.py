@@ -16,7 +16,7 @@ STAGE_NAME_RE = re.compile(r"^[A-Za-z_][\w-]*$")
 ERROR_CLASSES = (
     "exception", "exit_code", "signal", "timeout", "oom", "preempted", "node_fail", "worker_lost",
     "verify", "template", "submit", "rate_limit", "token_limit", "expired", "invalid_request", "parse",
-    "upstream", "server_error", "budget",
+    "upstream", "server_error", "budget", "gone",
 )
 #: retried only when ``retries.on`` names them: the same request would fail the same way again
 NOT_RETRIED_BY_DEFAULT = ("invalid_request", "budget")

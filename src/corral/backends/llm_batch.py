@@ -1,8 +1,9 @@
 """The part of the OpenAI and Anthropic batch backends that does not depend on the provider:
-rendering and packing requests, scheduling under the limits, classifying what came back, cost.
+rendering and packing requests, scheduling under the limits, collecting what came back, cost
+(what each result line means is in ``llm_results``).
 
-A provider subclass implements five calls: create a batch, find one by its idempotency key, read
-a batch's status, stream its result lines, cancel it.
+A provider subclass implements the calls: create a batch, find one by its idempotency key, read
+a batch's status, stream its result lines, cancel it, and say what an exception of its SDK means.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import hashlib
 import json
 import os
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,21 @@ from corral.backends.base import (
     Handle,
     PollResult,
     StageContext,
+    SubmissionPlan,
     SubmissionRecord,
     TaskResult,
     TaskSpec,
+    TransientError,
+)
+from corral.backends.llm_results import (
+    ApiErrorKind,
+    BatchStatus,
+    ResultLine,
+    classify_line,
+    early_results,
+    max_output,
+    task_of,
+    validation_failure,
 )
 from corral.errors import CorralError
 from corral.llm.packing import Entry, pack
@@ -38,38 +51,18 @@ from corral.llm.requests import (
 )
 from corral.llm.scheduler import InFlight, State, enqueued_capacity, plan_sizes
 from corral.llm.tokens import TokenEstimator
-from corral.states import Outcome
-
-#: retry-after for requests refused inside a batch for rate limits (seconds)
-RATE_LIMIT_RETRY = 60.0
+from corral.states import ErrorClass, Outcome
 
 
-@dataclass
-class BatchStatus:
-    """A remote batch as the common code needs it."""
+@dataclass(frozen=True)
+class LlmPlan(SubmissionPlan):
+    """One batch as planned: what was in flight before it (the open batches, and the batches
+    planned before it in the same round, by the estimates the plan used) and the run's spending."""
 
-    ended: bool                       # nothing more will change: collect it
-    running: bool = False
-    phase: str = ""                   # the provider's status word
-    failed: bool = False              # rejected as a whole (validation, token limit): no results
-    errors: list[tuple[str, str, int | None]] = field(default_factory=list)  # (code, message, line)
-    usage: dict[str, int] | None = None
-    raw: Any = None
-
-
-@dataclass
-class ResultLine:
-    """One request's outcome as the provider reported it."""
-
-    custom_id: str
-    kind: str                          # ok | error | expired | cancelled
-    body: Any = None
-    status_code: int | None = None
-    code: str | None = None
-    message: str | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    cached_in: int = 0
+    in_flight_tokens: float = 0.0
+    in_flight_cost: float = 0.0
+    spent: float = 0.0
+    over_budget: bool = False
 
 
 class LlmBatchBackend(Backend):
@@ -88,9 +81,7 @@ class LlmBatchBackend(Backend):
         self._parsers: dict[str, Any] = {}
         self._estimators: dict[str | None, TokenEstimator] = {}
         self._last_poll: dict[int, float] = {}
-        self._spent = 0.0
-        self._in_flight: list[InFlight] = []
-        self._over_budget: dict[str, bool] = {}
+        #: per stage: everything left was sent (from then on the slowest batch decides its end)
         self._tail: dict[str, bool] = {}
         self._resent_since: dict[str, float] = {}
         self._said = ""
@@ -103,8 +94,9 @@ class LlmBatchBackend(Backend):
 
     @abstractmethod
     def create_batch(self, stage: StageContext, submission: SubmissionRecord, entries: list[Entry],
-                     model: str) -> tuple[str, dict[str, Any]]:
-        """Provider-specific: implemented by each backend."""
+                     model: str, in_flight_tokens: float) -> tuple[str, dict[str, Any]]:
+        """Provider-specific: implemented by each backend. ``in_flight_tokens``: the estimated
+        tokens of the other open batches, for a refusal under the enqueued-token limit."""
 
     @abstractmethod
     def find_batch(self, stage: StageContext, submission: SubmissionRecord) -> tuple[str, dict[str, Any]] | None:
@@ -125,6 +117,10 @@ class LlmBatchBackend(Backend):
     @abstractmethod
     def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Provider-specific: implemented by each backend."""
+
+    @abstractmethod
+    def error_kind(self, exc: BaseException) -> ApiErrorKind:
+        """What an exception of the provider's SDK means: an outage, a batch that is gone, or other."""
 
     # -- shared helpers -----------------------------------------------------------------------
 
@@ -222,20 +218,26 @@ class LlmBatchBackend(Backend):
     # -- plan ---------------------------------------------------------------------------------
 
     def plan(self, stage: StageContext, backlog: Backlog, in_flight: list[SubmissionRecord],
-             all_in_flight: list[SubmissionRecord]) -> list[int]:
+             all_in_flight: list[SubmissionRecord]) -> list[LlmPlan]:
         self.template(stage)
         state = self.state(stage)
-        self._spent = backlog.cost_spent
-        self._in_flight = [self._in_flight_of(s, state) for s in all_in_flight]
+        flying = [self._in_flight_of(s, state) for s in all_in_flight]
         decision = plan_sizes(self.settings, state, now=self.now(), ready=backlog.ready,
-                              remaining=max(backlog.remaining, backlog.ready), in_flight=self._in_flight,
+                              remaining=max(backlog.remaining, backlog.ready), in_flight=flying,
                               spent=backlog.cost_spent)
-        self._over_budget[stage.name] = decision.over_budget
         # Everything left is being sent: from now on the stage ends when its slowest batch does.
         self._tail[stage.name] = not backlog.more_coming and sum(decision.sizes) >= backlog.remaining
         if decision.reason not in ("fill", "nothing ready"):
             self.say(f"stage {stage.name}: {decision.reason}")
-        return decision.sizes
+        # Each batch of this round counts the ones before it as in flight, as the scheduler did.
+        tokens, cost = sum(b.tokens for b in flying), sum(b.cost for b in flying)
+        plans = []
+        for size in decision.sizes:
+            plans.append(LlmPlan(size=size, in_flight_tokens=tokens, in_flight_cost=cost, spent=backlog.cost_spent,
+                                 over_budget=decision.over_budget))
+            tokens += size * (state.tokens_per_request or 0.0)
+            cost += size * (state.cost_per_request or 0.0)
+        return plans
 
     def _in_flight_of(self, sub: SubmissionRecord, state: State) -> InFlight:
         if "tokens" in sub.info:
@@ -247,18 +249,21 @@ class LlmBatchBackend(Backend):
 
     # -- submit ---------------------------------------------------------------------------------
 
-    def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> Handle:
+    def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
+               plan: SubmissionPlan) -> Handle:
+        if not isinstance(plan, LlmPlan):
+            plan = LlmPlan(size=len(tasks))   # sent again after a restart: nothing known in flight
         state = self.state(stage)
         base_info = {"prefix": self.prefix(stage), "tasks": [t.task_id for t in tasks]}
-        if self._over_budget.get(stage.name):
+        if plan.over_budget:
             max_usd = self.settings.budget.max_usd
-            message = (f"not sent: the budget of ${max_usd:,.2f} is spent (${self._spent:,.2f} recorded); raise "
+            message = (f"not sent: the budget of ${max_usd:,.2f} is spent (${plan.spent:,.2f} recorded); raise "
                        f"backends.{self.name}.budget.max_usd, then `corral retry --error-class budget`")
             return Handle(f"none:{submission.idempotency_key}",
                           {**base_info, "rejected": {str(t.task_id): ["budget", message] for t in tasks}})
         entries, rejected, model = self._render(stage, tasks, state)
         capacity = enqueued_capacity(self.settings, state)
-        used = sum(b.tokens for b in self._in_flight)
+        used = plan.in_flight_tokens
         packed = pack(entries, max_requests=self.settings.max_requests_per_batch,
                       max_bytes=self.settings.max_bytes_per_batch, max_tokens=None,
                       token_room=(capacity - used) if capacity is not None else None,
@@ -267,7 +272,7 @@ class LlmBatchBackend(Backend):
             rejected[str(entry.task_id)] = ["invalid_request", f"too large for any batch: {message}"]
         price = self.price(model)
         out_tokens = self._expected_output(stage, state, entries)
-        taken, over = self._within_budget(packed.taken, price, out_tokens)
+        taken, over = self._within_budget(packed.taken, price, out_tokens, plan)
         deferred = [e.task_id for e in packed.deferred + over]
         info: dict[str, Any] = {**base_info, "rejected": rejected, "deferred": deferred, "model": model}
         if not taken:
@@ -276,14 +281,20 @@ class LlmBatchBackend(Backend):
         tokens = sum(e.tokens for e in taken)
         nbytes = sum(len(e.line) for e in taken)
         cost = price.cost(raw_tokens * state.calibration.factor, out_tokens * len(taken)) if price else None
-        remote_id, extra = self.create_batch(stage, submission, taken, model)
+        try:
+            remote_id, extra = self.create_batch(stage, submission, taken, model, used)
+        except (CapacityError, TransientError, CorralError):
+            raise
+        except Exception as exc:
+            if self.error_kind(exc) == ApiErrorKind.TRANSIENT:
+                raise TransientError(f"creating the batch did not get through: {type(exc).__name__}: {exc}") from exc
+            raise
         now = self.now()
         self.write_journal(stage, submission.idempotency_key, remote_id, created_at=now, requests=len(taken))
         state.learn_request(tokens / len(taken), nbytes / len(taken),
                             cost / len(taken) if cost is not None else None, len(taken))
         state.record_submit(now, tokens, keep=max(86400.0, getattr(self.settings.token_window, "window", 0.0)))
         self.save_state()
-        self._in_flight.append(InFlight(tokens=tokens, requests=len(taken), cost=cost or 0.0))
         info.update(extra, tokens=tokens, raw_tokens=raw_tokens, requests=len(taken), bytes=nbytes, cost=cost,
                     tasks=[e.task_id for e in taken], tokenizer=self.estimator(model).tokenizer)
         return Handle(remote_id, info)
@@ -325,7 +336,7 @@ class LlmBatchBackend(Backend):
                 continue
             raw = self.estimator(model).request_tokens(body)
             entries.append(Entry(task.task_id, line, int(raw * factor + 0.5), custom_id,
-                                 {"raw_tokens": raw, "max_out": _max_output(body)}))
+                                 {"raw_tokens": raw, "max_out": max_output(body)}))
         return entries, rejected, model
 
     def _expected_output(self, stage: StageContext, state: State, entries: list[Entry]) -> float:
@@ -336,15 +347,15 @@ class LlmBatchBackend(Backend):
         caps = [e.meta["max_out"] for e in entries if e.meta.get("max_out")]
         return float(sum(caps) / len(caps)) if caps else 1000.0
 
-    def _within_budget(self, entries: list[Entry], price: ModelPrice | None,
-                       out_tokens: float) -> tuple[list[Entry], list[Entry]]:
+    def _within_budget(self, entries: list[Entry], price: ModelPrice | None, out_tokens: float,
+                       plan: LlmPlan) -> tuple[list[Entry], list[Entry]]:
         budget = self.settings.budget
         if budget is None:
             return entries, []
         if price is None:
             raise CorralError(f"backend {self.name!r} has a budget but no price for this model; add it under "
                               f"backends.{self.name}.prices")
-        room = budget.max_usd - self._spent - sum(b.cost for b in self._in_flight)
+        room = budget.max_usd - plan.spent - plan.in_flight_cost
         taken: list[Entry] = []
         for index, entry in enumerate(entries):
             cost = price.cost(entry.tokens, out_tokens)
@@ -389,15 +400,32 @@ class LlmBatchBackend(Backend):
             self._last_poll[sub.id] = now
             try:
                 status = self.batch_status(sub)
-            except Exception as exc:  # noqa: BLE001 - the SDK gave up on this call; the next poll retries
-                self.log(f"{self.name}: reading batch {sub.remote_id} failed: {type(exc).__name__}: {exc}")
+                if not status.ended:
+                    out[sub.id] = PollResult(running=status.running,
+                                             info=self._cancel_if_straggler(stage, sub, status))
+                    continue
+                out[sub.id] = self._collect(stage, sub, status, submissions)
+            except Exception as exc:
+                gone = self._poll_failed(sub, exc)
+                if gone is not None:
+                    out[sub.id] = gone
+                    self._last_poll.pop(sub.id, None)
                 continue
-            if not status.ended:
-                out[sub.id] = PollResult(running=status.running, info=self._cancel_if_straggler(stage, sub, status))
-                continue
-            out[sub.id] = self._collect(stage, sub, status)
             self._last_poll.pop(sub.id, None)
         return out
+
+    def _poll_failed(self, sub: SubmissionRecord, exc: Exception) -> PollResult | None:
+        """An outage is logged and the batch asked about again at its next poll (None); a batch the
+        provider does not know ends, its requests to be sent again; anything else is a bug."""
+        kind = self.error_kind(exc)
+        what = f"{type(exc).__name__}: {exc}"
+        if kind == ApiErrorKind.TRANSIENT:
+            self.log(f"{self.name}: reading batch {sub.remote_id} failed ({what}); asking again at the next poll")
+            return None
+        if kind == ApiErrorKind.GONE:
+            message = f"the provider does not know batch {sub.remote_id} ({what})"
+            return PollResult(finished=True, gone=message, lost_error_class=ErrorClass.GONE, lost_message=message)
+        raise exc
 
     def _cancel_if_straggler(self, stage: StageContext, sub: SubmissionRecord,
                              status: BatchStatus) -> dict[str, Any] | None:
@@ -428,23 +456,16 @@ class LlmBatchBackend(Backend):
 
     def _early_results(self, sub: SubmissionRecord) -> list[TaskResult]:
         """Requests never sent (rejected alone, or deferred to a later batch), reported at once."""
-        if sub.info.get("early_reported"):
-            return []
-        results = []
-        for task_id, (error_class, message) in (sub.info.get("rejected") or {}).items():
-            results.append(TaskResult(int(task_id), Outcome.FAILED, error_class=error_class, error_message=message))
-        for task_id in sub.info.get("deferred") or []:
-            results.append(TaskResult(int(task_id), Outcome.CAPACITY, error_class="capacity",
-                                      error_message="did not fit this batch; goes in a later one",
-                                      info={"retry_after": 0.0}))
-        return results
+        return [] if sub.info.get("early_reported") else early_results(sub.info)
 
-    def _collect(self, stage: StageContext, sub: SubmissionRecord, status: BatchStatus) -> PollResult:
+    def _collect(self, stage: StageContext, sub: SubmissionRecord, status: BatchStatus,
+                 open_subs: list[SubmissionRecord]) -> PollResult:
         state = self.state(stage)
         task_ids = [int(t) for t in sub.info.get("tasks") or []]
         poll = PollResult(finished=True, lost_message="the batch ended without a result for this request")
         if status.failed:
-            poll.results = self._whole_batch_failed(state, task_ids, status)
+            in_flight = sum(self._in_flight_of(s, state).tokens for s in open_subs)
+            poll.results = self._whole_batch_failed(state, task_ids, status, in_flight)
             poll.info = {"failed": [list(e) for e in status.errors[:20]]}
             self.save_state()
             return poll
@@ -459,10 +480,10 @@ class LlmBatchBackend(Backend):
             if line is None:
                 unreadable += 1
                 continue
-            task_id = _task_of(line.custom_id, prefix)
+            task_id = task_of(line.custom_id, prefix)
             if task_id is None:
                 continue
-            result = self._classify(line, parse, price)
+            result = classify_line(line, parse, price)
             result.task_id = task_id
             result.started_at, result.finished_at = started, finished
             poll.results.append(result)
@@ -491,59 +512,17 @@ class LlmBatchBackend(Backend):
         state.token_limit_hit(self.now(), self.settings.token_limit_backoff, ceiling, configured)
         self.save_state()
 
-    def _whole_batch_failed(self, state: State, task_ids: list[int], status: BatchStatus) -> list[TaskResult]:
+    def _whole_batch_failed(self, state: State, task_ids: list[int], status: BatchStatus,
+                            in_flight_tokens: float) -> list[TaskResult]:
         codes = {code for code, _, _ in status.errors}
         if "token_limit_exceeded" in codes:
-            self.limit_refused(state, sum(b.tokens for b in self._in_flight))
+            self.limit_refused(state, in_flight_tokens)
             self.log(f"{self.name}: batch refused with token_limit_exceeded; backing off {state.backoff:.0f}s "
                      f"and aiming at {state.limit_factor:.0%} of the configured limit")
-            return [TaskResult(t, Outcome.CAPACITY, error_class="token_limit",
+            return [TaskResult(t, Outcome.CAPACITY, error_class=ErrorClass.TOKEN_LIMIT,
                                error_message="the batch was refused: enqueued token limit exceeded",
                                info={"retry_after": state.backoff}) for t in task_ids]
-        by_line: dict[int, str] = {}
-        general = []
-        for code, message, line in status.errors:
-            text = f"{code}: {message}" if code else message
-            if line is not None and 1 <= line <= len(task_ids):
-                by_line[line] = text
-            else:
-                general.append(text)
-        results = []
-        for index, task_id in enumerate(task_ids, start=1):
-            if index in by_line:
-                results.append(TaskResult(task_id, Outcome.FAILED, error_class="invalid_request",
-                                          error_message=f"the batch failed validation: {by_line[index]}"))
-            elif by_line:
-                results.append(TaskResult(task_id, Outcome.INTERRUPTED, error_class="invalid_request",
-                                          error_message="another request of its batch failed validation"))
-            else:
-                message = "; ".join(general) or "the batch failed without saying why"
-                results.append(TaskResult(task_id, Outcome.FAILED, error_class="invalid_request",
-                                          error_message=f"the batch failed validation: {message}"))
-        return results
-
-    def _classify(self, line: ResultLine, parse: Any, price: ModelPrice | None) -> TaskResult:
-        usage = {"tokens_in": line.tokens_in, "tokens_out": line.tokens_out}
-        cost = (price.cost(line.tokens_in or 0, line.tokens_out or 0, line.cached_in)
-                if price and line.tokens_in is not None else None)
-        if line.kind == "ok":
-            try:
-                value = parse(line.body)
-            except Exception as exc:  # noqa: BLE001 - the user's parse function failed on this answer
-                return TaskResult(0, Outcome.FAILED, error_class="parse", error_message=f"{type(exc).__name__}: {exc}",
-                                  cost=cost, info={"raw": line.body}, **usage)
-            return TaskResult(0, Outcome.DONE, result=value, cost=cost, **usage)
-        if line.kind in ("expired", "cancelled"):
-            return TaskResult(0, Outcome.INTERRUPTED, error_class="expired" if line.kind == "expired" else None,
-                              error_message=f"the batch {line.kind} before this request ran")
-        code, status = (line.code or ""), line.status_code
-        message = f"{code}: {line.message}" if code else (line.message or "request failed")
-        if status == 429 or "rate_limit" in code:
-            return TaskResult(0, Outcome.CAPACITY, error_class="rate_limit", error_message=message,
-                              info={"retry_after": RATE_LIMIT_RETRY})
-        if (status is not None and status >= 500) or code in ("api_error", "overloaded_error", "server_error"):
-            return TaskResult(0, Outcome.FAILED, error_class="server_error", error_message=message, cost=cost, **usage)
-        return TaskResult(0, Outcome.FAILED, error_class="invalid_request", error_message=message, cost=cost, **usage)
+        return validation_failure(task_ids, status)
 
     # -- cancel ----------------------------------------------------------------------------------
 
@@ -562,36 +541,3 @@ class LlmBatchBackend(Backend):
             except Exception:  # noqa: BLE001
                 pass
             self._client = None
-
-
-def _task_of(custom_id: str, prefix: str) -> int | None:
-    head, sep, tail = custom_id.rpartition("-t")
-    if not sep or head != prefix or not tail.isdigit():
-        return None
-    return int(tail)
-
-
-def _max_output(body: dict[str, Any]) -> int | None:
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = body.get(key)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def capacity_error(message: str, retry_after: float) -> CapacityError:
-    return CapacityError(message, retry_after=retry_after)
-
-
-def iter_jsonl(lines: Iterable[str | bytes]) -> Iterator[dict[str, Any] | None]:
-    for raw in lines:
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8", errors="replace")
-        if not raw.strip():
-            continue
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            yield None
-            continue
-        yield value if isinstance(value, dict) else None

@@ -1,0 +1,163 @@
+"""What comes back from a batch API, as the provider-neutral part of the LLM batch backends reads
+it: a batch's status, its result lines, what each line means for its task, and which SDK errors
+are an outage (try again) or say the batch is gone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from corral.backends.base import TaskResult
+from corral.llm.pricing import ModelPrice
+from corral.states import ErrorClass, Outcome
+
+#: retry-after for requests refused inside a batch for rate limits (seconds)
+RATE_LIMIT_RETRY = 60.0
+
+
+@dataclass
+class BatchStatus:
+    """A remote batch as the common code needs it."""
+
+    ended: bool                       # nothing more will change: collect it
+    running: bool = False
+    phase: str = ""                   # the provider's status word
+    failed: bool = False              # rejected as a whole (validation, token limit): no results
+    errors: list[tuple[str, str, int | None]] = field(default_factory=list)  # (code, message, line)
+    usage: dict[str, int] | None = None
+    raw: Any = None
+
+
+@dataclass
+class ResultLine:
+    """One request's outcome as the provider reported it."""
+
+    custom_id: str
+    kind: str                          # ok | error | expired | cancelled
+    body: Any = None
+    status_code: int | None = None
+    code: str | None = None
+    message: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cached_in: int = 0
+
+
+class ApiErrorKind(str, Enum):
+    """What an exception from a provider's SDK means for the call that raised it."""
+
+    TRANSIENT = "transient"   # no answer (connection, timeout), 408, 429, 5xx: the same call may work later
+    GONE = "gone"             # 404 (or 401/403) for a batch: the provider does not know it (any more)
+    OTHER = "other"           # a refusal (4xx) or a bug: not to be retried as is
+
+
+def sdk_error_kind(exc: BaseException, connection_error: type, status_error: type) -> ApiErrorKind:
+    """Classify an exception of an SDK whose errors are ``connection_error`` (timeouts included) and
+    ``status_error`` (with ``status_code``), as both the openai and the anthropic SDKs have."""
+    if isinstance(exc, connection_error):
+        return ApiErrorKind.TRANSIENT
+    if isinstance(exc, status_error):
+        status = getattr(exc, "status_code", None) or 0
+        if status in (408, 409, 429) or status >= 500:
+            return ApiErrorKind.TRANSIENT
+        if status in (401, 403, 404):
+            return ApiErrorKind.GONE
+    return ApiErrorKind.OTHER
+
+
+def classify_line(line: ResultLine, parse: Any, price: ModelPrice | None) -> TaskResult:
+    """The task result for one result line (``task_id`` left 0 for the caller to set)."""
+    usage = {"tokens_in": line.tokens_in, "tokens_out": line.tokens_out}
+    cost = (price.cost(line.tokens_in or 0, line.tokens_out or 0, line.cached_in)
+            if price and line.tokens_in is not None else None)
+    if line.kind == "ok":
+        try:
+            value = parse(line.body)
+        except Exception as exc:  # noqa: BLE001 - the user's parse function failed on this answer
+            return TaskResult(0, Outcome.FAILED, error_class=ErrorClass.PARSE,
+                              error_message=f"{type(exc).__name__}: {exc}", cost=cost, info={"raw": line.body},
+                              **usage)
+        return TaskResult(0, Outcome.DONE, result=value, cost=cost, **usage)
+    if line.kind in ("expired", "cancelled"):
+        return TaskResult(0, Outcome.INTERRUPTED, error_class=ErrorClass.EXPIRED if line.kind == "expired" else None,
+                          error_message=f"the batch {line.kind} before this request ran")
+    code, status = (line.code or ""), line.status_code
+    message = f"{code}: {line.message}" if code else (line.message or "request failed")
+    if status == 429 or "rate_limit" in code:
+        return TaskResult(0, Outcome.CAPACITY, error_class=ErrorClass.RATE_LIMIT, error_message=message,
+                          info={"retry_after": RATE_LIMIT_RETRY})
+    if (status is not None and status >= 500) or code in ("api_error", "overloaded_error", "server_error"):
+        return TaskResult(0, Outcome.FAILED, error_class=ErrorClass.SERVER_ERROR, error_message=message, cost=cost,
+                          **usage)
+    return TaskResult(0, Outcome.FAILED, error_class=ErrorClass.INVALID_REQUEST, error_message=message, cost=cost,
+                      **usage)
+
+
+def validation_failure(task_ids: list[int], status: BatchStatus) -> list[TaskResult]:
+    """A batch that failed validation as a whole: the requests its errors name fail; with such
+    errors the others run again (attempt kept), without them every request fails."""
+    by_line: dict[int, str] = {}
+    general = []
+    for code, message, line in status.errors:
+        text = f"{code}: {message}" if code else message
+        if line is not None and 1 <= line <= len(task_ids):
+            by_line[line] = text
+        else:
+            general.append(text)
+    results = []
+    for index, task_id in enumerate(task_ids, start=1):
+        if index in by_line:
+            results.append(TaskResult(task_id, Outcome.FAILED, error_class=ErrorClass.INVALID_REQUEST,
+                                      error_message=f"the batch failed validation: {by_line[index]}"))
+        elif by_line:
+            results.append(TaskResult(task_id, Outcome.INTERRUPTED, error_class=ErrorClass.INVALID_REQUEST,
+                                      error_message="another request of its batch failed validation"))
+        else:
+            message = "; ".join(general) or "the batch failed without saying why"
+            results.append(TaskResult(task_id, Outcome.FAILED, error_class=ErrorClass.INVALID_REQUEST,
+                                      error_message=f"the batch failed validation: {message}"))
+    return results
+
+
+def early_results(info: dict[str, Any]) -> list[TaskResult]:
+    """Requests of a submission never sent (rejected alone, or deferred to a later batch)."""
+    results = []
+    for task_id, (error_class, message) in (info.get("rejected") or {}).items():
+        results.append(TaskResult(int(task_id), Outcome.FAILED, error_class=error_class, error_message=message))
+    for task_id in info.get("deferred") or []:
+        results.append(TaskResult(int(task_id), Outcome.CAPACITY, error_class=ErrorClass.CAPACITY,
+                                  error_message="did not fit this batch; goes in a later one",
+                                  info={"retry_after": 0.0}))
+    return results
+
+
+def task_of(custom_id: str, prefix: str) -> int | None:
+    head, sep, tail = custom_id.rpartition("-t")
+    if not sep or head != prefix or not tail.isdigit():
+        return None
+    return int(tail)
+
+
+def max_output(body: dict[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(key)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def iter_jsonl(lines: Iterable[str | bytes]) -> Iterator[dict[str, Any] | None]:
+    for raw in lines:
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", errors="replace")
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            yield None
+            continue
+        yield value if isinstance(value, dict) else None
