@@ -16,6 +16,7 @@ from corral.cli import sim_cmd
 from corral.cli.args import split_args
 from corral.cli.output import err, print_json, when
 from corral.errors import CorralError
+from corral.states import RunStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run research campaigns from one campaign file, with one durable ledger.",
@@ -126,7 +127,7 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
     _print_summary(status)
     if stop.is_set() and not report.finished:
         raise typer.Exit(130)
-    if status["run"]["status"] != "finished":
+    if status["run"]["status"] != RunStatus.FINISHED:
         raise typer.Exit(1)
 
 

@@ -9,6 +9,7 @@ import typer
 
 from corral.cli.formats import FORMAT, OUTPUT, chosen_format, emit, write_text
 from corral.errors import CorralError
+from corral.states import ACTIVE, TERMINAL
 
 ACTIONS = ("show", "diff", "tag", "note", "merge", "latest")
 LIST_COLUMNS = ["id", "status", "created", "items", "done", "failed", "progress", "tags", "code_revision", "host"]
@@ -128,8 +129,8 @@ def _show(record: dict, fmt: str, out_file: Path | None) -> None:
               ("tags", ", ".join(f"{k}={v}" for k, v in record["tags"].items()) or "-"),
               ("selection", ", ".join(f"{k}={v}" for k, v in record["selection"].items() if v not in (None, [], {}))
                or "-"), ("items", record["items"])]
-    for state in ("done", "failed", "cancelled", "running", "queued", "pending", "waiting"):
-        fields.append((state, record["totals"].get(state, 0)))
+    for state in (*TERMINAL, *reversed(ACTIVE)):
+        fields.append((str(state), record["totals"].get(state, 0)))
     for note in record["notes"]:
         fields.append(("note", f"{when(note.get('at'))} {note['text']}"))
     if fmt == "table" and out_file is None:
