@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from corral.refs import single_callable
+from corral.states import ErrorClass, Outcome
 from corral.worker import protocol
 from corral.worker.context import LazyLog, TaskContext
 
@@ -115,7 +116,7 @@ class Worker:
         mode = self.manifest.get("mode", "item")
         # A requeued job runs again in the same folder: what finished is kept, what was interrupted runs again.
         previous = protocol.read_results(self.folder)[0]
-        done = {int(r["task_id"]) for r in previous if r.get("status") != "interrupted"}
+        done = {int(r["task_id"]) for r in previous if r.get("status") != Outcome.INTERRUPTED}
         if mode == "item":
             for task in tasks:
                 if self.stop_requested:
@@ -136,10 +137,10 @@ class Worker:
         # A cluster reads the exit status: dependents (afterok) must not start unless all went well.
         final: dict[int, str] = {}
         for record in protocol.read_results(self.folder)[0]:
-            final[int(record["task_id"])] = record.get("status", "failed")
-        if self.stop_requested or any(v == "interrupted" for v in final.values()):
+            final[int(record["task_id"])] = record.get("status", Outcome.FAILED)
+        if self.stop_requested or any(v == Outcome.INTERRUPTED for v in final.values()):
             return 3
-        return 0 if all(v in ("done", "skipped") for v in final.values()) else 1
+        return 0 if all(v in (Outcome.DONE, Outcome.SKIPPED) for v in final.values()) else 1
 
     def _claim(self) -> bool:
         """The same work sent to several queues (a race): the first job to start takes each element;
@@ -188,23 +189,23 @@ class Worker:
                 raise Interrupted("stop requested")
             skipped = self._skip(task, log)
             if skipped:
-                outcome.update(status="skipped", result={"skipped": True})
+                outcome.update(status=Outcome.SKIPPED, result={"skipped": True})
             else:
                 result = self._execute(task, log)
                 self._verify(task, result, log)
-                outcome.update(status="done", result=result)
+                outcome.update(status=Outcome.DONE, result=result)
         except Interrupted as exc:
-            outcome.update(status="interrupted", error_class="interrupted", error_message=f"stopped by {exc}")
+            outcome.update(status=Outcome.INTERRUPTED, error_class=ErrorClass.INTERRUPTED, error_message=f"stopped by {exc}")
         except TaskTimeout:
-            outcome.update(status="failed", error_class="timeout",
+            outcome.update(status=Outcome.FAILED, error_class=ErrorClass.TIMEOUT,
                            error_message=f"ran past the timeout of {self.stage.timeout:g}s")
         except VerifyFailed as exc:
-            outcome.update(status="failed", error_class="verify", error_message=str(exc))
+            outcome.update(status=Outcome.FAILED, error_class=ErrorClass.VERIFY, error_message=str(exc))
         except CommandFailed as exc:
-            outcome.update(status="failed", error_class=exc.error_class, error_message=str(exc))
+            outcome.update(status=Outcome.FAILED, error_class=exc.error_class, error_message=str(exc))
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - the task's own failure, with its class
             log.write(traceback.format_exc())
-            outcome.update(status="failed", error_class=type(exc).__name__, error_message=_short(exc))
+            outcome.update(status=Outcome.FAILED, error_class=type(exc).__name__, error_message=_short(exc))
         finally:
             self.in_task = False
             self._cancel_alarm()
@@ -247,7 +248,7 @@ class Worker:
                 proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, env=env,
                                         start_new_session=True)
             except OSError as exc:
-                raise CommandFailed("exit_code", f"cannot start {argv[0]!r}: {exc.strerror}") from None
+                raise CommandFailed(ErrorClass.EXIT_CODE, f"cannot start {argv[0]!r}: {exc.strerror}") from None
             try:
                 code = proc.wait(timeout=self.stage.timeout)
             except subprocess.TimeoutExpired:
@@ -260,9 +261,9 @@ class Worker:
             tail = _tail(log_file)
             if code < 0:
                 name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-                cls = "oom" if -code == signal.SIGKILL else "signal"
+                cls = ErrorClass.OOM if -code == signal.SIGKILL else ErrorClass.SIGNAL
                 raise CommandFailed(cls, f"killed by {name}{tail}")
-            raise CommandFailed("exit_code", f"exit code {code}{tail}")
+            raise CommandFailed(ErrorClass.EXIT_CODE, f"exit code {code}{tail}")
         if result_file.exists():
             try:
                 return json.loads(result_file.read_text())
@@ -333,16 +334,16 @@ class Worker:
                     results = [_result_value(v) for v in value]
                 else:
                     results = [_result_value(value)] * len(tasks)
-            base["status"] = "done"
+            base["status"] = Outcome.DONE
         except Interrupted as exc:
-            base.update(status="interrupted", error_class="interrupted", error_message=f"stopped by {exc}")
+            base.update(status=Outcome.INTERRUPTED, error_class=ErrorClass.INTERRUPTED, error_message=f"stopped by {exc}")
         except TaskTimeout:
-            base.update(status="failed", error_class="timeout", error_message="ran past the stage timeout")
+            base.update(status=Outcome.FAILED, error_class=ErrorClass.TIMEOUT, error_message="ran past the stage timeout")
         except CommandFailed as exc:
-            base.update(status="failed", error_class=exc.error_class, error_message=str(exc))
+            base.update(status=Outcome.FAILED, error_class=exc.error_class, error_message=str(exc))
         except (Exception, SystemExit) as exc:  # noqa: BLE001
             log.write(traceback.format_exc())
-            base.update(status="failed", error_class=type(exc).__name__, error_message=_short(exc))
+            base.update(status=Outcome.FAILED, error_class=type(exc).__name__, error_message=_short(exc))
         finally:
             self.in_task = False
             self._cancel_alarm()
