@@ -12,4 +12,11 @@ def open(campaign: str = "corral.yaml", overrides: list[str] | None = None, **kw
     return Campaign.load(campaign, overrides or [], **kwargs)
 
 
-__all__ = ["CorralError", "SpecError", "open", "__version__"]
+def init(directory: str = ".", force: bool = False):
+    """Write a starter corral.yaml and tasks.py into ``directory`` (``corral init``); returns their paths."""
+    from corral.api.starter import init as write_starter
+
+    return write_starter(directory, force=force)
+
+
+__all__ = ["CorralError", "SpecError", "init", "open", "__version__"]

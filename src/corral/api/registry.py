@@ -1,15 +1,18 @@
-"""The run registry from Python: list and filter runs, tag and annotate them, show, diff, merge, ingest."""
+"""The run registry from Python (``corral runs``): list and filter runs, show, diff, tag, note, merge,
+latest, and ``corral ingest``."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from corral.engine import registry
 from corral.engine.combine import Outcome, merge_runs
 from corral.engine.ingest import ingest_path
 from corral.engine.runs import resolve_run
+from corral.errors import CorralError
+from corral.states import TERMINAL, TaskState
 
 
 class Registry:
@@ -39,17 +42,26 @@ class Registry:
                 for state, n in states.items():
                     totals[state] = totals.get(state, 0) + n
             tasks = sum(totals.values())
-            finished = sum(totals.get(s, 0) for s in ("done", "failed", "cancelled"))
+            finished = sum(totals.get(s, 0) for s in TERMINAL)
             out.append({"id": row["id"], "name": row["name"], "status": row["status"],
                         "created_at": row["created_at"], "items": row["item_count"], "tasks": tasks,
-                        "done": totals.get("done", 0), "failed": totals.get("failed", 0),
+                        "done": totals.get(TaskState.DONE, 0), "failed": totals.get(TaskState.FAILED, 0),
                         "progress": (finished / tasks) if tasks else 1.0, "host": row["host"],
                         "code_revision": row["code_revision"], "config_hash": row["config_hash"],
                         "tags": registry.run_tags(row), "notes": len(registry.run_notes(row))})
         return out
 
     def show(self, ref: str) -> dict[str, Any]:
+        """``corral runs show ID``: the run's record, config, tags, notes and totals."""
         return registry.run_record(self.ledger, self.resolve(ref))
+
+    def latest(self, where: Sequence[str] = (), all_campaigns: bool = False) -> dict[str, Any]:
+        """``corral runs latest [--where ...]``: the record of the newest run that matches."""
+        found = self.list(where=where, all_campaigns=all_campaigns)
+        if not found:
+            raise CorralError(f"no run matches {' and '.join(where)}" if where else
+                              f"campaign {self.campaign.spec.name!r} has no runs yet in {self.ledger.display_url}")
+        return self.show(found[0]["id"])
 
     def diff(self, a: str, b: str) -> dict[str, Any]:
         ra, rb = self.resolve(a), self.resolve(b)
@@ -58,19 +70,28 @@ class Registry:
                 "changes": registry.config_changes(ca, cb),
                 "diff": registry.config_diff(ca, cb, ra["id"], rb["id"])}
 
-    def tag(self, ref: str, tags: dict[str, str], remove: Sequence[str] = ()) -> dict[str, str]:
-        return registry.add_tags(self.campaign.ledger(), self.resolve(ref)["id"], tags, time.time(), remove)
+    def tag(self, ref: str, tags: Mapping[str, str] | Sequence[str] = (), remove: Sequence[str] = ()) -> dict[str, str]:
+        """Add tags (a dict, or ``key=value`` texts) and remove others; returns the run's tags."""
+        if not isinstance(tags, Mapping):
+            tags = registry.parse_tags(tags, what="tag")
+        if not tags and not remove:
+            raise CorralError("usage: corral runs tag ID key=value [key=value...] [--remove KEY]")
+        return registry.add_tags(self.campaign.ledger(), self.resolve(ref)["id"], dict(tags), time.time(), remove)
 
     def note(self, ref: str, text: str) -> list[dict[str, Any]]:
         return registry.add_note(self.campaign.ledger(), self.resolve(ref)["id"], text, time.time())
 
-    def merge(self, refs: Sequence[str], into: str, prefer: str | None = None) -> Outcome:
+    def merge(self, refs: Sequence[str], into: str | None, prefer: str | None = None) -> Outcome:
+        """``corral runs merge A B... --into NAME [--prefer RUN|newest]``."""
+        if not refs or not into:
+            raise CorralError("usage: corral runs merge RUN [RUN...] --into NAME [--prefer RUN|newest]")
         ids = [self.resolve(r)["id"] for r in refs]
         if prefer and prefer != "newest":
             prefer = self.resolve(prefer)["id"]
         return merge_runs(self.campaign.ledger(), ids, into, prefer, time.time())
 
     def ingest(self, paths: Sequence[str | Path]) -> list[Outcome]:
+        """``corral ingest PATH...``: runs from another ledger file or a results folder, into this ledger."""
         ledger = self.campaign.ledger()
         out: list[Outcome] = []
         for path in paths:

@@ -16,6 +16,7 @@ from corral.cli import sim_cmd
 from corral.cli.args import split_args
 from corral.cli.output import err, print_json, when
 from corral.errors import CorralError
+from corral.states import RunStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run research campaigns from one campaign file, with one durable ledger.",
@@ -32,17 +33,6 @@ LEASE = typer.Option(None, "--lease", help="Seconds without a tick after which o
                      "ledger take this one's tasks back (default: CORRAL_LEASE or 60).")
 
 
-def _controller(controller_id: str | None, lease: float | None) -> None:
-    import os
-
-    if controller_id:
-        os.environ["CORRAL_CONTROLLER_ID"] = controller_id
-    if lease is not None:
-        if lease <= 0:
-            raise CorralError("--lease must be a positive number of seconds")
-        os.environ["CORRAL_LEASE"] = str(lease)
-
-
 def _campaign(args: list[str] | None, ledger: str | None, positional: int = 0):
     from corral.api import Campaign
 
@@ -52,19 +42,11 @@ def _campaign(args: list[str] | None, ledger: str | None, positional: int = 0):
     return Campaign.load(path, overrides, ledger=ledger), others
 
 
-def _selection(limit: int | None, shard: str | None):
-    from corral.api import Selection
-
-    if limit is not None and limit < 1:
-        raise CorralError("--limit must be at least 1")
-    return Selection(limit=limit, shard=Selection.parse_shard(shard))
-
-
 @app.command()
 def init(directory: Path = typer.Argument(Path("."), help="Folder for the new campaign."),
          force: bool = typer.Option(False, "--force", help="Overwrite existing files.")) -> None:
     """Write a starter corral.yaml and tasks.py."""
-    from corral.cli.starter import write_starter
+    from corral.api.starter import init as write_starter
 
     written = write_starter(directory, force=force)
     for path in written:
@@ -78,7 +60,7 @@ def check(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, as_j
           shard: Optional[str] = typer.Option(None, "--shard", help="Only shard I of N (I/N).")) -> None:
     """Validate the campaign and print the plan: items, tasks per stage, what would run."""
     campaign, _ = _campaign(args, ledger)
-    plan = campaign.check(_selection(limit, shard))
+    plan = campaign.check(limit=limit, shard=shard)
     if as_json:
         print_json(plan)
         return
@@ -110,28 +92,16 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
         controller_id: Optional[str] = CONTROLLER_ID, lease: Optional[float] = LEASE,
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display.")) -> None:
     """Run the campaign until every task is done, failed or cancelled (resumes an unfinished run)."""
-    _controller(controller_id, lease)
     campaign, _ = _campaign(args, ledger)
-    selection = _selection(limit, shard)
     if dry_run:
-        plan = campaign.check(selection, preview=True)
-        print_json(plan)
+        print_json(campaign.check(limit=limit, shard=shard, preview=True))
         return
-    from corral.engine.registry import parse_tags
-
-    tags = parse_tags(tag or [])
-    the_run, created = campaign.start(selection, new=new, run_id=run_id, force=force)
+    the_run, created = campaign.start(run_id=run_id, limit=limit, shard=shard, new=new, force=force, tags=tag or [],
+                                      note=note, controller_id=controller_id, lease=lease)
     err.print(f"{'started' if created else 'continuing'} run [bold]{the_run.id}[/bold]", highlight=False)
-    if tags:
-        campaign.registry().tag(the_run.id, tags)
-    if note:
-        campaign.registry().note(the_run.id, note)
-    if created and not new:
-        others = [r for r in campaign.ledger().find_runs(name=campaign.spec.name)
-                  if r["id"] != the_run.id and r["status"] == "active"]
-        if others:
-            err.print(f"note: unfinished run {others[0]['id']} has a different configuration; to continue it "
-                      f"instead: corral run --run-id {others[0]['id']} --force", highlight=False)
+    if the_run.unfinished_elsewhere:
+        err.print(f"note: unfinished run {the_run.unfinished_elsewhere} has a different configuration; to continue "
+                  f"it instead: corral run --run-id {the_run.unfinished_elsewhere} --force", highlight=False)
     from corral.cli.progress import RunProgress
     from corral.api import SystemClock
 
@@ -157,7 +127,7 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
     _print_summary(status)
     if stop.is_set() and not report.finished:
         raise typer.Exit(130)
-    if status["run"]["status"] != "finished":
+    if status["run"]["status"] != RunStatus.FINISHED:
         raise typer.Exit(1)
 
 
@@ -166,20 +136,16 @@ def tick(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_i
          limit: Optional[int] = typer.Option(None, "--limit"), shard: Optional[str] = typer.Option(None, "--shard"),
          as_json: bool = JSON, controller_id: Optional[str] = CONTROLLER_ID, lease: Optional[float] = LEASE) -> None:
     """One pass (poll, collect, plan, submit) and exit: for cron."""
-    _controller(controller_id, lease)
     campaign, _ = _campaign(args, ledger)
-    the_run, created = campaign.start(_selection(limit, shard), run_id=run_id)
-    report = the_run.tick()
-    data = {"run_id": the_run.id, "created": created, "locked": report.locked, "submitted": report.submitted,
-            "submitted_tasks": report.submitted_tasks, "completed": report.completed, "failed": report.failed,
-            "in_flight": report.in_flight, "status": report.status, "errors": report.errors}
+    data = campaign.tick(run_id=run_id, limit=limit, shard=shard, controller_id=controller_id, lease=lease)
     if as_json:
         print_json(data)
-    elif report.locked:
-        err.print(f"run {the_run.id}: another controller is ticking; nothing done")
+    elif data["locked"]:
+        err.print(f"run {data['run_id']}: another controller is ticking; nothing done")
     else:
-        err.print(f"run {the_run.id}: submitted {report.submitted_tasks} tasks in {report.submitted} submissions, "
-                  f"recorded {report.completed} done and {report.failed} failed; {report.status}", highlight=False)
+        err.print(f"run {data['run_id']}: submitted {data['submitted_tasks']} tasks in {data['submitted']} "
+                  f"submissions, recorded {data['completed']} done and {data['failed']} failed; {data['status']}",
+                  highlight=False)
 
 
 @app.command()
@@ -188,12 +154,9 @@ def status(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run
            submissions: bool = typer.Option(False, "--submissions", help="List in-flight submissions."),
            fmt: Optional[str] = formats.FORMAT, out_file: Optional[Path] = formats.OUTPUT) -> None:
     """Where a run stands: tasks per stage and state."""
-    campaign, _ = _campaign(args, ledger)
-    the_run = campaign.run(run_id)
-    data = the_run.status()
-    if submissions:
-        data["submissions"] = the_run.submissions(open_only=True)
     fmt = formats.chosen_format(fmt, as_json)
+    campaign, _ = _campaign(args, ledger)
+    data = campaign.status(run_id=run_id, submissions=submissions)
     if fmt != "table" or out_file is not None:
         rows = [{"stage": stage, **states} for stage, states in data["stages"].items()]
         formats.emit(rows, STATUS_COLUMNS, fmt, out_file, title=f"run {data['run']['id']}: {data['run']['status']}",
@@ -236,36 +199,28 @@ STATUS_COLUMNS = ["stage", "total", "done", "failed", "cancelled", "running", "q
 def retry(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
           stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
           error_class: Optional[str] = typer.Option(None, "--error-class", help="Only failures of this class."),
-          cancelled: bool = typer.Option(False, "--cancelled", help="Also tasks cancelled by the user.")) -> None:
+          cancelled: bool = typer.Option(False, "--cancelled", help="Also tasks cancelled by the user."),
+          as_json: bool = JSON) -> None:
     """Send failed tasks back to pending with fresh attempts; then `corral run` or `tick`."""
     campaign, _ = _campaign(args, ledger)
-    the_run = campaign.run(run_id)
-    _check_stage(campaign, stage)
-    engine = the_run.engine()
-    count = engine.retry(stage=stage, error_class=error_class, include_cancelled=cancelled)
-    engine.close()
-    err.print(f"{count} tasks of run {the_run.id} will run again")
+    done = campaign.retry(run_id=run_id, stage=stage, error_class=error_class, cancelled=cancelled)
+    if as_json:
+        print_json(done)
+    else:
+        err.print(f"{done['tasks']} tasks of run {done['run_id']} will run again")
 
 
 @app.command()
 def cancel(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
-           stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage.")) -> None:
+           stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
+           as_json: bool = JSON) -> None:
     """Cancel the unfinished tasks of a run (outputs and logs are kept)."""
     campaign, _ = _campaign(args, ledger)
-    the_run = campaign.run(run_id)
-    _check_stage(campaign, stage)
-    engine = the_run.engine()
-    count = engine.cancel(stage=stage)
-    engine.close()
-    err.print(f"cancelled {count} tasks of run {the_run.id}")
-
-
-def _check_stage(campaign, stage: str | None) -> None:
-    if stage is not None and stage not in campaign.spec.stages:
-        from corral.errors import SpecError
-
-        raise SpecError(f"no stage {stage!r}", file=str(campaign.loaded.path), key="--stage",
-                        expected="one of " + ", ".join(campaign.spec.stages))
+    done = campaign.cancel(run_id=run_id, stage=stage)
+    if as_json:
+        print_json(done)
+    else:
+        err.print(f"cancelled {done['tasks']} tasks of run {done['run_id']}")
 
 
 @app.command()
@@ -277,24 +232,20 @@ def logs(args: Optional[List[str]] = typer.Argument(None, help="[CAMPAIGN.yaml] 
     campaign, others = _campaign(args, ledger, positional=1)
     if not others:
         raise CorralError("which task? give a task id (t42) or an item key")
-    the_run = campaign.run(run_id)
-    task = the_run.task(others[0], stage=stage)
+    found = campaign.logs(others[0], run_id=run_id, stage=stage, all_attempts=all_attempts)
+    task = found.task
     output.out.print(f"task t{task['id']} stage={task['stage']} item={task['key']} state={task['state']} "
                      f"attempts={task['attempts']}", highlight=False)
     if task["error_class"]:
         output.out.print(f"error ({task['error_class']}): {task['error_message']}", highlight=False)
-    remote = the_run.remote_details(task)
-    if remote:
-        output.out.print(" ".join(f"{k}={v}" for k, v in remote.items() if v is not None), highlight=False)
-    files = the_run.log_files(task)
-    if remote and remote.get("stdout") and Path(remote["stdout"]).exists():
-        files = [*files, Path(remote["stdout"])] if all_attempts else files
-    if not files:
+    if found.remote:
+        output.out.print(" ".join(f"{k}={v}" for k, v in found.remote.items() if v is not None), highlight=False)
+    if not found.files:
         output.out.print("(no log output)")
         return
-    for path in files if all_attempts else files[-1:]:
+    for path, text in zip(found.files, found.texts()):
         output.out.print(f"--- {path}", highlight=False)
-        sys.stdout.write(path.read_text(errors="replace"))
+        sys.stdout.write(text)
         sys.stdout.flush()
 
 
@@ -305,30 +256,9 @@ def export(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run
            stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
            state: Optional[str] = typer.Option(None, "--state", help="Only tasks in this state, e.g. done.")) -> None:
     """Item parameters + result fields + metadata, one record per item and stage."""
-    if fmt not in ("json", "jsonl", "csv", "parquet"):
-        raise CorralError(f"--format {fmt!r} is not one of json, jsonl, csv, parquet")
-    if fmt == "parquet":
-        if out_file is None:
-            raise CorralError("--format parquet writes a file: add -o FILE.parquet")
-        from corral.api.frames import _need
-
-        _need("pyarrow", "parquet")
     campaign, _ = _campaign(args, ledger)
-    _check_stage(campaign, stage)
-    the_run = campaign.run(run_id)
-    records = the_run.records(stage=stage, states=[state] if state else None)
-    if fmt == "parquet":
-        from corral.api.frames import write_parquet
-
-        count = write_parquet(records, out_file)
-    elif out_file is None:
-        count = output.write_records(records, fmt, sys.stdout)
-    else:
-        tmp = out_file.with_name(f".{out_file.name}.tmp")
-        with open(tmp, "w", newline="") as handle:
-            count = output.write_records(records, fmt, handle)
-        tmp.replace(out_file)
-    err.print(f"exported {count} records of run {the_run.id}")
+    done = campaign.export(out_file, format=fmt, stage=stage, state=state, run_id=run_id)
+    err.print(f"exported {done['records']} records of run {done['run_id']}")
 
 
 app.command(name="runs")(runs_cmd.runs)

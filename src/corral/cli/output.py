@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 import sys
-from typing import Any, Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -39,52 +37,3 @@ def table(rows: list[dict[str, Any]], columns: list[str], title: str | None = No
     for row in rows:
         result.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
     return result
-
-
-def write_records(records: Iterable[dict[str, Any]], fmt: str, handle) -> int:
-    count = 0
-    if fmt == "jsonl":
-        for record in records:
-            handle.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-            count += 1
-    elif fmt == "json":
-        handle.write("[")
-        for record in records:
-            handle.write(("," if count else "") + "\n" + json.dumps(record, default=str, ensure_ascii=False))
-            count += 1
-        handle.write("\n]\n")
-    elif fmt == "csv":
-        writer = None
-        buffered: list[dict[str, Any]] = []
-        columns: list[str] = []
-        iterator = iter(records)
-        # Columns are the union over a first window of records, then fixed (extra keys are dropped
-        # only if they never appear in the window; the window is large enough for uniform results).
-        for record in iterator:
-            buffered.append(record)
-            for key in record:
-                if key not in columns:
-                    columns.append(key)
-            if len(buffered) >= 10000:
-                break
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for record in buffered:
-            writer.writerow(_flat(record))
-            count += 1
-        for record in iterator:
-            writer.writerow(_flat(record))
-            count += 1
-    else:
-        raise ValueError(fmt)
-    return count
-
-
-def _flat(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: (json.dumps(v, default=str) if isinstance(v, (dict, list)) else v) for k, v in record.items()}
-
-
-def csv_text(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    write_records(rows, "csv", buffer)
-    return buffer.getvalue()

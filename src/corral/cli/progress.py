@@ -8,8 +8,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from corral.cli.output import err
-
-TERMINAL = ("done", "failed", "cancelled")
+from corral.states import TERMINAL
 
 
 class RunProgress:
@@ -45,7 +44,7 @@ class RunProgress:
         counts = self.run.counts()
         if self._progress is not None:
             for stage, states in counts.items():
-                finished = sum(states[s] for s in TERMINAL)
+                finished = sum(states[str(s)] for s in TERMINAL)
                 detail = f"run {states['running']} queued {states['queued']}"
                 if states["failed"]:
                     detail += f" [red]failed {states['failed']}[/red]"
@@ -61,7 +60,7 @@ class RunProgress:
         self._last_line = now
         parts = []
         for stage, states in counts.items():
-            finished = sum(states[s] for s in TERMINAL)
+            finished = sum(states[str(s)] for s in TERMINAL)
             text = f"{stage} {finished}/{states['total']}"
             if states["running"] or states["queued"]:
                 text += f" (running {states['running']}, queued {states['queued']})"

@@ -7,8 +7,6 @@ from typing import List, Optional
 
 import typer
 
-from corral.errors import CorralError
-
 ARGS = typer.Argument(None, help="[CAMPAIGN.yaml] [NAME] [key=value overrides...]  (NAME: a report of the "
                                  "campaign's report: section)", show_default=False)
 
@@ -41,128 +39,31 @@ def report(args: Optional[List[str]] = ARGS,
     """Success rates, means and 95% intervals per group, from the ledger: table, JSON, Markdown, CSV, LaTeX,
     HTML, PNG. With no options, the campaign's named reports (its report: section)."""
     from corral.cli.main import _campaign
-    from corral.report import FORMATS
+    from corral.cli.output import err
 
-    if fmt is not None and fmt not in FORMATS:
-        raise CorralError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    campaign, names = _light_campaign(args, ledger, run_ids, where)
-    if campaign is None:
-        campaign, names = _campaign(args, ledger, positional=1)
+    campaign, names = _campaign(args, ledger, positional=1)
     try:
-        named = campaign.spec.report
-        if names:
-            if names[0] not in named:
-                from corral.errors import SpecError
-
-                raise SpecError(f"no report named {names[0]!r}", file=str(campaign.loaded.path), key="report",
-                                expected=("one of " + ", ".join(named)) if named else
-                                "a report: section with named reports (see docs/reports.md)")
-            chosen = {names[0]: named[names[0]]}
-        elif named and not any((run_ids, where, by, metric, stage, fmt, out_file, plot_file, compare is not None)):
-            chosen = dict(named)
-        else:
-            chosen = {}
-        if not chosen:
-            rows = _runs(campaign, run_ids, where)
-            _produce(campaign, rows, by or [], metric, stage, compare, fmt or "table", out_file, plot_file)
-            return
-        for name, spec in chosen.items():
-            rows = _runs(campaign, run_ids, list(where or []) + spec.runs)
-            formats = [fmt] if fmt else spec.formats
-            for one in formats:
-                # -f without -o prints, as for any report; the section's formats go to its files.
-                target = out_file if out_file is not None else (
-                    None if one == "table" or fmt else campaign.root / spec.path_for(name, one))
-                if target is not None:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                plot = plot_file or (campaign.root / spec.plot if spec.plot and one == formats[0] else None)
-                try:
-                    _produce(campaign, rows, by or spec.by, metric or spec.metric, stage or spec.stage,
-                             compare if compare is not None else spec.compare, one, target, plot)
-                except CorralError as exc:
-                    raise CorralError(f"{campaign.loaded.path}: report.{name}: {exc}") from None
+        report = campaign.report(names[0] if names else None, run_id=run_ids, where=where, by=by, metric=metric,
+                                 stage=stage, compare=compare, format=fmt, output=out_file, plot=plot_file)
+        try:
+            written = report.write(echo=_echo)
+        finally:
+            report.close()
     finally:
         campaign.close()
+    for path in written:
+        err.print(f"wrote {path}", highlight=False)
 
 
-class _SqliteCampaign:
-    """The part of ``Campaign`` a report uses, over a SQLite ledger read with the standard library."""
+def _echo(section, fmt: str) -> None:
+    """A table to the terminal (rich, as wide as it is), any other format as text to stdout."""
+    import sys
 
-    def __init__(self, loaded, reader, rows: dict[str, dict]):
-        self.loaded, self.spec, self.root = loaded, loaded.spec, loaded.root
-        self._reader, self._rows = reader, rows
-
-    def ledger(self, create: bool = True):
-        return self._reader
-
-    def run(self, run_id):
-        row = self._rows[run_id]
-        return type("RunRow", (), {"row": row})()
-
-    def close(self) -> None:
-        self._reader.close()
-
-
-def _light_campaign(args, ledger, run_ids, where):
-    """(campaign, other arguments) read without SQLAlchemy, or (None, None) when the report needs the
-    full ledger: PostgreSQL, an older schema, --where or a named report's runs: query, a run id that is
-    not exact, no run yet (the full path says what is wrong)."""
-    import os
-
-    if where or os.environ.get("CORRAL_REPORT_SQLALCHEMY"):
-        return None, None
-    from corral.cli.args import split_args
-    from corral.ledger.location import campaign_ledger_url, sqlite_path
-    from corral.ledger.sqlite_reader import SqliteReader
-    from corral.spec import load_campaign
-
-    path, overrides, others = split_args(args, positional=1)
-    if len(others) > 1:
-        return None, None
-    loaded = load_campaign(path, overrides)
-    if any(named.runs for named in loaded.spec.report.values()):
-        return None, None
-    url = campaign_ledger_url(loaded.root, loaded.spec.workdir, loaded.spec.ledger, ledger)
-    reader = SqliteReader.open(sqlite_path(url))
-    if reader is None:
-        return None, None
-    rows = {}
-    for ref in run_ids or [None]:
-        row = reader.run(ref) if ref is not None else reader.newest_run(loaded.spec.name)
-        if row is None:
-            reader.close()
-            return None, None
-        rows[ref] = row
-    return _SqliteCampaign(loaded, reader, rows), others
-
-
-def _runs(campaign, run_ids, where) -> list[dict]:
-    if run_ids:
-        return [campaign.run(r).row for r in run_ids]
-    if where:
-        found = campaign.registry().list(where=where)
-        if not found:
-            raise CorralError(f"no run matches {' and '.join(where)}")
-        ids = [r["id"] for r in found]
-        return [campaign.ledger(create=False).get_run(i) for i in ids]
-    return [campaign.run(None).row]
-
-
-def _produce(campaign, rows, by, metric, stage, compare, fmt, out_file, plot_file) -> None:
-    from corral.cli import output
-    from corral.cli.formats import write_text
-    from corral.report import aggregate, plot, progress_over_time, render
-
-    dims = [part for value in (by or []) for part in value.split(",")]
-    table = aggregate(campaign.ledger(create=False), rows, by=dims, metric=metric, stage=stage, compare=compare)
-    if plot_file is not None:
-        series = progress_over_time(campaign.ledger(create=False), [r["id"] for r in rows], table.stage)
-        plot(table, plot_file, series)
-    if fmt == "table" and out_file is None:
+    if fmt == "table":
+        from corral.cli.output import out
         from corral.report.render import rich_table
 
-        output.out.print(rich_table(table))
+        out.print(rich_table(section.table))
     else:
-        write_text(render(table, fmt), out_file)
-    if plot_file is not None:
-        output.err.print(f"wrote {plot_file}", highlight=False)
+        sys.stdout.write(section.render(fmt))
+        sys.stdout.flush()

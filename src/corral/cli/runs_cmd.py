@@ -1,4 +1,4 @@
-"""``corral runs``: the run registry (list, show, diff, tag, note, merge) and ``corral ingest``."""
+"""``corral runs``: the run registry (list, show, diff, tag, note, merge, latest) and ``corral ingest``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import typer
 
 from corral.cli.formats import FORMAT, OUTPUT, chosen_format, emit, write_text
 from corral.errors import CorralError
+from corral.states import ACTIVE, TERMINAL
 
-ACTIONS = ("show", "diff", "tag", "note", "merge")
+ACTIONS = ("show", "diff", "tag", "note", "merge", "latest")
 LIST_COLUMNS = ["id", "status", "created", "items", "done", "failed", "progress", "tags", "code_revision", "host"]
 
 
@@ -24,7 +25,7 @@ def _split(args: list[str] | None) -> tuple[list[str], str | None, list[str]]:
 
 
 def runs(args: Optional[List[str]] = typer.Argument(
-             None, help="[CAMPAIGN.yaml] [show ID | diff A B | tag ID k=v... | note ID TEXT | merge A B...]",
+             None, help="[CAMPAIGN.yaml] [show ID | diff A B | tag ID k=v... | note ID TEXT | merge A B... | latest]",
              show_default=False),
          ledger: Optional[str] = typer.Option(None, "--ledger", help="Ledger URL or SQLite path."),
          where: Optional[List[str]] = typer.Option(
@@ -38,10 +39,10 @@ def runs(args: Optional[List[str]] = typer.Argument(
          remove: Optional[List[str]] = typer.Option(None, "--remove", help="tag: remove this tag."),
          fmt: Optional[str] = FORMAT, out_file: Optional[Path] = OUTPUT,
          as_json: bool = typer.Option(False, "--json", help="Same as --format json.")) -> None:
-    """The runs in the ledger (the registry): list and filter, show, diff, tag, note, merge.
+    """The runs in the ledger (the registry): list and filter, show, diff, tag, note, merge, latest.
 
     corral runs [--where KEY=VALUE]... | runs show ID | runs diff A B | runs tag ID KEY=VALUE... |
-    runs note ID TEXT | runs merge A B... --into NAME [--prefer RUN]
+    runs note ID TEXT | runs merge A B... --into NAME [--prefer RUN] | runs latest [--where KEY=VALUE]...
     """
     from corral.cli.main import _campaign
     from corral.cli.output import err, out, when
@@ -62,8 +63,9 @@ def runs(args: Optional[List[str]] = typer.Argument(
             emit(shown, LIST_COLUMNS, fmt, out_file, data=rows)
         elif action == "show":
             _need(rest, 1, "corral runs show ID")
-            record = registry.show(rest[0])
-            _show(record, fmt, out_file)
+            _show(registry.show(rest[0]), fmt, out_file)
+        elif action == "latest":
+            _show(registry.latest(where=where or [], all_campaigns=all_campaigns), fmt, out_file)
         elif action == "diff":
             _need(rest, 2, "corral runs diff A B")
             diff = registry.diff(rest[0], rest[1])
@@ -79,19 +81,14 @@ def runs(args: Optional[List[str]] = typer.Argument(
                          diff["b"]: c["b"] if c["in_b"] else "(absent)"} for c in diff["changes"]]
                 emit(rows, ["key", diff["a"], diff["b"]], fmt, out_file, title=f"{diff['a']} vs {diff['b']}")
         elif action == "tag":
-            from corral.engine.registry import parse_tags
-
-            if not rest or (len(rest) < 2 and not remove):
-                raise CorralError("usage: corral runs tag ID key=value [key=value...] [--remove KEY]")
-            tags = registry.tag(rest[0], parse_tags(rest[1:], what="tag"), remove=remove or [])
+            _need(rest, 1, "corral runs tag ID key=value [key=value...] [--remove KEY]")
+            tags = registry.tag(rest[0], rest[1:], remove=remove or [])
             err.print(f"tags: {', '.join(f'{k}={v}' for k, v in tags.items()) or '(none)'}", highlight=False)
         elif action == "note":
             _need(rest, 2, "corral runs note ID TEXT")
             notes = registry.note(rest[0], " ".join(rest[1:]))
             err.print(f"{len(notes)} notes on run {registry.resolve(rest[0])['id']}", highlight=False)
         elif action == "merge":
-            if not rest or not into:
-                raise CorralError("usage: corral runs merge RUN [RUN...] --into NAME [--prefer RUN|newest]")
             outcome = registry.merge(rest, into, prefer)
             data = outcome.as_dict()
             if fmt == "json":
@@ -132,8 +129,8 @@ def _show(record: dict, fmt: str, out_file: Path | None) -> None:
               ("tags", ", ".join(f"{k}={v}" for k, v in record["tags"].items()) or "-"),
               ("selection", ", ".join(f"{k}={v}" for k, v in record["selection"].items() if v not in (None, [], {}))
                or "-"), ("items", record["items"])]
-    for state in ("done", "failed", "cancelled", "running", "queued", "pending", "waiting"):
-        fields.append((state, record["totals"].get(state, 0)))
+    for state in (*TERMINAL, *reversed(ACTIVE)):
+        fields.append((str(state), record["totals"].get(state, 0)))
     for note in record["notes"]:
         fields.append(("note", f"{when(note.get('at'))} {note['text']}"))
     if fmt == "table" and out_file is None:
@@ -165,7 +162,7 @@ def ingest(paths: List[Path] = typer.Argument(..., help="Ledger files (SQLite) o
 
     campaign, _ = _campaign([str(campaign_file)] if campaign_file else [], ledger)
     try:
-        outcomes = campaign.registry().ingest([str(p) for p in paths])
+        outcomes = campaign.ingest([str(p) for p in paths])
     finally:
         campaign.close()
     conflicts = [c for o in outcomes for c in o.conflicts]

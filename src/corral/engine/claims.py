@@ -30,17 +30,6 @@ if TYPE_CHECKING:
 DEFAULT_LEASE = 60.0
 
 
-def controller_id() -> str:
-    return os.environ.get("CORRAL_CONTROLLER_ID") or os.environ.get("CORRAL_HOST") or socket.gethostname()
-
-
-def lease_seconds() -> float:
-    try:
-        return max(1.0, float(os.environ.get("CORRAL_LEASE", DEFAULT_LEASE)))
-    except ValueError:
-        return DEFAULT_LEASE
-
-
 class Claims:
     """One controller's view of a shared ledger, for one run."""
 
@@ -48,8 +37,8 @@ class Claims:
                  log: Callable[[str], None] | None = None):
         self.ledger = ledger
         self.run_id = run_id
-        self.controller = controller or controller_id()
-        self.lease = lease or lease_seconds()
+        self.controller = controller or socket.gethostname()
+        self.lease = max(1.0, lease) if lease is not None else DEFAULT_LEASE
         self.shared = not ledger.is_sqlite
         self.log = log or (lambda message: None)
 

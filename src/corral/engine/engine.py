@@ -48,7 +48,8 @@ class TickReport:
 
 class Engine(Sending):
     def __init__(self, campaign: LoadedCampaign, ledger: Ledger, run_id: str, *, clock: Clock | None = None,
-                 log: Callable[[str], None] | None = None, backends: dict[str, Backend] | None = None):
+                 log: Callable[[str], None] | None = None, backends: dict[str, Backend] | None = None,
+                 controller: str | None = None, lease: float | None = None):
         self.campaign = campaign
         self.ledger = ledger
         self.run_id = run_id
@@ -70,7 +71,7 @@ class Engine(Sending):
                                                    wake=getattr(self.clock, "wake", None),
                                                    memory=self.learning.backend(name))
         self.recorder = Recorder(run_id, spec.stages, self.order, log=self.log)
-        self.claims = Claims(ledger, run_id, log=self.log)
+        self.claims = Claims(ledger, run_id, controller=controller, lease=lease, log=self.log)
         self._status: str | None = None
         self._run_stamp: tuple | None = None
         self._next_wake: float | None = None

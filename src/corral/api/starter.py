@@ -1,4 +1,4 @@
-"""``corral init``: a small campaign that runs as written."""
+"""``corral init`` / ``corral.init(folder)``: a small campaign that runs as written."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def evaluate(item, ctx):
 '''
 
 
-def write_starter(directory: Path, force: bool = False) -> list[Path]:
+def init(directory: str | Path = ".", force: bool = False) -> list[Path]:
+    """Write a starter corral.yaml and tasks.py into ``directory``; returns the files written."""
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files = {directory / "corral.yaml": CAMPAIGN, directory / "tasks.py": TASKS}
     existing = [p for p in files if p.exists()]
