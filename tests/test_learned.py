@@ -220,7 +220,7 @@ def test_job_limit_and_failed_nodes_are_remembered(tmp_path: Path):
 
 
 def test_report_fast_path_reads_the_current_schema(tmp_path: Path):
-    from corral.report.sqlite_reader import SqliteReader
+    from corral.ledger.sqlite_reader import SqliteReader
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     Ledger(url).close()
