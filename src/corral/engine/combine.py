@@ -172,8 +172,8 @@ def _task_values(task: dict[str, Any]) -> dict[str, Any]:
     values = {name: task.get(name) for name in _TASK_FIELDS}
     if values["state"] not in TERMINAL:
         # Unfinished elsewhere: runs again here when the run is continued.
-        values.update(state=TaskState.PENDING.value if values["state"] != TaskState.WAITING else
-                      TaskState.WAITING.value, started_at=None, finished_at=None)
+        again = TaskState.WAITING if values["state"] == TaskState.WAITING else TaskState.PENDING
+        values.update(state=again.value, started_at=None, finished_at=None)
     values["attempts"] = values["attempts"] or 0
     info = loads(task.get("info")) or {}
     info["from_task"] = [task["source_run"], task["id"]]
