@@ -32,15 +32,14 @@ from corral.backends.base import (
     result_from_record,
 )
 from corral.backends.slurm_cli import (
-    ENDED,
     LIVE,
     STARTED,
     JobRow,
     SlurmCommands,
     SlurmError,
     SlurmState,
-    Verdict,
 )
+from corral.backends.slurm_outcomes import ended_results
 from corral.backends.slurm_race import race
 from corral.backends.slurm_script import (
     ArrayJob,
@@ -178,13 +177,18 @@ class SlurmBackendImpl(Backend):
                 raise CorralError(f"stage {stage.name!r} needs the secret {name!r} in the environment")
         manifest, parts = self._build_plan(stage, submission, tasks, folder, per)
         protocol.write_manifest(folder, manifest)
+        if isinstance(plan, SlurmPlan) and plan.pilot:
+            parts["pilot"] = True     # for find() after a crash between sbatch and the ledger
         protocol.write_json_atomic(folder / PLAN, parts)
         handle = self._send_parts(stage, submission, parts, folder, in_flight=in_flight)
         if isinstance(plan, SlurmPlan) and plan.pilot:
-            self.memory.set(_pilot_key(stage), {"submission": submission.id, "sent_at": self.now()})
-            self.log(f"stage {stage.name}: submission {submission.id} is the pilot; the rest waits for its "
-                     "run times to size array elements")
+            self._record_pilot(stage, submission)
         return handle
+
+    def _record_pilot(self, stage: StageContext, submission: SubmissionRecord) -> None:
+        self.memory.set(_pilot_key(stage), {"submission": submission.id, "sent_at": self.now()})
+        self.log(f"stage {stage.name}: submission {submission.id} is the pilot; the rest waits for its "
+                 "run times to size array elements")
 
     def preview(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> dict[str, Any]:
         """What ``submit`` would send, sending nothing: the sbatch command and script of each array."""
@@ -332,7 +336,8 @@ class SlurmBackendImpl(Backend):
         if not found:
             return None
         handle = self._send_parts(stage, submission, plan, folder, found)
-        self._sent(stage, submission)
+        if plan.get("pilot"):
+            self._record_pilot(stage, submission)
         return handle
 
     # -- poll --------------------------------------------------------------------------------
@@ -497,57 +502,9 @@ class SlurmBackendImpl(Backend):
     def _ended(self, manifest: dict[str, Any], element: int, edir: Path, row: JobRow | None,
                dependency: bool = False) -> list[TaskResult]:
         """Results for an element's tasks that reported nothing final before its job ended."""
-        start, end = manifest["elements"][element]
-        tasks = manifest["tasks"][start:end]
-        every, _ = protocol.read_results(edir)
-        final: dict[int, dict[str, Any]] = {}
-        for record in every:
-            final[int(record["task_id"])] = record
-        started, _ = protocol.read_started(edir)
-        out: list[TaskResult] = []
-        state = row.state if row is not None else None
-        where = f"job {row.job_id}_{row.index}" if row is not None and row.index is not None else "its job"
-        node = row.node if row is not None else None
-        if state == SlurmState.NODE_FAIL and node:
-            self.memory.set("failed_nodes", {**self.failed_nodes(), node: self.now()})
-        for task in tasks:
-            tid = task["task_id"]
-            record = final.get(tid)
-            if record is not None and record.get("status") != "interrupted":
-                continue   # already reported
-            if record is not None and state in (SlurmState.TIMEOUT, SlurmState.DEADLINE):
-                # Stopped by the time limit itself (the --signal warning, if any, did not save it).
-                out.append(TaskResult(task_id=tid, outcome=Outcome.FAILED, error_class="timeout",
-                                      error_message=f"{where} reached its time limit ({state.value})",
-                                      started_at=record.get("started_at"), host=node))
-                continue
-            if record is not None:
-                # Stopped cleanly by a signal (--signal before the limit, preemption): runs again.
-                out.append(TaskResult(task_id=tid, outcome=Outcome.INTERRUPTED, error_class="interrupted",
-                                      error_message=record.get("error_message")))
-                continue
-            if dependency:
-                out.append(TaskResult(task_id=tid, outcome=Outcome.LOST, error_class="upstream",
-                                      error_message="a job it depends on did not succeed "
-                                                    "(DependencyNeverSatisfied); cancelled"))
-                continue
-            if state is None:
-                verdict, error_class = Verdict.FAILED, "worker_lost"
-            else:
-                verdict, error_class = ENDED.get(state, (Verdict.FAILED, "worker_lost"))
-            if state == SlurmState.FAILED and row is not None and row.signal == 9:
-                error_class = "oom"
-            message = (f"{where} ended {state.value if state else 'without a trace'}"
-                       + (f" (exit {row.exit_code}:{row.signal})" if row is not None else "")
-                       + (f" on {node}" if node else "") + f"; see {edir.parent}/slurm-*_{row.index if row else ''}.out")
-            if tid not in started or verdict == Verdict.REQUEUE:
-                out.append(TaskResult(task_id=tid, outcome=Outcome.LOST, error_class=error_class,
-                                      error_message=message))
-            else:
-                out.append(TaskResult(task_id=tid, outcome=Outcome.FAILED, error_class=error_class,
-                                      error_message=message, started_at=started.get(tid), host=node,
-                                      info={"slurm_state": state.value if state else None}))
-        return out
+        if row is not None and row.state == SlurmState.NODE_FAIL and row.node:
+            self.memory.set("failed_nodes", {**self.failed_nodes(), row.node: self.now()})
+        return ended_results(manifest, element, edir, row, dependency)
 
     # -- describe ------------------------------------------------------------------------------
 
