@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from corral.api.run import Run, TaskLogs
 from corral.errors import CorralError
+from corral.states import RunStatus
 from corral.ledger.location import campaign_ledger_url, driver_module, url_source
 from corral.spec import LoadedCampaign, load_campaign
 
@@ -185,7 +186,8 @@ class Campaign:
         if note:
             self.registry().note(run.id, note)
         if created and not new:
-            others = [r for r in ledger.find_runs(name=self.spec.name) if r["id"] != run.id and r["status"] == "active"]
+            others = [r for r in ledger.find_runs(name=self.spec.name)
+                      if r["id"] != run.id and r["status"] == RunStatus.ACTIVE]
             run.unfinished_elsewhere = others[0]["id"] if others else None
         return run, created
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from enum import Enum
 
 from corral.backends.base import CapacityError, TransientError
+from corral.states import ErrorClass
 
 
 class SlurmError(Exception):
@@ -101,16 +102,16 @@ class Verdict(str, Enum):
 #: ended state -> (verdict, error class recorded on the tasks it took down)
 ENDED: dict[SlurmState, tuple[Verdict, str]] = {
     SlurmState.COMPLETED: (Verdict.FAILED, "worker_lost"),   # exited 0 without reporting a task
-    SlurmState.FAILED: (Verdict.FAILED, "exit_code"),
-    SlurmState.TIMEOUT: (Verdict.FAILED, "timeout"),
-    SlurmState.DEADLINE: (Verdict.FAILED, "timeout"),
-    SlurmState.OUT_OF_MEMORY: (Verdict.FAILED, "oom"),
-    SlurmState.CANCELLED: (Verdict.FAILED, "cancelled"),
-    SlurmState.NODE_FAIL: (Verdict.REQUEUE, "node_fail"),
-    SlurmState.BOOT_FAIL: (Verdict.REQUEUE, "node_fail"),
-    SlurmState.PREEMPTED: (Verdict.REQUEUE, "preempted"),
-    SlurmState.REVOKED: (Verdict.REQUEUE, "preempted"),
-    SlurmState.LAUNCH_FAILED: (Verdict.REQUEUE, "node_fail"),
+    SlurmState.FAILED: (Verdict.FAILED, ErrorClass.EXIT_CODE),
+    SlurmState.TIMEOUT: (Verdict.FAILED, ErrorClass.TIMEOUT),
+    SlurmState.DEADLINE: (Verdict.FAILED, ErrorClass.TIMEOUT),
+    SlurmState.OUT_OF_MEMORY: (Verdict.FAILED, ErrorClass.OOM),
+    SlurmState.CANCELLED: (Verdict.FAILED, ErrorClass.CANCELLED),
+    SlurmState.NODE_FAIL: (Verdict.REQUEUE, ErrorClass.NODE_FAIL),
+    SlurmState.BOOT_FAIL: (Verdict.REQUEUE, ErrorClass.NODE_FAIL),
+    SlurmState.PREEMPTED: (Verdict.REQUEUE, ErrorClass.PREEMPTED),
+    SlurmState.REVOKED: (Verdict.REQUEUE, ErrorClass.PREEMPTED),
+    SlurmState.LAUNCH_FAILED: (Verdict.REQUEUE, ErrorClass.NODE_FAIL),
 }
 # Every state is live, ended or UNKNOWN (neither: asked about again at the next poll).
 assert LIVE.isdisjoint(ENDED) and LIVE | set(ENDED) | {SlurmState.UNKNOWN} == set(SlurmState)

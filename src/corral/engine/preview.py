@@ -8,6 +8,7 @@ from corral.backends import make_backend
 from corral.backends.base import StageContext, SubmissionRecord, TaskSpec
 from corral.spec import LoadedCampaign
 from corral.spec.items import Item
+from corral.states import SubmissionState
 
 DRY_RUN_ID = "dry-run"
 
@@ -35,7 +36,7 @@ def preview_submissions(loaded: LoadedCampaign, items: list[Item]) -> dict[str, 
         context = StageContext(name=name, spec=stage, run_id=DRY_RUN_ID, root=loaded.root, run_dir=run_dir,
                                ledger_url="")
         record = SubmissionRecord(id=position + 1, stage=name, idempotency_key=f"corral-{DRY_RUN_ID}-{position + 1}",
-                                  remote_id=None, state="submitting", created_at=0.0, submitted_at=None,
+                                  remote_id=None, state=SubmissionState.SUBMITTING, created_at=0.0, submitted_at=None,
                                   task_count=len(tasks))
         described = backend.preview(context, record, tasks)
         if described is not None:

@@ -21,7 +21,7 @@ from corral.errors import LedgerError
 from corral.ledger import schema
 from corral.ledger.location import default_url, normalise_url  # noqa: F401 - part of this module
 from corral.ledger.migrations import migrate
-from corral.states import OPEN_SUBMISSIONS, TaskState
+from corral.states import OPEN_SUBMISSIONS, RunStatus, TaskState
 
 INSERT_CHUNK = 20_000
 
@@ -172,7 +172,7 @@ class Ledger:
 
         ``stages`` lists (name, per, has_needs, backend). Returns the number of items.
         """
-        item_stages = [(s, "waiting" if needs else "pending", None if needs else now, b)
+        item_stages = [(s, TaskState.WAITING if needs else TaskState.PENDING, None if needs else now, b)
                        for s, per, needs, b in stages if per != "all"]
         # Bulk rows go straight to the driver's executemany (the SQL layer's per-row work would
         # dominate the time to create a run of a million items), and are built in a second
@@ -229,7 +229,7 @@ class Ledger:
             if per == "all":
                 conn.execute(schema.tasks.insert(), [{
                     "run_id": run_id, "stage": stage, "item_idx": -1, "attempts": 0, "backend": backend,
-                    "state": "waiting" if has_needs else "pending", "ready_at": None if has_needs else now}])
+                    "state": TaskState.WAITING if has_needs else TaskState.PENDING, "ready_at": None if has_needs else now}])
         return count
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
@@ -254,7 +254,7 @@ class Ledger:
         """Set a run's status; with ``only_if`` (a ``run_stamp``), only if the row has not changed
         since that stamp was read. Returns whether it was set."""
         values: dict[str, Any] = {"status": status, "updated_at": now}
-        values["finished_at"] = now if status.startswith("finished") or status == "cancelled" else None
+        values["finished_at"] = None if status == RunStatus.ACTIVE else now
         runs = schema.runs
         query = update(runs).where(runs.c.id == run_id)
         if only_if is not None:
@@ -303,7 +303,7 @@ class Ledger:
     def count_ready(self, conn: Connection, run_id: str, stage: str, now: float) -> int:
         t = schema.tasks
         inner = select(t.c.id).where(
-            t.c.run_id == run_id, t.c.stage == stage, t.c.state == "pending",
+            t.c.run_id == run_id, t.c.stage == stage, t.c.state == TaskState.PENDING,
             (t.c.not_before.is_(None)) | (t.c.not_before <= now)).limit(1_000_000)
         return conn.execute(select(func.count()).select_from(inner.subquery())).scalar_one()
 
@@ -333,12 +333,12 @@ class Ledger:
     def oldest_ready_at(self, conn: Connection, run_id: str, stage: str) -> float | None:
         t = schema.tasks
         return conn.execute(select(func.min(t.c.ready_at)).where(
-            t.c.run_id == run_id, t.c.stage == stage, t.c.state == "pending")).scalar()
+            t.c.run_id == run_id, t.c.stage == stage, t.c.state == TaskState.PENDING)).scalar()
 
     def next_not_before(self, conn: Connection, run_id: str, now: float) -> float | None:
         t = schema.tasks
         return conn.execute(select(func.min(t.c.not_before)).where(
-            t.c.run_id == run_id, t.c.state == "pending", t.c.not_before > now)).scalar()
+            t.c.run_id == run_id, t.c.state == TaskState.PENDING, t.c.not_before > now)).scalar()
 
     # -- submissions ----------------------------------------------------------------
 
