@@ -131,7 +131,7 @@ def build(folder: Path, name: str, settings: int, tasks: int, repeats: int, poli
         try:
             run, _ = campaign.start()
             ids.append(run.id)
-            db = campaign._sqlite_path()
+            db = campaign.sqlite_path()
         finally:
             campaign.close()
         fill_run(db, run.id, SKILL[p % len(SKILL)], seed=p, files=(files / f"p{p}") if files else None)
