@@ -19,6 +19,18 @@ os.environ.pop("CORRAL_LEDGER", None)
 
 
 @pytest.fixture(scope="session")
+def cluster() -> str:
+    """URL of the test SLURM cluster (``slurm://NODE``)."""
+    url = os.environ.get("CORRAL_TEST_SLURM_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CORRAL_TEST_SLURM_URL is not set but CI=true: the SLURM tests must run in CI")
+        pytest.skip("SLURM tests need a cluster: run `make test` (as root on Debian/Ubuntu it starts one with "
+                    "scripts/slurm-local-cluster) or set CORRAL_TEST_SLURM_URL")
+    return url
+
+
+@pytest.fixture(scope="session")
 def pg_url() -> str:
     """SQLAlchemy URL of the test PostgreSQL server (database corral_test)."""
     url = os.environ.get("CORRAL_TEST_PG_URL")
@@ -276,3 +288,14 @@ def query_ledger(folder: Path, sql: str, params: dict[str, Any] | None = None) -
             return [tuple(r) for r in conn.execute(text(sql), params or {})]
     finally:
         engine.dispose()
+
+
+def rounded(value):
+    """Floats to 12 significant digits, inside dicts and lists: SQL and Python sum in different orders."""
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v) for v in value]
+    return value

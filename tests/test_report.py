@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import corral_cli, write_campaign, write_module
+from conftest import corral_cli, rounded, write_campaign, write_module
 
 from corral.report import aggregate, mean_std_ci, summarize_values, wilson
 
@@ -152,16 +152,6 @@ def test_group_by_item_parameter(two_runs):
     assert report_json(folder, "--by", "task")["runs"][0]["id"] == second
 
 
-def _rounded(value):
-    if isinstance(value, float):
-        return float(f"{value:.12g}")
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_rounded(v) for v in value]
-    return value
-
-
 def test_sql_matches_python(two_runs):
     import corral
 
@@ -173,8 +163,8 @@ def test_sql_matches_python(two_runs):
             fast = aggregate(campaign.ledger(), rows, by=by, engine="sql").to_dict()
             slow = aggregate(campaign.ledger(), rows, by=by, engine="python").to_dict()
             # PostgreSQL sums in its own order: the same numbers to 12 significant digits.
-            assert json.dumps(_rounded(fast), sort_keys=True, default=str) == \
-                json.dumps(_rounded(slow), sort_keys=True, default=str), by
+            assert json.dumps(rounded(fast), sort_keys=True, default=str) == \
+                json.dumps(rounded(slow), sort_keys=True, default=str), by
     finally:
         campaign.close()
 

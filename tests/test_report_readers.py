@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from conftest import write_campaign, write_module
+from conftest import rounded, write_campaign, write_module
 
 from corral.ledger import report_queries, sqlite_reader
 from corral.ledger.report_source import QUERIES, CellQuery
@@ -81,18 +81,8 @@ def finished_run(module_ledger, tmp_path_factory):
         campaign.close()
 
 
-def _rounded(value):
-    if isinstance(value, float):
-        return float(f"{value:.12g}")
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_rounded(v) for v in value]
-    return value
-
-
 def _same(a, b) -> bool:
-    return json.dumps(_rounded(a), sort_keys=True, default=str) == json.dumps(_rounded(b), sort_keys=True, default=str)
+    return json.dumps(rounded(a), sort_keys=True, default=str) == json.dumps(rounded(b), sort_keys=True, default=str)
 
 
 def test_sql_matches_python_on_awkward_results(finished_run):

@@ -25,17 +25,6 @@ GOLDEN = Path(__file__).parent / "golden"
 NODE = os.uname().nodename
 
 
-@pytest.fixture(scope="module")
-def cluster() -> str:
-    url = os.environ.get("CORRAL_TEST_SLURM_URL")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CORRAL_TEST_SLURM_URL is not set but CI=true: the SLURM tests must run in CI")
-        pytest.skip("SLURM tests need a cluster: run `make test` (as root on Debian/Ubuntu it starts one with "
-                    "scripts/slurm-local-cluster) or set CORRAL_TEST_SLURM_URL")
-    return url
-
-
 @pytest.fixture(autouse=True)
 def _cancel_leftover_jobs(tmp_path: Path):
     """A failed test must not leave jobs queued in front of the next one."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -19,16 +18,6 @@ pytestmark = pytest.mark.slurm
 ITEMS = 300
 PILOT = 10
 QUICK = "import time\n\ndef work(item, ctx):\n    time.sleep(0.01)\n    return {'x': item['x']}\n"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> str:
-    url = os.environ.get("CORRAL_TEST_SLURM_URL")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CORRAL_TEST_SLURM_URL is not set but CI=true: the SLURM tests must run in CI")
-        pytest.skip("SLURM tests need a cluster: run `make test` or set CORRAL_TEST_SLURM_URL")
-    return url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
