@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from corral.errors import SpecError
 from corral.spec import models
 from corral.spec.backend_types import BACKEND_SETTINGS, BACKEND_TYPES
+from corral.spec.hints import expected_for
 from corral.spec.models import Campaign
 
 
@@ -261,7 +262,7 @@ def _spec_error(exc: ValidationError, file: Path, model: type[BaseModel], data: 
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
     got = err.get("input")
-    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    got_text = "" if isinstance(got, dict) or repr(got) in message else f" (got {got!r})"
     return SpecError(f"{message}{got_text}", file=str(file), key=key or None,
                      expected=_describe_field(model, err["loc"]))
 
@@ -320,35 +321,4 @@ def _describe_field(model: type[BaseModel], loc: tuple) -> str | None:
     parent = _walk_with_dict_keys(model, tuple(loc[:-1]))
     if parent is None or not loc:
         return None
-    name = loc[-1]
-    fields = {(f.alias or n): f for n, f in parent.model_fields.items()}
-    info = fields.get(name)
-    if info is None:
-        return None
-    doc = _FIELD_HINTS.get(str(name))
-    if doc:
-        return doc
-    return _type_name(info.annotation)
-
-
-def _type_name(annotation) -> str:
-    text = str(annotation).replace("typing.", "")
-    for long, short in (("<class '", ""), ("'>", ""), ("NoneType", "null")):
-        text = text.replace(long, short)
-    return text
-
-
-_FIELD_HINTS = {
-    "name": "a campaign name such as 'eval-policies'",
-    "items": "a mapping with grid, zip, list and/or from",
-    "stages": "a mapping of stage name to {run: ... | call: ...}",
-    "timeout": "a duration such as 90, '30s', '10m', '2h'",
-    "every": "a duration such as '10m'",
-    "backoff": "a duration such as '30s'",
-    "mem": "a size such as '4G' or '512M'",
-    "per": "item | all | batch",
-    "run": "a command as a list of arguments or a string",
-    "call": "a callable reference 'package.module:function'",
-    "needs": "a stage name or a list of stage names",
-    "gpus": "'auto', 'none' or a list of GPU ids such as [0, 1]",
-}
+    return expected_for(parent, str(loc[-1]))
