@@ -61,3 +61,40 @@ def test_a_wrong_duration_says_what_a_duration_is(tmp_path: Path) -> None:
             assert form in proc.stderr, proc.stderr
         assert "float" not in proc.stderr and "None" not in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+LOCAL_CAMPAIGN = """\
+name: hints
+items:
+  grid:
+    x: [1, 2]
+stages:
+  train:
+    run: [echo, "{x}"]
+    timeout: 10m
+    retries: {max: 1}
+    resources: {gpus: 1, cpus: 2, time: 1h, mem: 1G}
+backends:
+  local: {workers: 2, gpus: none}
+"""
+
+
+def test_the_expected_text_describes_the_key(tmp_path: Path) -> None:
+    write_campaign(tmp_path, LOCAL_CAMPAIGN)
+    # override -> (words the expected line must have, words it must not have)
+    cases = {
+        "stages.train.resources.gpus=two": (["whole number of GPUs per task", "0 for none"], ["auto", "list"]),
+        "backends.local.gpus=two": (["'auto', 'none' or a list of GPU ids"], ["per task"]),
+        "stages.train.resources.time=soon": (["time limit", "a duration", "1-12:00:00"], []),
+        "stages.train.timeout=soon": (["a duration", "or null for none"], []),
+        "stages.train.resources.mem=lots": (["a size", "512M"], []),
+        "stages.train.retries.max=three": (["whole number of retries"], []),
+        "stages.train.resources.cpus=many": (["whole number of CPUs"], []),
+    }
+    for override, (wanted, unwanted) in cases.items():
+        proc = corral_cli(tmp_path, "check", override, check=2)
+        expected = next(line for line in proc.stderr.splitlines() if line.strip().startswith("expected:"))
+        for word in wanted:
+            assert word in expected, (override, proc.stderr)
+        for word in [*unwanted, "None", "float", "int"]:
+            assert word not in expected, (override, proc.stderr)
