@@ -98,3 +98,94 @@ def test_the_expected_text_describes_the_key(tmp_path: Path) -> None:
             assert word in expected, (override, proc.stderr)
         for word in [*unwanted, "None", "float", "int"]:
             assert word not in expected, (override, proc.stderr)
+
+
+# -- config groups ----------------------------------------------------------------------------------
+
+SWEEP = """\
+defaults:
+  - _self_
+  - experiment: base
+
+name: sweep
+items:
+  grid:
+    lr: [0.1]
+    seed: [0, 1]
+stages:
+  train:
+    run: [echo, "{lr}", "{seed}"]
+    timeout: 10m
+backends:
+  local: {workers: 2, gpus: none}
+"""
+
+GROUP_FILES = {
+    "base": "# @package _global_\nstages:\n  train:\n    timeout: 20m\n",
+    "big": "# @package _global_\nitems:\n  grid:\n    seed: [0, 1, 2, 3]\n",
+    "broken": "# @package _global_\nstages:\n  train:\n    timeout: [20m\n",
+    "typo": "# @package _global_\nstages:\n  train:\n    retires: {max: 2}\n",
+    "slow": "# @package _global_\nstages:\n  train:\n    timeout: 5 parsecs\n",
+    "missing": "# @package _global_\nstages:\n  train:\n    run: [echo, '${params.nope}']\n",
+    "unpackaged": "stages:\n  train:\n    timeout: 1h\n",
+}
+
+
+def sweep_campaign(folder: Path, text: str = SWEEP) -> Path:
+    path = write_campaign(folder, text)
+    (folder / "experiment").mkdir(exist_ok=True)
+    for name, body in GROUP_FILES.items():
+        (folder / "experiment" / f"{name}.yaml").write_text(body)
+    return path
+
+
+def _error_line(proc) -> str:
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+    return next(line for line in proc.stderr.splitlines() if line.startswith("error: "))
+
+
+def test_invalid_yaml_in_a_group_file_names_that_file(tmp_path: Path) -> None:
+    sweep_campaign(tmp_path)
+    broken = tmp_path / "experiment" / "broken.yaml"
+    for args in (["experiment=broken"], ["+experiment=broken", "~experiment"]):
+        proc = corral_cli(tmp_path, "check", *args, check=2)
+        line = _error_line(proc)
+        assert line.startswith(f"error: {broken}: is not valid YAML (line 5, column 1)"), proc.stderr
+    # The same file chosen in the defaults list.
+    write_campaign(tmp_path, SWEEP.replace("experiment: base", "experiment: broken"))
+    line = _error_line(corral_cli(tmp_path, "check", check=2))
+    assert line.startswith(f"error: {broken}: is not valid YAML (line 5"), line
+
+
+def test_an_error_in_a_group_file_is_blamed_on_that_file(tmp_path: Path) -> None:
+    sweep_campaign(tmp_path)
+    group = tmp_path / "experiment"
+    cases = {
+        "typo": ["stages.train.retires: unknown key 'retires'", "did you mean: retries"],
+        "slow": ["stages.train.timeout: '5 parsecs' is not a duration"],
+        "missing": ["stages.train.run[1]: cannot resolve an interpolation", "params.nope"],
+    }
+    for option, wanted in cases.items():
+        proc = corral_cli(tmp_path, "check", f"experiment={option}", check=2)
+        line = _error_line(proc)
+        assert line.startswith(f"error: {group / option}.yaml: {wanted[0]}"), proc.stderr
+        for text in wanted[1:]:
+            assert text in proc.stderr
+        assert "corral.yaml" not in proc.stderr
+    # A key the command line set is the command line's: the campaign file is named.
+    line = _error_line(corral_cli(tmp_path, "check", "experiment=slow", "stages.train.timeout=soon", check=2))
+    assert line.startswith(f"error: {tmp_path / 'corral.yaml'}: stages.train.timeout: 'soon'"), line
+
+
+def test_a_group_file_placed_under_its_group_says_how_to_merge_it(tmp_path: Path) -> None:
+    sweep_campaign(tmp_path)
+    proc = corral_cli(tmp_path, "check", "experiment=unpackaged", check=2)
+    line = _error_line(proc)
+    assert line.startswith(f"error: {tmp_path / 'experiment' / 'unpackaged.yaml'}: experiment: its keys land "
+                           "under 'experiment:'"), proc.stderr
+    assert "`# @package _global_` as the file's first line" in proc.stderr
+    assert "experiment@_global_: unpackaged" in proc.stderr
+    # With the header, the same file merges.
+    (tmp_path / "experiment" / "unpackaged.yaml").write_text("# @package _global_\n" + GROUP_FILES["unpackaged"])
+    plan = json.loads(corral_cli(tmp_path, "run", "--dry-run", "experiment=unpackaged", check=0).stdout)
+    assert plan["stages"]["train"]["timeout"] == 3600

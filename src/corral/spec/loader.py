@@ -1,7 +1,7 @@
 """Load a campaign file: compose config groups, apply ``key=value`` overrides, validate.
 
-Composition and overrides use Hydra's compose API, so the override grammar is Hydra's
-(``key=value``, ``+key=value``, ``~key``, ``group=option``, ``+group=option``).
+Composition and overrides use Hydra's compose API (spec/compose.py), so the override grammar is
+Hydra's (``key=value``, ``+key=value``, ``~key``, ``group=option``, ``+group=option``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from corral.errors import SpecError
 from corral.spec import models
 from corral.spec.backend_types import BACKEND_SETTINGS, BACKEND_TYPES
+from corral.spec.compose import compose, omegaconf_key, omegaconf_message
 from corral.spec.hints import expected_for
 from corral.spec.models import Campaign
 
@@ -61,11 +62,13 @@ def load_campaign(path: str | Path, overrides: list[str] | None = None) -> Loade
                         expected="a YAML campaign file (create one with `corral init`)")
     file = file.resolve()
     raw = _read_yaml(file)
-    if raw.get("defaults") is not None or overrides:
-        config = _compose_with_hydra(file, overrides)
-    else:
-        config = _resolve_plain(file, raw)
-    return validate_config(config, file, overrides)
+    if raw.get("defaults") is None and not overrides:
+        return validate_config(_resolve_plain(file, raw), file, overrides)
+    composed = compose(file, overrides)
+    try:
+        return validate_config(composed.config, file, overrides)
+    except SpecError as exc:
+        raise composed.blame(exc) from None
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
@@ -95,53 +98,7 @@ def _resolve_plain(file: Path, raw: dict[str, Any]) -> dict[str, Any]:
         # type with and without overrides (and the item identities stay the same).
         return OmegaConf.to_container(OmegaConf.load(file), resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
-        raise SpecError(_omegaconf_message(exc), file=str(file), key=_omegaconf_key(exc)) from None
-
-
-def _compose_with_hydra(file: Path, overrides: list[str]) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    if file.suffix != ".yaml":
-        raise SpecError("composition and overrides need a file ending in .yaml (Hydra finds only those)",
-                        file=str(file), expected=f"rename it to {file.stem}.yaml")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(file.parent), version_base=None, job_name="corral"):
-            cfg = compose(config_name=file.stem, overrides=overrides)
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except HydraException as exc:
-        message = _one_line(str(exc)) or type(exc).__name__
-        cause = exc.__cause__
-        if cause is not None and _one_line(str(cause)) and _one_line(str(cause)) not in message:
-            message += f": {_one_line(str(cause))}"
-        raise SpecError(f"cannot apply overrides {overrides}: {message}", file=str(file),
-                        expected="Hydra overrides: key=value (existing key), +key=value (new key), "
-                                 "~key (remove), group=option") from None
-    except OmegaConfBaseException as exc:
-        raise SpecError(_omegaconf_message(exc), file=str(file), key=_omegaconf_key(exc)) from None
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def _one_line(text: str) -> str:
-    """Hydra's and OmegaConf's messages span lines (the reason, then full_key/object_type
-    details); keep the reason lines, joined."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    keep = [line for line in lines if not line.startswith(("full_key:", "object_type", "reference_type"))]
-    return " ".join(keep)
-
-
-def _omegaconf_message(exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"cannot resolve an interpolation: {first}"
-
-
-def _omegaconf_key(exc: Exception) -> str | None:
-    return getattr(exc, "full_key", None) or None
+        raise SpecError(omegaconf_message(exc), file=str(file), key=omegaconf_key(exc)) from None
 
 
 def _yaml11_keys(value: Any) -> Any:
