@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import corral_cli, write_campaign
 
 SLURM_CAMPAIGN = """\
@@ -189,3 +191,70 @@ def test_a_group_file_placed_under_its_group_says_how_to_merge_it(tmp_path: Path
     (tmp_path / "experiment" / "unpackaged.yaml").write_text("# @package _global_\n" + GROUP_FILES["unpackaged"])
     plan = json.loads(corral_cli(tmp_path, "run", "--dry-run", "experiment=unpackaged", check=0).stdout)
     assert plan["stages"]["train"]["timeout"] == 3600
+
+
+# -- Hydra's syntax in corral's words --------------------------------------------------------------
+
+@pytest.mark.usefixtures("campaign_ledger")
+def test_a_comma_list_on_a_grid_axis_is_a_grid(tmp_path: Path) -> None:
+    sweep_campaign(tmp_path)
+    plan = json.loads(corral_cli(tmp_path, "check", "items.grid.lr=1e-3,1e-4", "--json", check=0).stdout)
+    assert plan["items"] == 4
+    proc = corral_cli(tmp_path, "run", "-q", "items.grid.lr=1e-3,1e-4", check=0)
+    assert "multirun" not in proc.stderr
+    records = [json.loads(line) for line in
+               corral_cli(tmp_path, "export", "items.grid.lr=1e-3,1e-4", check=0).stdout.splitlines()]
+    assert sorted((r["lr"], r["seed"]) for r in records) == [(0.0001, 0), (0.0001, 1), (0.001, 0), (0.001, 1)]
+    # The comma list is the same configuration as the list, and as Hydra's choice(): the same run.
+    for same in ("items.grid.lr=[1e-3,1e-4]", "items.grid.lr=choice(1e-3,1e-4)"):
+        proc = corral_cli(tmp_path, "run", same, check=0)
+        assert "continuing run" in proc.stderr, proc.stderr
+
+
+def test_a_comma_sweep_says_how_to_write_it_in_corral(tmp_path: Path) -> None:
+    sweep_campaign(tmp_path)
+    cases = {
+        "stages.train.timeout=1h,2h": ["corral has no multirun", "+items.grid.timeout=[1h, 2h]", "{timeout}",
+                                       "stages.train.timeout='1h,2h'"],
+        "experiment=base,big": ["a run has one configuration", "`corral run experiment=base`",
+                                "`corral run experiment=big`"],
+        "items.grid.seed=range(0,4)": ["a grid axis takes a list of values", "items.grid.seed=[",
+                                       "'items.grid.seed={range: [START, STOP]}'"],
+    }
+    for override, wanted in cases.items():
+        proc = corral_cli(tmp_path, "check", override, check=2)
+        _error_line(proc)
+        for text in wanted:
+            assert text in proc.stderr, (override, proc.stderr)
+        assert "--multirun" not in proc.stderr and "Ambiguous value" not in proc.stderr, proc.stderr
+
+
+def test_a_misspelled_group_suggests_the_group_and_its_options(tmp_path: Path) -> None:
+    sweep_campaign(tmp_path)
+    options = "base, big, broken, missing, slow, typo, unpackaged"
+    cases = {
+        "experment=big": ("no config group 'experment'", "did you mean: experiment=big"),
+        "+experment=big": ("no config group 'experment'", "did you mean: +experiment=big"),
+        "experiment=bgi": ("config group 'experiment' has no option 'bgi'", "did you mean: experiment=big"),
+    }
+    for override, (message, suggestion) in cases.items():
+        proc = corral_cli(tmp_path, "check", override, check=2)
+        assert message in _error_line(proc), proc.stderr
+        assert suggestion in proc.stderr and options in proc.stderr, proc.stderr
+        assert "+experment" not in proc.stderr.replace(suggestion, "")
+        assert "search path" not in proc.stderr and "provider=" not in proc.stderr, proc.stderr
+    # The same in the file's defaults list.
+    write_campaign(tmp_path, SWEEP.replace("- experiment: base", "- experimnt: base"))
+    proc = corral_cli(tmp_path, "check", check=2)
+    assert "no config group 'experimnt'" in _error_line(proc)
+    assert "did you mean: experiment: base" in proc.stderr and options in proc.stderr
+
+
+def test_a_defaults_list_without_self_composes_without_hydra_warnings(tmp_path: Path) -> None:
+    sweep_campaign(tmp_path, SWEEP.replace("  - _self_\n", ""))
+    for args in ([], ["experiment=big"], ["+experiment=big", "~experiment"]):
+        proc = corral_cli(tmp_path, "check", *args, check=0)
+        assert proc.stderr == "", proc.stderr
+    # Without _self_ the file itself comes last: its timeout wins over the group's.
+    plan = json.loads(corral_cli(tmp_path, "run", "--dry-run", check=0).stdout)
+    assert plan["stages"]["train"]["timeout"] == 600
