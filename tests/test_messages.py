@@ -258,3 +258,54 @@ def test_a_defaults_list_without_self_composes_without_hydra_warnings(tmp_path: 
     # Without _self_ the file itself comes last: its timeout wins over the group's.
     plan = json.loads(corral_cli(tmp_path, "run", "--dry-run", check=0).stdout)
     assert plan["stages"]["train"]["timeout"] == 600
+
+
+# -- the end of `corral run` ------------------------------------------------------------------------
+
+FAILING = """\
+name: failing
+items:
+  grid:
+    x: {range: [0, 6]}
+stages:
+  work:
+    call: tasks:work
+  summary:
+    per: all
+    needs: work
+    call: tasks:summary
+backends:
+  local: {workers: 2, gpus: none}
+"""
+
+FAILING_TASKS = """\
+def work(item, ctx):
+    if item["x"] == 5:
+        raise KeyError("frame")
+    if item["x"] >= 1:
+        raise ValueError("no data for this setting")
+    return {"ok": True}
+
+
+def summary(ctx):
+    return {"n": 1}
+"""
+
+
+@pytest.mark.usefixtures("campaign_ledger")
+def test_run_prints_the_most_common_error_per_stage(tmp_path: Path) -> None:
+    write_campaign(tmp_path, FAILING)
+    (tmp_path / "tasks.py").write_text(FAILING_TASKS)
+    proc = corral_cli(tmp_path, "run", check=1)
+    lines = proc.stderr.splitlines()
+    work = next(line for line in lines if line.startswith("work: "))
+    assert work.startswith("work: 5 failed, most often ValueError (4 of 5): no data for this setting "
+                           "(corral logs t"), proc.stderr
+    summary = next(line for line in lines if line.startswith("summary: "))
+    assert summary.startswith("summary: 1 cancelled, upstream: a needed task (work) did not finish"), proc.stderr
+    # The task it names is one with that error.
+    task = work.rsplit("corral logs ", 1)[1].rstrip(")")
+    shown = corral_cli(tmp_path, "logs", task, check=0).stdout
+    assert "error (ValueError): ValueError: no data for this setting" in shown, shown
+    # `corral status` says the same.
+    assert work in corral_cli(tmp_path, "status", check=0).stdout

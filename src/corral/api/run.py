@@ -164,6 +164,7 @@ class Run:
             "stages": stages, "totals": totals,
             "progress": (finished / totals["total"]) if totals["total"] else 1.0,
             "submissions_open": len(open_subs),
+            "errors": self.common_errors(order=list(stages)),
             **self.usage(stages),
             **self.job_efficiency(),
         }
@@ -212,6 +213,19 @@ class Run:
         from corral.ledger.reads import failure_counts
 
         return failure_counts(self.ledger, self.id)
+
+    def common_errors(self, order: list[str] | None = None) -> list[dict[str, Any]]:
+        """Per stage, for its failed tasks (and its tasks cancelled with a cause, such as
+        ``upstream``): how many, the most common error class and message, and a task that has it."""
+        from corral.ledger import task_key
+        from corral.ledger.reads import common_errors
+
+        order = order or self.campaign.loaded.stage_order()
+        rank = {stage: i for i, stage in enumerate(order)}
+        rows = common_errors(self.ledger, self.id)
+        for row in rows:
+            row["task"] = task_key(row.pop("task_id")) if row.get("task_id") is not None else None
+        return sorted(rows, key=lambda r: (rank.get(r["stage"], len(rank)), r["state"] != "failed"))
 
     def task(self, ref: str, stage: str | None = None) -> dict[str, Any]:
         """A task by id (``123`` or ``t123``) or by item key (with ``stage`` when several)."""

@@ -184,6 +184,8 @@ def _print_summary(data, to=None) -> None:
 
     for line in usage_lines(data):
         console.print(line, highlight=False)
+    for line in output.error_lines(data.get("errors") or []):
+        console.print(line, highlight=False)
     for stage, jobs in (data.get("jobs") or {}).items():
         states = ", ".join(f"{k} {v}" for k, v in sorted(jobs["states"].items()))
         mean = jobs["elapsed_total_s"] / max(1, jobs["elements"])

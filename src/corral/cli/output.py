@@ -37,3 +37,24 @@ def table(rows: list[dict[str, Any]], columns: list[str], title: str | None = No
     for row in rows:
         result.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
     return result
+
+
+def error_lines(errors: list[dict[str, Any]]) -> list[str]:
+    """One line per stage and end state: the most common cause of its failed (or cancelled) tasks."""
+    lines = []
+    for e in errors:
+        message = " ".join((e.get("message") or "").split())
+        if len(message) > 200:
+            message = message[:197] + "..."
+        cause = e.get("error_class") or "no error class"
+        message = message.removeprefix(f"{cause}: ")
+        if e["count"] == e["tasks"]:
+            text = f"{e['stage']}: {e['tasks']} {e['state']}, {cause}"
+        else:
+            text = f"{e['stage']}: {e['tasks']} {e['state']}, most often {cause} ({e['count']} of {e['tasks']})"
+        if message:
+            text += f": {message}"
+        if e.get("task"):
+            text += f" (corral logs {e['task']})"
+        lines.append(text)
+    return lines

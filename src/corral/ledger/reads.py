@@ -66,6 +66,32 @@ def failure_counts(ledger: Ledger, run_id: str) -> list[dict[str, Any]]:
         return [{"stage": a, "error_class": b, "count": n} for a, b, n in conn.execute(query)]
 
 
+def common_errors(ledger: Ledger, run_id: str) -> list[dict[str, Any]]:
+    """Per stage and end state (failed, or cancelled with a cause): how many tasks, the most common
+    error class, how many have it, its most common message and one task with it."""
+    t = schema.tasks
+    ended_badly = (t.c.run_id == run_id) & ((t.c.state == TaskState.FAILED) |
+                                            ((t.c.state == TaskState.CANCELLED) & t.c.error_class.is_not(None)))
+    by_class = (select(t.c.stage, t.c.state, t.c.error_class, func.count()).where(ended_badly)
+                .group_by(t.c.stage, t.c.state, t.c.error_class))
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    with ledger.read() as conn:
+        for stage, state, error_class, count in conn.execute(by_class):
+            entry = found.setdefault((stage, state), {"stage": stage, "state": state, "tasks": 0, "count": 0})
+            entry["tasks"] += count
+            if count > entry["count"]:
+                entry.update(error_class=error_class, count=count)
+        for entry in found.values():
+            cls = entry.get("error_class")
+            message = (select(t.c.error_message, func.count(), func.min(t.c.id))
+                       .where(ended_badly, t.c.stage == entry["stage"], t.c.state == entry["state"],
+                              t.c.error_class.is_(None) if cls is None else t.c.error_class == cls)
+                       .group_by(t.c.error_message).order_by(func.count().desc(), func.min(t.c.id)).limit(1))
+            row = conn.execute(message).first()
+            entry["message"], entry["message_count"], entry["task_id"] = row if row else (None, 0, None)
+    return sorted(found.values(), key=lambda e: (e["stage"], e["state"]))
+
+
 def find_tasks(ledger: Ledger, run_id: str, *, task_id: int | None = None, ref: str | None = None,
                stage: str | None = None) -> list[dict[str, Any]]:
     """Task rows with their item's key, params and id: by task id, else by item key or item id
