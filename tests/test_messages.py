@@ -309,3 +309,36 @@ def test_run_prints_the_most_common_error_per_stage(tmp_path: Path) -> None:
     assert "error (ValueError): ValueError: no data for this setting" in shown, shown
     # `corral status` says the same.
     assert work in corral_cli(tmp_path, "status", check=0).stdout
+
+
+MERGE = """\
+name: merge
+items:
+  grid:
+    x: [1, 2, 3]
+stages:
+  label:
+    run: [echo, "label {x}"]
+  summary:
+    per: all
+    needs: label
+    run: [sh, -c, "echo merged the labels"]
+  archive:
+    per: all
+    needs: summary
+    run: [echo, archived]
+backends:
+  local: {workers: 2, gpus: none}
+"""
+
+
+@pytest.mark.usefixtures("campaign_ledger")
+def test_logs_all_shows_the_task_of_a_per_all_stage(tmp_path: Path) -> None:
+    write_campaign(tmp_path, MERGE)
+    corral_cli(tmp_path, "run", "-q", check=0)
+    shown = corral_cli(tmp_path, "logs", "all", "--stage", "summary", check=0).stdout
+    assert "stage=summary item=all state=done attempts=1" in shown, shown
+    assert "merged the labels" in shown
+    # Two stages run once per run: `all` alone names both.
+    proc = corral_cli(tmp_path, "logs", "all", check=2)
+    assert "'all' names 2 tasks (stages: summary, archive); add --stage" in proc.stderr, proc.stderr

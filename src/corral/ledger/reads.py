@@ -14,6 +14,9 @@ from corral.ledger import schema
 from corral.ledger.store import Ledger, loads
 from corral.states import OPEN_SUBMISSIONS, TaskState
 
+#: the item key of the one task of a ``per: all`` stage (it has no item)
+ONCE_PER_RUN_KEY = "all"
+
 #: The columns of ``record_rows``, in order.
 RECORD_COLUMNS = ("stage", "state", "attempts", "result", "error_class", "error_message", "started_at",
                   "finished_at", "host", "tokens_in", "tokens_out", "cost", "id", "key", "item_id", "params")
@@ -95,9 +98,10 @@ def common_errors(ledger: Ledger, run_id: str) -> list[dict[str, Any]]:
 def find_tasks(ledger: Ledger, run_id: str, *, task_id: int | None = None, ref: str | None = None,
                stage: str | None = None) -> list[dict[str, Any]]:
     """Task rows with their item's key, params and id: by task id, else by item key or item id
-    (``ref``), optionally of one stage."""
+    (``ref``), optionally of one stage; ``all`` names the task of a ``per: all`` stage."""
     t, i, joined = _tasks_with_items()
-    query = select(t, i.c.key, i.c.params, i.c.item_id).select_from(joined).where(t.c.run_id == run_id)
+    query = (select(t, i.c.key, i.c.params, i.c.item_id).select_from(joined).where(t.c.run_id == run_id)
+             .order_by(t.c.id))
     with ledger.read() as conn:
         rows = []
         if task_id is not None:
@@ -107,6 +111,11 @@ def find_tasks(ledger: Ledger, run_id: str, *, task_id: int | None = None, ref: 
             if stage:
                 q = q.where(t.c.stage == stage)
             rows = [dict(r) for r in conn.execute(q).mappings()]
+        if not rows and ref == ONCE_PER_RUN_KEY:
+            q = query.where(t.c.item_idx == -1)
+            if stage:
+                q = q.where(t.c.stage == stage)
+            rows = [dict(r, key=ONCE_PER_RUN_KEY, item_id=ONCE_PER_RUN_KEY) for r in conn.execute(q).mappings()]
     return rows
 
 
