@@ -49,7 +49,8 @@ def test_init_check_run_status_export_logs(tmp_path: Path):
 
     proc = corral_cli(tmp_path, "run", "-q", check=0)
     assert proc.stdout == ""
-    assert "started run my-campaign_" in proc.stderr and "finished" in proc.stderr
+    assert proc.stderr.startswith("run my-campaign_") and "finished" in proc.stderr
+    first_run = proc.stderr.split(":", 1)[0]
 
     status = json.loads(corral_cli(tmp_path, "status", "--json", check=0).stdout)
     assert status["run"]["status"] == "finished" and status["run"]["items"] == 10
@@ -82,8 +83,8 @@ def test_init_check_run_status_export_logs(tmp_path: Path):
     assert "task t1 stage=evaluate" in logs.stdout and "state=done" in logs.stdout
     assert "evaluating" in logs.stdout  # the starter's ctx.log line
 
-    again = corral_cli(tmp_path, "run", "-q", check=0)
-    assert "continuing run" in again.stderr
+    again = corral_cli(tmp_path, "run", check=0)
+    assert f"continuing {first_run}" in again.stderr
 
     log = (tmp_path / ".corral" / "corral.log").read_text().splitlines()
     assert any("created run my-campaign_" in line for line in log)

@@ -342,3 +342,22 @@ def test_logs_all_shows_the_task_of_a_per_all_stage(tmp_path: Path) -> None:
     # Two stages run once per run: `all` alone names both.
     proc = corral_cli(tmp_path, "logs", "all", check=2)
     assert "'all' names 2 tasks (stages: summary, archive); add --stage" in proc.stderr, proc.stderr
+
+
+@pytest.mark.usefixtures("campaign_ledger")
+def test_run_quiet_prints_only_the_result_and_errors(tmp_path: Path) -> None:
+    ok, failing = tmp_path / "ok", tmp_path / "failing"
+    write_campaign(ok, MERGE)
+    proc = corral_cli(ok, "run", "-q", check=0)
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [proc.stderr.splitlines()[0]], proc.stderr
+    assert proc.stderr.startswith("run merge_") and "finished (100.0% of 5 tasks finished)" in proc.stderr
+
+    write_campaign(failing, FAILING)
+    (failing / "tasks.py").write_text(FAILING_TASKS)
+    proc = corral_cli(failing, "run", "--quiet", check=1)
+    lines = proc.stderr.splitlines()
+    assert proc.stdout == "" and len(lines) == 3, proc.stderr
+    assert lines[0].startswith("run failing_") and "finished_with_failures" in lines[0]
+    assert lines[1].startswith("work: 5 failed, most often ValueError (4 of 5)")
+    assert lines[2].startswith("summary: 1 cancelled, upstream")

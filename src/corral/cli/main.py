@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -90,7 +91,7 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
         tag: Optional[List[str]] = typer.Option(None, "--tag", help="Tag the run: key=value (repeatable)."),
         note: Optional[str] = typer.Option(None, "--note", help="Add a note to the run."),
         controller_id: Optional[str] = CONTROLLER_ID, lease: Optional[float] = LEASE,
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display.")) -> None:
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings, errors and the result line.")) -> None:
     """Run the campaign until every task is done, failed or cancelled (resumes an unfinished run)."""
     campaign, _ = _campaign(args, ledger)
     if dry_run:
@@ -98,7 +99,8 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
         return
     the_run, created = campaign.start(run_id=run_id, limit=limit, shard=shard, new=new, force=force, tags=tag or [],
                                       note=note, controller_id=controller_id, lease=lease)
-    err.print(f"{'started' if created else 'continuing'} run [bold]{the_run.id}[/bold]", highlight=False)
+    if not quiet:
+        err.print(f"{'started' if created else 'continuing'} run [bold]{the_run.id}[/bold]", highlight=False)
     if the_run.unfinished_elsewhere:
         err.print(f"note: unfinished run {the_run.unfinished_elsewhere} has a different configuration; to continue "
                   f"it instead: corral run --run-id {the_run.unfinished_elsewhere} --force", highlight=False)
@@ -118,13 +120,13 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with RunProgress(the_run, live=None if not quiet else False, every=10.0 if not quiet else 1e9) as progress:
-            report = the_run.run(clock=clock, on_tick=progress.update, should_stop=stop.is_set)
+        with RunProgress(the_run) if not quiet else contextlib.nullcontext() as progress:
+            report = the_run.run(clock=clock, on_tick=progress.update if progress else None, should_stop=stop.is_set)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     status = the_run.status()
-    _print_summary(status)
+    _print_summary(status, quiet=quiet)
     if stop.is_set() and not report.finished:
         raise typer.Exit(130)
     if status["run"]["status"] != RunStatus.FINISHED:
@@ -171,11 +173,17 @@ def status(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run
                                       title="in-flight submissions"))
 
 
-def _print_summary(data, to=None) -> None:
+def _print_summary(data, to=None, quiet: bool = False) -> None:
+    """The result line, the table of tasks per stage and state, usage, and the most common error
+    per stage; ``quiet``: the result line and the errors only."""
     console = to or err
     run = data["run"]
     console.print(f"run [bold]{run['id']}[/bold]: {run['status']} ({data['progress']:.1%} of "
                   f"{data['totals']['total']} tasks finished)", highlight=False)
+    if quiet:
+        for line in output.error_lines(data.get("errors") or []):
+            console.print(line, highlight=False)
+        return
     rows = []
     for stage, states in data["stages"].items():
         rows.append({"stage": stage, **{k: v for k, v in states.items()}})
