@@ -361,3 +361,27 @@ def test_run_quiet_prints_only_the_result_and_errors(tmp_path: Path) -> None:
     assert lines[0].startswith("run failing_") and "finished_with_failures" in lines[0]
     assert lines[1].startswith("work: 5 failed, most often ValueError (4 of 5)")
     assert lines[2].startswith("summary: 1 cancelled, upstream")
+
+
+# -- the README --------------------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readme_command_table_lists_every_command() -> None:
+    import re
+
+    import typer
+
+    from corral.cli.main import app
+
+    commands = set(typer.main.get_command(app).commands)
+    assert {"run", "ingest", "sim"} <= commands
+    text = README.read_text()
+    section = text[text.index("## Commands"):text.index("\n## ", text.index("## Commands") + 1)]
+    listed = set(re.findall(r"^\| `corral ([a-z-]+)", section, flags=re.MULTILINE))
+    assert listed == commands, f"missing from the README: {sorted(commands - listed)}; " \
+                               f"not commands: {sorted(listed - commands)}"
+    setup = text[text.index("## Set up"):text.index("\n## ", text.index("## Set up") + 1)]
+    assert re.search(r"make test.*starts a throwaway PostgreSQL.*local single-node SLURM cluster", setup,
+                     flags=re.DOTALL), setup
