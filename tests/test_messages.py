@@ -130,6 +130,7 @@ GROUP_FILES = {
     "slow": "# @package _global_\nstages:\n  train:\n    timeout: 5 parsecs\n",
     "missing": "# @package _global_\nstages:\n  train:\n    run: [echo, '${params.nope}']\n",
     "unpackaged": "stages:\n  train:\n    timeout: 1h\n",
+    "badkey": "# @package _global_\nitems:\n  key: '{lr}-{nope}'\n",
 }
 
 
@@ -166,6 +167,7 @@ def test_an_error_in_a_group_file_is_blamed_on_that_file(tmp_path: Path) -> None
         "typo": ["stages.train.retires: unknown key 'retires'", "did you mean: retries"],
         "slow": ["stages.train.timeout: '5 parsecs' is not a duration"],
         "missing": ["stages.train.run[1]: cannot resolve an interpolation", "params.nope"],
+        "badkey": ["items.key: key template uses unknown parameters ['nope']"],
     }
     for option, wanted in cases.items():
         proc = corral_cli(tmp_path, "check", f"experiment={option}", check=2)
@@ -231,7 +233,7 @@ def test_a_comma_sweep_says_how_to_write_it_in_corral(tmp_path: Path) -> None:
 
 def test_a_misspelled_group_suggests_the_group_and_its_options(tmp_path: Path) -> None:
     sweep_campaign(tmp_path)
-    options = "base, big, broken, missing, slow, typo, unpackaged"
+    options = "badkey, base, big, broken, missing, slow, typo, unpackaged"
     cases = {
         "experment=big": ("no config group 'experment'", "did you mean: experiment=big"),
         "+experment=big": ("no config group 'experment'", "did you mean: +experiment=big"),

@@ -148,7 +148,7 @@ class Campaign:
         checks.controller(controller_id, lease)
         if tags is not None and not isinstance(tags, Mapping):
             tags = parse_tags(tags)
-        source = ItemSource(self.spec.items, self.root, self.loaded.path)
+        source = ItemSource(self.spec.items, self.root, self.loaded.path, blame=self.loaded.blame)
         source.param_names()  # item sources that cannot be read fail here, before anything is written
         if self.spec.items.key:
             source._check_key_template(self.spec.items.key)

@@ -112,7 +112,7 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
 
     loaded, spec = campaign.loaded, campaign.spec
     campaign.check_ledger_driver()
-    source = ItemSource(spec.items, campaign.root, loaded.path)
+    source = ItemSource(spec.items, campaign.root, loaded.path, blame=loaded.blame)
     items = list(source.items(limit=chosen.limit, shard=chosen.shard))
     sample = items[0].params if items else {}
     stages = {}

@@ -81,7 +81,7 @@ def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, n
     config and selection that appeared meanwhile (another controller started at the same moment)
     is returned instead. Returns (run row, created)."""
     spec = campaign.spec
-    source = ItemSource(spec.items, campaign.root, campaign.path)
+    source = ItemSource(spec.items, campaign.root, campaign.path, blame=campaign.blame)
     items = source.items(limit=selection.limit, shard=selection.shard)
     stages = [(name, spec.stages[name].per, bool(spec.stages[name].needs), spec.stages[name].backend)
               for name in campaign.stage_order()]

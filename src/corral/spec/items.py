@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import inspect
 import itertools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from corral.errors import SpecError
 from corral.spec.models import Items
@@ -72,12 +74,38 @@ def template_fields(template: str) -> set[str]:
     return {name.split(".")[0].split("[")[0] for _, name, _, _ in Formatter().parse(template) if name}
 
 
+def _blamed(method):
+    """Errors of ``method`` name the file that holds their key (a config-group file may set items)."""
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def generator(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except SpecError as exc:
+                raise self.blame(exc) from None
+        return generator
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except SpecError as exc:
+            raise self.blame(exc) from None
+    return call
+
+
 class ItemSource:
-    """Expands an ``items:`` section into items, in a stable order."""
+    """Expands an ``items:`` section into items, in a stable order.
 
-    def __init__(self, spec: Items, root: Path, file: str | Path = "corral.yaml"):
+    ``blame`` gives an error the file that holds its key, when the campaign was composed from several.
+    """
+
+    def __init__(self, spec: Items, root: Path, file: str | Path = "corral.yaml",
+                 blame: Callable[[SpecError], SpecError] | None = None):
         self.spec, self.root, self.file = spec, root, str(file)
+        self.blame = blame or (lambda exc: exc)
 
+    @_blamed
     def factors(self) -> list[list[dict[str, Any]]]:
         """Row sources (from, list, zip) as lists of partial items; the grid is in ``axes()``."""
         factors: list[list[dict[str, Any]]] = []
@@ -90,9 +118,11 @@ class ItemSource:
         self._check_disjoint(factors + [[{name: None}] for name, _ in self.axes()])
         return factors
 
+    @_blamed
     def axes(self) -> list[tuple[str, list[Any]]]:
         return [(name, self._axis(name, values)) for name, values in (self.spec.grid or {}).items()]
 
+    @_blamed
     def param_names(self) -> list[str]:
         """Parameter names in the order the campaign file gives them (for exports)."""
         names: list[str] = []
@@ -102,9 +132,11 @@ class ItemSource:
         names.extend(name for name, _ in self.axes() if name not in names)
         return names
 
+    @_blamed
     def count(self) -> int:
         return math.prod(len(f) for f in self.factors()) * math.prod(len(v) for _, v in self.axes())
 
+    @_blamed
     def params(self) -> Iterator[dict[str, Any]]:
         """Every item's parameters, lazily: the product of the row sources and the grid axes."""
         factors, axes = self.factors(), self.axes()
@@ -142,6 +174,7 @@ class ItemSource:
         for combo in itertools.product(*encoded):
             yield dict(zip(names, [c[0] for c in combo])), "{" + ",".join([combo[i][1] for i in order]) + "}"
 
+    @_blamed
     def items(self, limit: int | None = None, shard: tuple[int, int] | None = None) -> Iterator[Item]:
         key_template = self.spec.key
         if key_template:

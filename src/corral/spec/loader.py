@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from corral.errors import SpecError
 from corral.spec import models
 from corral.spec.backend_types import BACKEND_SETTINGS, BACKEND_TYPES
-from corral.spec.compose import compose, omegaconf_key, omegaconf_message
+from corral.spec.compose import Composed, compose, omegaconf_key, omegaconf_message
 from corral.spec.hints import expected_for
 from corral.spec.models import Campaign
 
@@ -34,10 +34,16 @@ class LoadedCampaign:
     config: dict[str, Any]
     overrides: list[str] = field(default_factory=list)
     backends: dict[str, BaseModel] = field(default_factory=dict)
+    #: the files it was composed from, when it has config groups or overrides
+    composed: Composed | None = field(default=None, repr=False, compare=False)
 
     @property
     def root(self) -> Path:
         return self.path.parent
+
+    def blame(self, exc: SpecError) -> SpecError:
+        """``exc`` naming the file that holds its key (a config-group file, or the campaign file)."""
+        return self.composed.blame(exc) if self.composed is not None else exc
 
     @property
     def config_hash(self) -> str:
@@ -66,9 +72,11 @@ def load_campaign(path: str | Path, overrides: list[str] | None = None) -> Loade
         return validate_config(_resolve_plain(file, raw), file, overrides)
     composed = compose(file, overrides)
     try:
-        return validate_config(composed.config, file, overrides)
+        loaded = validate_config(composed.config, file, overrides)
     except SpecError as exc:
         raise composed.blame(exc) from None
+    loaded.composed = composed
+    return loaded
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
