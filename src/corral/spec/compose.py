@@ -15,6 +15,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -105,7 +106,7 @@ def compose(file: Path, overrides: list[str]) -> Composed:
     if file.suffix != ".yaml":
         raise SpecError("composition and overrides need a file ending in .yaml (Hydra finds only those)",
                         file=str(file), expected=f"rename it to {file.stem}.yaml")
-    groups = config_groups(file.parent)
+    groups = ConfigGroups(file.parent)
     _check_defaults(file, groups)
     hydra_overrides, override_keys = _check_overrides(file, overrides, groups)
     GlobalHydra.instance().clear()
@@ -133,15 +134,39 @@ def compose(file: Path, overrides: list[str]) -> Composed:
     return composed
 
 
-def config_groups(folder: Path) -> dict[str, list[str]]:
-    """Config groups beside the campaign file: folder name -> its options (the .yaml files' stems)."""
-    groups = {}
-    for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if sub.is_dir() and not sub.name.startswith((".", "_")):
-            options = sorted(p.stem for p in sub.glob("*.yaml"))
-            if options:
-                groups[sub.name] = options
-    return groups
+class ConfigGroups(Mapping[str, list[str]]):
+    """Config groups beside the campaign file: a folder holding .yaml files -> its options (their
+    paths inside it, without .yaml). A folder is read only when asked about, so that a folder of
+    results beside the campaign costs nothing."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._options: dict[str, list[str]] = {}
+
+    def _options_of(self, name: str) -> list[str]:
+        if name not in self._options:
+            sub = self.folder / name
+            found = []
+            if not name.startswith((".", "_")) and "/" not in name and sub.is_dir():
+                found = sorted(p.relative_to(sub).with_suffix("").as_posix() for p in sub.rglob("*.yaml"))
+            self._options[name] = found
+        return self._options[name]
+
+    def __getitem__(self, name: str) -> list[str]:
+        options = self._options_of(name)
+        if not options:
+            raise KeyError(name)
+        return options
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and bool(self._options_of(name))
+
+    def __iter__(self) -> Iterator[str]:
+        subs = sorted(p.name for p in self.folder.iterdir() if p.is_dir()) if self.folder.is_dir() else []
+        return iter([name for name in subs if name in self])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _sources(file: Path, overrides: list[str]) -> list[Source]:
@@ -172,7 +197,7 @@ def _check_packages(composed: Composed) -> None:
                          f"(or choose it as `- {source.group}@_global_: {source.path.stem}` in the defaults list)")
 
 
-def _check_overrides(file: Path, overrides: list[str], groups: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+def _check_overrides(file: Path, overrides: list[str], groups: ConfigGroups) -> tuple[list[str], list[str]]:
     """Overrides for Hydra (comma lists on grid axes become lists) and the keys they set; refuses
     sweeps and misspelt groups in corral's words."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -204,7 +229,7 @@ def _check_overrides(file: Path, overrides: list[str], groups: dict[str, list[st
     return result, keys
 
 
-def _sweep_as_grid(text: str, parsed, key: str, groups: dict[str, list[str]], file: Path) -> str:
+def _sweep_as_grid(text: str, parsed, key: str, groups: ConfigGroups, file: Path) -> str:
     from hydra.core.override_parser.types import ValueType
 
     value_text = text.split("=", 1)[1].strip()
@@ -233,7 +258,7 @@ def _sweep_as_grid(text: str, parsed, key: str, groups: dict[str, list[str]], fi
                  f"{prefix}=[{listed}]; or a string with commas, quoted: {prefix}='{value_text}'")
 
 
-def _check_group(file: Path, text: str, parsed, key: str, groups: dict[str, list[str]],
+def _check_group(file: Path, text: str, parsed, key: str, groups: ConfigGroups,
                  defaults_groups: set[str]) -> None:
     value = text.split("=", 1)[1].strip() if "=" in text else ""
     if key in groups:
@@ -282,7 +307,7 @@ def _groups_in_defaults(file: Path) -> set[str]:
     return {group for group, _option, _optional in _defaults_entries(file)}
 
 
-def _check_defaults(file: Path, groups: dict[str, list[str]]) -> None:
+def _check_defaults(file: Path, groups: ConfigGroups) -> None:
     for group, option, optional in _defaults_entries(file):
         if "/" in group or option is None or isinstance(option, (list, dict)):
             continue
