@@ -63,6 +63,7 @@ def without_identity(status: dict) -> dict:
     """A status with what differs between twin campaigns (names, ids, times, hashes) left out."""
     data = same(status)
     data["run"] = {k: v for k, v in data["run"].items() if k in ("status", "items")}
+    data["errors"] = [{k: v for k, v in e.items() if k != "task"} for e in data.get("errors", [])]
     return data
 
 
