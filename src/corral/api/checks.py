@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from corral.api.preflight import preflight
 from corral.errors import CorralError, SpecError
 from corral.spec import LoadedCampaign
 
@@ -134,6 +135,9 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
 
             stages[name].update(kind="request", action=f"LLM request ({stage.request.get('model') or 'model'})",
                                 llm=project(loaded, name, stage, items))
+    found = preflight(loaded)
+    for name, slots in found.slots.items():
+        stages[name]["slots"] = slots
     resumable = None
     ledger_path = campaign.sqlite_path() if campaign.ledger_url.startswith("sqlite") else None
     if ledger_path is None or ledger_path.exists():
@@ -153,7 +157,7 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
         "backends": {n: b.model_dump(mode="json") for n, b in loaded.backends.items()},
         "ledger": display_url(campaign.ledger_url),
         "config_hash": snapshot_hash(loaded, chosen), "resumes": resumable,
-        "sample_item": sample,
+        "sample_item": sample, "gpus": found.to_dict()["gpus"], "secrets": found.to_dict()["secrets"],
     }
 
 
