@@ -208,3 +208,124 @@ def test_a_secret_given_by_value_in_env_is_warned_about(tmp_path):
     quiet = tmp_path / "quiet"
     write_campaign(quiet, campaign_dict({"upload": {"run": ["true"], "env": {"WANDB_MODE": "offline"}}}))
     assert "warning" not in corral_cli(quiet, "check", check=0).stderr
+
+
+# -- 5. function names looked up in the module's source -----------------------------------------------
+
+POLICY = """
+    import pathlib
+
+    pathlib.Path(__file__).with_name("IMPORTED").touch()   # shows whether checking imported the module
+
+    def evaluate(item, ctx):
+        return {"ok": True}
+
+    def rollout(item, ctx):
+        return {"ok": True}
+    """
+
+
+def test_a_function_missing_from_its_module_is_refused_with_a_suggestion(tmp_path):
+    write_module(tmp_path, "policy", POLICY)
+    write_campaign(tmp_path, campaign_dict({"evaluate": {"call": "policy:evalute"}}))
+    _assert_refused_everywhere(tmp_path, ["corral.yaml", "stages.evaluate.call", "has no function 'evalute'",
+                                          "evaluate, rollout", "did you mean: policy:evaluate"])
+    assert not (tmp_path / "IMPORTED").exists()
+    # A module in a package: the same, for the module's file inside it.
+    write_module(tmp_path / "lab", "__init__", "")
+    write_module(tmp_path / "lab", "policies", POLICY)
+    write_campaign(tmp_path, campaign_dict({"evaluate": {"call": "lab.policies:no_such_function"}}))
+    proc = corral_cli(tmp_path, "check", check=2)
+    assert "stages.evaluate.call" in proc.stderr and "no function 'no_such_function'" in proc.stderr
+    assert str(tmp_path / "lab" / "policies.py") in proc.stderr
+    write_campaign(tmp_path, campaign_dict({"evaluate": {"call": "lab.missing:evaluate"}}))
+    assert "cannot find the module 'lab.missing'" in corral_cli(tmp_path, "check", check=2).stderr
+    assert not (tmp_path / "IMPORTED").exists() and not (tmp_path / "lab" / "IMPORTED").exists()
+    assert_no_ledger(tmp_path)
+
+
+def test_a_parse_function_missing_from_its_module_is_refused(tmp_path):
+    write_module(tmp_path, "labels", "import json\n\ndef parse(response, item):\n    return json.loads(response)\n")
+    write_campaign(tmp_path, {
+        "name": "labels", "items": {"grid": {"x": [1, 2]}},
+        "stages": {"label": {"backend": "openai", "parse": "labels:parse_labels", "request": {
+            "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "say {{ item.x }}"}]}}},
+        "backends": {"openai": {"type": "openai_batch", "base_url": "http://127.0.0.1:9/v1"}},
+    })
+    _assert_refused_everywhere(tmp_path, ["stages.label.parse", "has no function 'parse_labels'",
+                                          "did you mean: labels:parse"], env={"OPENAI_API_KEY": "sk-test"})
+
+
+MADE_IN_OTHER_WAYS = """
+    import functools
+    from json import dumps as imported_function
+
+    def _double(item, ctx, factor):
+        return {"value": item["x"] * factor}
+
+    assigned = functools.partial(_double, factor=2)
+    annotated: object = functools.partial(_double, factor=3)
+
+    def _cached(function):
+        return functools.wraps(function)(functools.lru_cache(maxsize=None)(function))
+
+    @functools.wraps(_double)
+    def decorated(item, ctx):
+        return _double(item, ctx, 4)
+
+    class Policy:
+        def __call__(self, item, ctx):
+            return {"value": item["x"]}
+
+    policy = Policy()
+    first, (second, third) = policy, (policy, policy)
+
+    try:
+        from a_package_that_is_not_installed import fast as accelerated
+    except ImportError:
+        def accelerated(item, ctx):
+            return {"value": -item["x"]}
+
+    if True:
+        made_by_lambda = lambda item, ctx: {"value": 0}
+
+    for made_in_a_loop in [policy]:
+        pass
+
+    with open(__file__) as made_by_with:
+        pass
+
+    def _register():
+        global registered
+        registered = policy
+        only_inside_a_function = policy
+
+    _register()
+    """
+
+
+def test_functions_made_in_other_ways_are_found(tmp_path):
+    write_module(tmp_path, "made", MADE_IN_OTHER_WAYS)
+    write_module(tmp_path, "starred", "from os import *\n")
+    names = ["assigned", "annotated", "imported_function", "decorated", "Policy", "policy", "first", "third",
+             "accelerated", "made_by_lambda", "made_in_a_loop", "made_by_with", "registered"]
+    stages = {name: {"call": f"made:{name}"} for name in names}
+    stages["star"] = {"call": "starred:getcwd"}            # ``import *``: the source cannot tell, so allowed
+    stages["compiled"] = {"call": "math:sqrt"}             # no Python source to read
+    stages["attribute_module"] = {"call": "os.path:join"}  # a module's attribute that is a module
+    write_campaign(tmp_path, campaign_dict(stages, items={"list": [{"x": 5}]}))
+    corral_cli(tmp_path, "check", check=0)
+    # A name bound only inside a function or a class is not the module's.
+    for name in ("only_inside_a_function", "__call__"):
+        write_campaign(tmp_path, campaign_dict({"s": {"call": f"made:{name}"}}, items={"list": [{"x": 5}]}))
+        assert f"has no function {name!r}" in corral_cli(tmp_path, "check", check=2).stderr
+    # They run too: what the check accepted is what the worker finds.
+    runnable = ["assigned", "annotated", "decorated", "policy", "third", "accelerated", "made_by_lambda",
+                "registered"]
+    write_campaign(tmp_path, campaign_dict({name: {"call": f"made:{name}"} for name in runnable},
+                                           items={"list": [{"x": 5}]}))
+    corral_cli(tmp_path, "run", "--quiet", check=0)
+    values = dict(query_ledger(tmp_path, "SELECT stage, result FROM tasks"))
+    assert {stage: json.loads(result)["value"] for stage, result in values.items()} == {
+        "assigned": 10, "annotated": 15, "decorated": 20, "policy": 5, "third": 5, "accelerated": -5,
+        "made_by_lambda": 0, "registered": 5}

@@ -66,33 +66,19 @@ def check_templates(loaded: LoadedCampaign, name: str, stage, sample: dict[str, 
 
 
 def check_callables(loaded: LoadedCampaign, name: str, stage) -> None:
-    """A ``call:`` (or skip_if/verify callable) whose module cannot be found fails at check time,
-    not once per task. Only the module is looked up; nothing of the user's code is imported."""
-    import importlib.machinery
-    import importlib.util
-
+    """A ``call:``, ``parse:`` (or skip_if/verify callable) whose module or function cannot be found
+    fails at check time, not once per task. Both are looked up in the module's source; nothing of
+    the user's code is imported."""
     from corral.llm.projection import check_llm_stage
+    from corral.spec.callables import check_reference
 
     check_llm_stage(loaded, name, stage)
     refs = [("call", stage.call), ("skip_if", stage.skip_callable), ("verify", stage.verify_callable),
             ("parse", stage.parse)]
     for key, ref in refs:
-        if not ref:
-            continue
-        module = ref.split(":", 1)[0]
-        top = module.split(".", 1)[0]
-        # Beside the campaign file first (as workers see it), then the installed packages; the
-        # top-level name is enough, and sys.path is left alone (several controllers may share it).
-        try:
-            found = (importlib.machinery.PathFinder.find_spec(top, [str(loaded.root)]) is not None
-                     or importlib.util.find_spec(top) is not None)
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            raise SpecError(f"cannot find the module {module!r} of {ref!r}", file=str(loaded.path),
-                            key=f"stages.{name}.{key}",
-                            expected=f"{module.replace('.', '/')}.py beside the campaign file, or an "
-                                     "installed package")
+        if ref:
+            # Beside the campaign file first (as workers see it), then the installed packages.
+            check_reference(ref, [loaded.root], file=str(loaded.path), key=f"stages.{name}.{key}")
 
 
 def check_stages(loaded: LoadedCampaign, sample: dict[str, Any], stages=None) -> None:

@@ -40,7 +40,8 @@ class GpuSource(str, Enum):
     CAMPAIGN = "campaign file"
     VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
     NVIDIA_SMI = "nvidia-smi"
-    NONE = "none"
+    NOT_FOUND = "CUDA_VISIBLE_DEVICES unset, nvidia-smi finds none"
+    NONE = "gpus: none"
     CLUSTER = "cluster"
 
     def __str__(self) -> str:
@@ -197,7 +198,7 @@ class _MachineGpus:
     def source(self) -> GpuSource:
         if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
             return GpuSource.VISIBLE_DEVICES
-        return GpuSource.NVIDIA_SMI if self.ids else GpuSource.NONE
+        return GpuSource.NVIDIA_SMI if self.ids else GpuSource.NOT_FOUND
 
     def describe(self) -> str:
         if self.source is GpuSource.VISIBLE_DEVICES:
