@@ -148,9 +148,17 @@ def _missing_secret(loaded: LoadedCampaign, name: str, key: str) -> SpecError:
     return SpecError(f"the secret {name!r} is not set", file=str(loaded.path), key=key, expected=where)
 
 
+def load_dotenv(loaded: LoadedCampaign) -> None:
+    """The secrets, API keys and cluster ``env:`` names of the campaign that are set only in its
+    ``.env`` go into this process's environment (for a run ticked without ``preflight``)."""
+    _load_passed_names(loaded, loaded.stage_order(), read_dotenv(loaded.root))
+
+
 def _load_passed_names(loaded: LoadedCampaign, stages: list[str], dotenv: dict[str, str]) -> None:
     """Secrets, API keys and a cluster's ``env:`` names found only in ``.env`` go into the environment
     (the environment wins: a name already set is left as it is)."""
+    if not dotenv:
+        return
     names = {name for name, _ in needed_secrets(loaded, stages)}
     for stage in (loaded.spec.stages[n] for n in stages):
         settings = loaded.backends[stage.backend]
