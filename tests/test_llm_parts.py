@@ -307,8 +307,10 @@ def test_parse_without_request_is_refused(tmp_path):
         load_campaign(write_campaign(tmp_path, config))
 
 
-def test_check_projects_requests_batches_tokens_cost_and_time(tmp_path):
+def test_check_projects_requests_batches_tokens_cost_and_time(tmp_path, monkeypatch):
     from corral.api import Campaign
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")   # checked before the projection
 
     config = llm_campaign(backend_extra={"enqueued_token_limit": 10_000, "pilot": 0, "tokenizer": "estimate",
                                          "expected_output_tokens": 100, "expected_turnaround": "30m"})

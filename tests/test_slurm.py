@@ -85,12 +85,12 @@ def test_sbatch_script_matches_golden_file(tmp_path: Path):
             "python": "python3", "setup": ["module load cuda/12.1"], "env": ["WANDB_API_KEY"],
             "sbatch": ["--nice=10"]}},
     })
-    proc = corral_cli(tmp_path, "run", "--dry-run", check=0)
+    proc = corral_cli(tmp_path, "run", "--dry-run", check=0, env={"HF_TOKEN": "hf_golden_value"})
     plan = json.loads(proc.stdout)
     preview = plan["submissions"]["train"]
     assert preview["elements"] == 3 and preview["tasks_per_job"] == 4
     script = preview["sbatch"][0]["script"].replace(str(tmp_path), "<ROOT>")
-    assert "HF_TOKEN=" not in script and "WANDB_API_KEY=" not in script
+    assert "HF_TOKEN=" not in script and "WANDB_API_KEY=" not in script and "hf_golden_value" not in script
     assert script == (GOLDEN / "slurm_gpu.sbatch").read_text()
     assert not (tmp_path / ".corral" / "runs").exists(), "a dry run writes nothing"
 

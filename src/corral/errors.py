@@ -38,3 +38,7 @@ class LedgerError(CorralError):
 
 class NotFound(CorralError):
     """A run, task or submission named by the user does not exist."""
+
+
+class CorralWarning(UserWarning):
+    """Something that works but is likely a mistake; the CLI prints it on stderr as ``warning: ...``."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
+from corral.api.preflight import preflight
 from corral.api.run import Run, TaskLogs
 from corral.errors import CorralError
 from corral.states import RunStatus
@@ -153,6 +154,7 @@ class Campaign:
         if self.spec.items.key:
             source._check_key_template(self.spec.items.key)
         checks.check_stages(self.loaded, next(iter(source.params()), {}))
+        preflight(self.loaded)  # secrets, API keys and GPUs, before a run (or a ledger) is created
         fresh = self.sqlite_path() is not None and not self.sqlite_path().exists()
         ledger = self.ledger()
         clock = clock or SystemClock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from corral.api.preflight import preflight
 from corral.errors import CorralError, SpecError
 from corral.spec import LoadedCampaign
 
@@ -65,33 +66,19 @@ def check_templates(loaded: LoadedCampaign, name: str, stage, sample: dict[str, 
 
 
 def check_callables(loaded: LoadedCampaign, name: str, stage) -> None:
-    """A ``call:`` (or skip_if/verify callable) whose module cannot be found fails at check time,
-    not once per task. Only the module is looked up; nothing of the user's code is imported."""
-    import importlib.machinery
-    import importlib.util
-
+    """A ``call:``, ``parse:`` (or skip_if/verify callable) whose module or function cannot be found
+    fails at check time, not once per task. Both are looked up in the module's source; nothing of
+    the user's code is imported."""
     from corral.llm.projection import check_llm_stage
+    from corral.spec.callables import check_reference
 
     check_llm_stage(loaded, name, stage)
     refs = [("call", stage.call), ("skip_if", stage.skip_callable), ("verify", stage.verify_callable),
             ("parse", stage.parse)]
     for key, ref in refs:
-        if not ref:
-            continue
-        module = ref.split(":", 1)[0]
-        top = module.split(".", 1)[0]
-        # Beside the campaign file first (as workers see it), then the installed packages; the
-        # top-level name is enough, and sys.path is left alone (several controllers may share it).
-        try:
-            found = (importlib.machinery.PathFinder.find_spec(top, [str(loaded.root)]) is not None
-                     or importlib.util.find_spec(top) is not None)
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            raise SpecError(f"cannot find the module {module!r} of {ref!r}", file=str(loaded.path),
-                            key=f"stages.{name}.{key}",
-                            expected=f"{module.replace('.', '/')}.py beside the campaign file, or an "
-                                     "installed package")
+        if ref:
+            # Beside the campaign file first (as workers see it), then the installed packages.
+            check_reference(ref, [loaded.root], file=str(loaded.path), key=f"stages.{name}.{key}")
 
 
 def check_stages(loaded: LoadedCampaign, sample: dict[str, Any], stages=None) -> None:
@@ -134,6 +121,9 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
 
             stages[name].update(kind="request", action=f"LLM request ({stage.request.get('model') or 'model'})",
                                 llm=project(loaded, name, stage, items))
+    found = preflight(loaded)
+    for name, slots in found.slots.items():
+        stages[name]["slots"] = slots
     resumable = None
     ledger_path = campaign.sqlite_path() if campaign.ledger_url.startswith("sqlite") else None
     if ledger_path is None or ledger_path.exists():
@@ -153,7 +143,7 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
         "backends": {n: b.model_dump(mode="json") for n, b in loaded.backends.items()},
         "ledger": display_url(campaign.ledger_url),
         "config_hash": snapshot_hash(loaded, chosen), "resumes": resumable,
-        "sample_item": sample,
+        "sample_item": sample, "gpus": found.to_dict()["gpus"], "secrets": found.to_dict()["secrets"],
     }
 
 

@@ -48,9 +48,11 @@ class Run:
 
     def engine(self, clock: "Clock | None" = None) -> "Engine":
         from corral.api.checks import controller
+        from corral.api.preflight import load_dotenv
         from corral.engine import Engine
 
         controller_id, lease = controller(self.controller_id, self.lease)
+        load_dotenv(self.campaign.loaded)
         return Engine(self.campaign.loaded, self.ledger, self.id, clock=clock, log=self.campaign.log,
                       controller=controller_id, lease=lease)
 

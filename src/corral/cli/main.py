@@ -68,9 +68,12 @@ def check(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, as_j
     output.out.print(f"campaign [bold]{plan['name']}[/bold] ({plan['campaign']})", highlight=False)
     output.out.print(f"items: {plan['items']}   tasks: {plan['tasks']}   ledger: {plan['ledger']}", highlight=False)
     rows = [{"stage": name, "per": s["per"], "tasks": s["tasks"], "needs": ",".join(s["needs"]) or "-",
-             "backend": s["backend"], s["kind"]: s["action"]} for name, s in plan["stages"].items()]
+             "backend": s["backend"], "slots": output.slots_text(s.get("slots")), s["kind"]: s["action"]}
+            for name, s in plan["stages"].items()]
     output.out.print(output.table([{**r, "action": r.get("call") or r.get("run") or r.get("request")} for r in rows],
-                                  ["stage", "per", "tasks", "needs", "backend", "action"]))
+                                  ["stage", "per", "tasks", "needs", "backend", "slots", "action"]))
+    for line in output.machine_lines(plan):
+        output.out.print(line, highlight=False)
     from corral.cli.llm_output import projection_lines
 
     for line in projection_lines(plan["stages"]):
@@ -279,6 +282,7 @@ app.add_typer(sim_cmd.app, name="sim")
 
 def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
+    output.show_corral_warnings()
     try:
         code = command.main(args=argv, prog_name="corral", standalone_mode=False)
         return code if isinstance(code, int) else 0

@@ -58,3 +58,49 @@ def error_lines(errors: list[dict[str, Any]]) -> list[str]:
             text += f" (corral logs {e['task']})"
         lines.append(text)
     return lines
+
+
+def slots_text(slots: dict[str, Any] | None) -> str:
+    """A stage's slots for ``corral check``: ``4 workers``, ``2 workers, 1 GPU each``, ``cluster (<= 100 jobs)``."""
+    if not slots:
+        return "-"
+    gpus = f", {slots['gpus_per_task']} GPU each" if slots.get("gpus_per_task") else ""
+    if slots["slots"] is None:
+        return f"cluster (<= {slots['limit']} {slots['unit']}{gpus})"
+    unit = slots["unit"].removesuffix("es" if slots["unit"].endswith("ches") else "s") if slots["slots"] == 1 \
+        else slots["unit"]
+    return f"{slots['slots']} {unit}{gpus}"
+
+
+def machine_lines(plan: dict[str, Any]) -> list[str]:
+    """``corral check``'s GPUs per backend and secrets by name (set or missing, never their values)."""
+    lines = []
+    for backend, info in (plan.get("gpus") or {}).items():
+        if info["gpus"] is None:
+            lines.append(f"GPUs of {backend}: the cluster's")
+        else:
+            found = ", ".join(map(str, info["gpus"])) or "none"
+            lines.append(f"GPUs of {backend}: {found} ({info['source']})")
+    secrets = plan.get("secrets") or {}
+    if secrets:
+        lines.append("secrets: " + ", ".join(f"{name} {state}" for name, state in secrets.items()))
+    return lines
+
+
+def show_corral_warnings() -> None:
+    """CorralWarnings as one ``warning: ...`` line on stderr each; other warnings as Python shows them."""
+    import warnings
+
+    from rich.text import Text
+
+    from corral.errors import CorralWarning
+
+    shown_by_python = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CorralWarning):
+            err.print(Text.assemble(("warning: ", "bold yellow"), str(message)), highlight=False)
+        else:
+            shown_by_python(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
