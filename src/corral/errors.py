@@ -38,3 +38,12 @@ class LedgerError(CorralError):
 
 class NotFound(CorralError):
     """A run, task or submission named by the user does not exist."""
+
+
+class ConfigsDiffer(CorralError):
+    """Runs to merge did different work: their configurations differ (``differences``: the keys,
+    with each run's value)."""
+
+    def __init__(self, differences: list, message: str):
+        self.differences = differences
+        super().__init__(message)
