@@ -134,6 +134,7 @@ def test_merging_runs_of_different_configurations_is_refused_unless_forced(polic
     assert forced["config_differs"] == ["items.grid.policy", "params.policy"]
     shown = json.loads(corral_cli(folder, "runs", "show", "both", "--json", check=0).stdout)
     assert shown["selection"]["config_differs"] == ["items.grid.policy", "params.policy"]
+    assert shown["selection"]["overrides"] == []  # one run's overrides are not the merged run's
     assert "policy" not in shown["config"].get("params", {})
     assert shown["config"]["items"]["grid"]["setting"] == ["clean", "noise"]
 
@@ -238,6 +239,7 @@ def test_top_lists_the_best_and_worst_n_groups(policies):
     shown = corral_cli(folder, "report", "--run-id", lingbot, "--by", "setting", "--top", "1", "-f", "md",
                        check=0).stdout
     assert "best 1: setting=clean 1.000" in shown and "worst 1: setting=noise 0.667" in shown
+    assert "best setting=clean" not in shown  # the single best/worst line would repeat it
     bad = corral_cli(folder, "report", "--by", "setting", "--top", "0", check=2)
     assert "--top" in bad.stderr and "Traceback" not in bad.stderr
 

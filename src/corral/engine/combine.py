@@ -253,14 +253,17 @@ def merged_row(sources: list[SourceRun], into: str, prefer: str | None, now: flo
                 order.append(name)
     from corral.spec.loader import config_hash
 
-    config = base["config"]
+    config, overrides = base["config"], selection.get("overrides", [])
     if differing:
         config = dumps(shared_config([loads(s.row.get("config")) or {} for s in sources], set(differing)))
+        # Only the overrides every run had: the others made the configurations differ.
+        every = [(loads(s.row.get("selection")) or {}).get("overrides") or [] for s in sources]
+        overrides = [o for o in overrides if all(o in other for other in every)]
     return {**{k: base[k] for k in ("name", "campaign", "code_revision", "host", "versions")}, "config": config,
             "id": into, "created_at": now, "updated_at": now, "finished_at": None, "status": RunStatus.ACTIVE.value,
             "config_hash": "merge:" + config_hash({"into": into, "from": sorted(s.row["id"] for s in sources)})[:16],
             "selection": dumps({"limit": None, "shard": None, "merged_from": [s.row["id"] for s in sources],
-                                "prefer": prefer or "newest", "overrides": selection.get("overrides", []),
+                                "prefer": prefer or "newest", "overrides": overrides,
                                 "param_order": order, **({"config_differs": list(differing)} if differing else {})}),
             "tags": dumps({}), "notes": None, "item_count": 0}
 

@@ -102,6 +102,8 @@ def _summary_lines(report: Report) -> list[str]:
     labels = {r["id"]: r["label"] for r in report.runs}
     columns = list(report.best.items()) if report.compare and report.best else (
         [("all", report.best)] if report.best else [])
+    if report.top:  # the N best and worst below say it
+        columns = []
     for column, best in columns:
         worst = report.worst[column] if report.compare else report.worst
         prefix = f"{labels.get(column, column)}: " if report.compare else ""
