@@ -42,3 +42,12 @@ class NotFound(CorralError):
 
 class CorralWarning(UserWarning):
     """Something that works but is likely a mistake; the CLI prints it on stderr as ``warning: ...``."""
+
+
+class ConfigsDiffer(CorralError):
+    """Runs to merge did different work: their configurations differ (``differences``: the keys,
+    with each run's value)."""
+
+    def __init__(self, differences: list, message: str):
+        self.differences = differences
+        super().__init__(message)

@@ -101,3 +101,10 @@ class Outcome(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+#: Result fields corral itself writes (a skipped task's ``{"skipped": true}``): never a report's
+#: default metric.
+CORRAL_RESULT_FIELDS = frozenset({Outcome.SKIPPED.value})
+#: The result field a report rates when none is named and the results have it.
+DEFAULT_METRIC = "success"

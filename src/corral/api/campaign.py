@@ -245,12 +245,16 @@ class Campaign:
         """``corral logs TASK``: the task's record, where it ran remotely, and its log files."""
         return self.run(run_id).logs(task, stage=stage, all_attempts=all_attempts)
 
-    def export(self, path: str | Path | IO[str] | None = None, format: str = "jsonl",
+    def export(self, path: str | Path | IO[str] | None = None, format: str | None = None,
                stage: str | None = None, state: str | None = None, run_id: str | None = None) -> dict[str, Any]:
         """``corral export``: records to ``path`` (a file, a text handle, or stdout when None) as json,
-        jsonl, csv or parquet. Returns ``{"run_id", "records", "path"}``."""
+        jsonl, csv or parquet (default: the format the file's suffix names, else jsonl). Returns
+        ``{"run_id", "records", "path"}``."""
         from corral.api.checks import check_stage
-        from corral.api.export import check_format
+        from corral.api.export import FORMATS, check_format
+        from corral.spec.formats import output_format
+
+        format = output_format(format, path, FORMATS, "jsonl")
 
         check_format(format, path)
         check_stage(self.loaded, stage)
@@ -272,16 +276,18 @@ class Campaign:
     def report(self, name: str | None = None, *, run_id: str | Sequence[str] | None = None,
                where: Sequence[str] | None = None, by: Sequence[str] | str | None = None, metric: str | None = None,
                stage: str | None = None, compare: bool | None = None, format: str | None = None,
-               output: str | Path | None = None, plot: str | Path | None = None) -> "Report":
+               output: str | Path | None = None, plot: str | Path | None = None,
+               top: int | None = None) -> "Report":
         """``corral report [NAME]``: a Report (``render(format)``, ``write(path)``, ``to_dict()``) of the
         named report ``name``; with no option at all, of every named report of the campaign; else of
         the table asked for: runs ``run_id`` (several: compared as columns) or those ``where``
-        conditions select (default: the newest run), grouped ``by`` dimensions, rating ``metric``.
-        ``format``, ``output`` and ``plot`` are the defaults of ``write()``."""
+        conditions select (default: the newest run), grouped ``by`` dimensions, rating ``metric``;
+        ``top`` lists the N best and worst groups. ``format``, ``output`` and ``plot`` are the
+        defaults of ``write()``."""
         from corral.api.report import build
 
         return build(self, name, run_id=run_id, where=where, by=by, metric=metric, stage=stage, compare=compare,
-                     format=format, output=output, plot=plot)
+                     format=format, output=output, plot=plot, top=top)
 
     # -- corral runs / ingest ------------------------------------------------------------
 

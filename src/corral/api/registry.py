@@ -81,14 +81,15 @@ class Registry:
     def note(self, ref: str, text: str) -> list[dict[str, Any]]:
         return registry.add_note(self.campaign.ledger(), self.resolve(ref)["id"], text, time.time())
 
-    def merge(self, refs: Sequence[str], into: str | None, prefer: str | None = None) -> Outcome:
-        """``corral runs merge A B... --into NAME [--prefer RUN|newest]``."""
+    def merge(self, refs: Sequence[str], into: str | None, prefer: str | None = None, force: bool = False) -> Outcome:
+        """``corral runs merge A B... --into NAME [--prefer RUN|newest] [--force]``. Runs whose
+        configurations differ are refused (``ConfigsDiffer``, naming the keys) unless ``force``."""
         if not refs or not into:
-            raise CorralError("usage: corral runs merge RUN [RUN...] --into NAME [--prefer RUN|newest]")
+            raise CorralError("usage: corral runs merge RUN [RUN...] --into NAME [--prefer RUN|newest] [--force]")
         ids = [self.resolve(r)["id"] for r in refs]
         if prefer and prefer != "newest":
             prefer = self.resolve(prefer)["id"]
-        return merge_runs(self.campaign.ledger(), ids, into, prefer, time.time())
+        return merge_runs(self.campaign.ledger(), ids, into, prefer, time.time(), force=force)
 
     def ingest(self, paths: Sequence[str | Path]) -> list[Outcome]:
         """``corral ingest PATH...``: runs from another ledger file or a results folder, into this ledger."""

@@ -28,10 +28,12 @@ class Section:
 
     def __init__(self, report: "Report", rows: list[dict[str, Any]], *, name: str | None,
                  spec: "NamedReport | None", by: Sequence[str], metric: str | None, stage: str | None,
-                 compare: bool | None):
+                 compare: bool | None, top: int | None = None, from_where: bool = False):
         self.report, self.rows, self.name, self.spec = report, rows, name, spec
         self.by = [part for value in by for part in value.split(",")]
-        self.metric, self.stage, self.compare = metric, stage, compare
+        self.metric, self.stage, self.compare, self.top = metric, stage, compare, top
+        #: runs found by --where conditions: a run merged into another of them is left out
+        self.from_where = from_where
         self._table = None
 
     def _wrapped(self, exc: CorralError) -> CorralError:
@@ -47,7 +49,8 @@ class Section:
 
             try:
                 self._table = aggregate(self.report.source, self.rows, by=self.by, metric=self.metric,
-                                        stage=self.stage, compare=self.compare)
+                                        stage=self.stage, compare=self.compare, top=self.top,
+                                        leave_out_merged=True if self.from_where else None)
             except CorralError as exc:
                 raise self._wrapped(exc) from None
         return self._table
@@ -125,12 +128,16 @@ class Report:
 
     def write(self, path: str | Path | None = None, format: str | None = None,
               plot: str | Path | None = None, echo: Echo | None = None) -> list[Path]:
-        """What ``corral report`` produces: each section in ``format`` to ``path``; without a path, a
+        """What ``corral report`` produces: each section in ``format`` (default: the format ``path``'s
+        suffix names: ``.tex``, ``.md``, ``.json``, ``.csv``, ``.html``) to ``path``; without a path, a
         named report's formats go to its files and a table (or the format asked for) to ``echo``
         (default: stdout); a PNG to ``plot`` (a named report's own plot with its first format).
         Files are written atomically. Returns the files written."""
+        from corral.spec.formats import output_format
+        from corral.spec.reports import REPORT_FORMATS
+
         path = path if path is not None else self.output
-        format = format or self.format
+        format = output_format(format or self.format, path, REPORT_FORMATS, None)
         plot = plot if plot is not None else self.plot_path
         if format is not None:
             check_format(format)
@@ -178,7 +185,7 @@ def check_format(fmt: str) -> None:
 def build(campaign: "Campaign", name: str | None = None, *, run_id: str | Sequence[str] | None = None,
           where: Sequence[str] | None = None, by: Sequence[str] | str | None = None, metric: str | None = None,
           stage: str | None = None, compare: bool | None = None, format: str | None = None,
-          output: str | Path | None = None, plot: str | Path | None = None) -> Report:
+          output: str | Path | None = None, plot: str | Path | None = None, top: int | None = None) -> Report:
     """The Report of ``corral report [NAME]`` with these options (see ``Campaign.report``)."""
     if format is not None:
         check_format(format)
@@ -192,7 +199,7 @@ def build(campaign: "Campaign", name: str | None = None, *, run_id: str | Sequen
                             expected=("one of " + ", ".join(named)) if named else
                             "a report: section with named reports (see docs/reports.md)")
         chosen = {name: named[name]}
-    elif named and not any((run_ids, where, by, metric, stage, format, output, plot, compare is not None)):
+    elif named and not any((run_ids, where, by, metric, stage, format, output, plot, top, compare is not None)):
         chosen = dict(named)
     else:
         chosen = {}
@@ -202,12 +209,14 @@ def build(campaign: "Campaign", name: str | None = None, *, run_id: str | Sequen
     try:
         if not chosen:
             report.sections.append(Section(report, rows_of(where), name=None, spec=None, by=by, metric=metric,
-                                           stage=stage, compare=compare))
+                                           stage=stage, compare=compare, top=top,
+                                           from_where=bool(where) and not run_ids))
         for one, spec in chosen.items():
             report.sections.append(Section(
                 report, rows_of(where + spec.runs), name=one, spec=spec, by=by or spec.by,
                 metric=metric or spec.metric, stage=stage or spec.stage,
-                compare=compare if compare is not None else spec.compare))
+                compare=compare if compare is not None else spec.compare, top=top or spec.top,
+                from_where=bool(where + spec.runs) and not run_ids))
     except BaseException:
         report.close()
         raise

@@ -284,10 +284,14 @@ class Run:
         for row in record_rows(self.ledger, self.id, stage=stage, states=states):
             yield make_record(self.id, row, order)
 
-    def export(self, path: str | Path | IO[str] | None = None, format: str = "jsonl",
+    def export(self, path: str | Path | IO[str] | None = None, format: str | None = None,
                stage: str | None = None, state: str | None = None) -> int:
-        """``corral export``: the records to a file, a text handle or stdout (None); returns how many."""
-        from corral.api.export import check_format, export_records
+        """``corral export``: the records to a file, a text handle or stdout (None); returns how many.
+        ``format``: json, jsonl, csv or parquet (default: the file's suffix, else jsonl)."""
+        from corral.api.export import FORMATS, check_format, export_records
+        from corral.spec.formats import output_format
+
+        format = output_format(format, path, FORMATS, "jsonl")
 
         check_format(format, path)
         return export_records(self.records(stage=stage, states=[state] if state else None), path, format)

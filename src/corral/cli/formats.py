@@ -11,12 +11,17 @@ import typer
 from corral.errors import CorralError
 
 FORMAT_NAMES = ("table", "json", "md", "csv", "latex", "html")
-FORMAT = typer.Option(None, "--format", "-f", help="table | json | md | csv | latex | html")
-OUTPUT = typer.Option(None, "--output", "-o", help="Write here instead of stdout.")
+FORMAT = typer.Option(None, "--format", "-f", help="table | json | md | csv | latex | html (default: from the "
+                                                   "-o file's suffix, else table)")
+OUTPUT = typer.Option(None, "--output", "-o", help="Write here instead of stdout (.json, .md, .csv, .tex, .html "
+                                                  "name the format).")
 
 
-def chosen_format(fmt: Optional[str], as_json: bool = False) -> str:
-    fmt = fmt or ("json" if as_json else "table")
+def chosen_format(fmt: Optional[str], as_json: bool = False, out_file: Optional[Path] = None) -> str:
+    """--format when given (or --json), else the format ``out_file``'s suffix names, else a table."""
+    from corral.spec.formats import output_format
+
+    fmt = output_format(fmt or ("json" if as_json else None), out_file, FORMAT_NAMES, "table")
     if fmt not in FORMAT_NAMES:
         raise CorralError(f"--format {fmt!r} is not one of {', '.join(FORMAT_NAMES)}")
     return fmt

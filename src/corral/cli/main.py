@@ -159,7 +159,7 @@ def status(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run
            submissions: bool = typer.Option(False, "--submissions", help="List in-flight submissions."),
            fmt: Optional[str] = formats.FORMAT, out_file: Optional[Path] = formats.OUTPUT) -> None:
     """Where a run stands: tasks per stage and state."""
-    fmt = formats.chosen_format(fmt, as_json)
+    fmt = formats.chosen_format(fmt, as_json, out_file)
     campaign, _ = _campaign(args, ledger)
     data = campaign.status(run_id=run_id, submissions=submissions)
     if fmt != "table" or out_file is not None:
@@ -264,7 +264,8 @@ def logs(args: Optional[List[str]] = typer.Argument(None, help="[CAMPAIGN.yaml] 
 
 @app.command()
 def export(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
-           fmt: str = typer.Option("jsonl", "--format", "-f", help="json | jsonl | csv | parquet (needs -o)"),
+           fmt: Optional[str] = typer.Option(None, "--format", "-f", help="json | jsonl | csv | parquet (needs -o); "
+                                                                    "default: from the -o file's suffix, else jsonl"),
            out_file: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
            stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
            state: Optional[str] = typer.Option(None, "--state", help="Only tasks in this state, e.g. done.")) -> None:

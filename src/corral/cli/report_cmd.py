@@ -24,14 +24,19 @@ def report(args: Optional[List[str]] = ARGS,
                                   "result.FIELD."),
            metric: Optional[str] = typer.Option(
                None, "--metric", help="The boolean result field to rate (or a numeric one to average); default: "
-                                      "the first boolean result field."),
+                                      "success, else the first boolean result field of the task's own."),
            stage: Optional[str] = typer.Option(
                None, "--stage", help="Only this stage (default: the first per-item stage, unless --by stage)."),
-           fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table | json | md | csv | latex | html"),
-           out_file: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+           fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table | json | md | csv | latex | html "
+                                                                         "(default: from the -o file's suffix)"),
+           out_file: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout (.tex, "
+                                                                                 ".md, .json, .csv, .html name the "
+                                                                                 "format)."),
            plot_file: Optional[Path] = typer.Option(
                None, "--plot", help="Also save a PNG: the metric by the first --by dimension, and progress over "
                                     "time."),
+           top: Optional[int] = typer.Option(
+               None, "--top", min=1, help="Also list the N best and the N worst groups by the metric."),
            compare: Optional[bool] = typer.Option(
                None, "--compare/--pool", help="Several runs as columns (default when no --by dimension is a "
                                               "config value), or pooled."),
@@ -44,7 +49,8 @@ def report(args: Optional[List[str]] = ARGS,
     campaign, names = _campaign(args, ledger, positional=1)
     try:
         report = campaign.report(names[0] if names else None, run_id=run_ids, where=where, by=by, metric=metric,
-                                 stage=stage, compare=compare, format=fmt, output=out_file, plot=plot_file)
+                                 stage=stage, compare=compare, format=fmt, output=out_file, plot=plot_file,
+                                 top=top)
         try:
             written = report.write(echo=_echo)
         finally:

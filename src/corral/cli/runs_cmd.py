@@ -37,18 +37,20 @@ def runs(args: Optional[List[str]] = typer.Argument(
              None, "--prefer", help="merge: whose result wins for an item done in several runs: a run id or "
                                     "'newest' (default)."),
          remove: Optional[List[str]] = typer.Option(None, "--remove", help="tag: remove this tag."),
+         force: bool = typer.Option(False, "--force", help="merge: merge runs whose configurations differ (the "
+                                                           "merged run lists the keys in config_differs)."),
          fmt: Optional[str] = FORMAT, out_file: Optional[Path] = OUTPUT,
          as_json: bool = typer.Option(False, "--json", help="Same as --format json.")) -> None:
     """The runs in the ledger (the registry): list and filter, show, diff, tag, note, merge, latest.
 
     corral runs [--where KEY=VALUE]... | runs show ID | runs diff A B | runs tag ID KEY=VALUE... |
-    runs note ID TEXT | runs merge A B... --into NAME [--prefer RUN] | runs latest [--where KEY=VALUE]...
+    runs note ID TEXT | runs merge A B... --into NAME [--prefer RUN] [--force] | runs latest [--where KEY=VALUE]...
     """
     from corral.cli.main import _campaign
     from corral.cli.output import err, out, when
 
     campaign_args, action, rest = _split(args)
-    fmt = chosen_format(fmt, as_json)
+    fmt = chosen_format(fmt, as_json, out_file)
     campaign, _ = _campaign(campaign_args, ledger)
     registry = campaign.registry()
     try:
@@ -89,7 +91,7 @@ def runs(args: Optional[List[str]] = typer.Argument(
             notes = registry.note(rest[0], " ".join(rest[1:]))
             err.print(f"{len(notes)} notes on run {registry.resolve(rest[0])['id']}", highlight=False)
         elif action == "merge":
-            outcome = registry.merge(rest, into, prefer)
+            outcome = registry.merge(rest, into, prefer, force=force)
             data = outcome.as_dict()
             if fmt == "json":
                 write_text(_json(data), out_file)
@@ -98,6 +100,9 @@ def runs(args: Optional[List[str]] = typer.Argument(
                 err.print(f"{verb} run {into}: {outcome.items_added} items and {outcome.tasks_added} tasks added, "
                           f"{outcome.tasks_updated} tasks replaced, {outcome.unchanged} unchanged; chosen from "
                           + (", ".join(f"{k}: {v}" for k, v in outcome.chosen.items()) or "-"), highlight=False)
+                if outcome.config_differs:
+                    err.print(f"the merged runs' configurations differ in {', '.join(outcome.config_differs)}; "
+                              f"run {into} keeps the keys they share", highlight=False)
     finally:
         campaign.close()
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from corral.errors import CorralError
+from corral.errors import ConfigsDiffer, CorralError
+from corral.engine import registry
 from corral.ledger import Ledger, dumps, loads
 from corral.ledger import registry_queries as queries
 from corral.states import ACTIVE, ENDED_BADLY, TERMINAL, RunStatus, TaskState
@@ -41,11 +42,16 @@ class Outcome:
     unchanged: int = 0
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     chosen: dict[str, int] = field(default_factory=dict)
+    #: runs merged with --force: the config keys whose values differed between them
+    config_differs: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"run": self.target, "created": self.created, "items_added": self.items_added,
-                "tasks_added": self.tasks_added, "tasks_updated": self.tasks_updated, "unchanged": self.unchanged,
-                "conflicts": self.conflicts, "chosen_from": self.chosen}
+        out = {"run": self.target, "created": self.created, "items_added": self.items_added,
+               "tasks_added": self.tasks_added, "tasks_updated": self.tasks_updated, "unchanged": self.unchanged,
+               "conflicts": self.conflicts, "chosen_from": self.chosen}
+        if self.config_differs:
+            out["config_differs"] = self.config_differs
+        return out
 
 
 def read_run(ledger: Ledger, run_id: str, origin: str = "") -> SourceRun:
@@ -194,7 +200,50 @@ def add_event(ledger: Ledger, run_id: str, kind: str, now: float, message: Any, 
                                   "message": message if isinstance(message, str) else dumps(message)}])
 
 
-def merged_row(sources: list[SourceRun], into: str, prefer: str | None, now: float) -> dict[str, Any]:
+def config_differences(configs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The config keys whose values differ between runs (``configs``: run id -> config):
+    ``[{"key", "values": {run id: value, or None where absent}}]``, sorted by key. Every check of
+    whether runs did the same work (``runs merge``) asks this one function."""
+    flat = {run_id: registry.flatten(config or {}) for run_id, config in configs.items()}
+    keys = sorted({key for values in flat.values() for key in values})
+    out = []
+    for key in keys:
+        texts = {registry.as_text(values[key]) if key in values else None for values in flat.values()}
+        if len(texts) > 1:
+            out.append({"key": key, "values": {run_id: values.get(key) for run_id, values in flat.items()}})
+    return out
+
+
+def shared_config(configs: list[dict[str, Any]], differing: set[str]) -> dict[str, Any]:
+    """The config without the ``differing`` dotted keys (what all the runs share), nested again."""
+    out: dict[str, Any] = {}
+    for key, value in registry.flatten(configs[0] or {}).items():
+        if key in differing:
+            continue
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _refuse_different_configs(differences: list[dict[str, Any]], run_ids: list[str]) -> None:
+    shown = []
+    for change in differences[:20]:
+        values = ", ".join(f"{run_id}: {registry.as_text(v) if v is not None else '(absent)'}"
+                           for run_id, v in change["values"].items())
+        shown.append(f"  {change['key']}: {values}")
+    more = f"\n  ... and {len(differences) - 20} more keys" if len(differences) > 20 else ""
+    message = (f"runs {', '.join(run_ids)} have different configurations; merging them would mix different "
+               f"work:\n" + "\n".join(shown) + more +
+               "\n  add --force to merge them anyway (the merged run keeps the keys they share and lists the "
+               "others in config_differs); `corral runs diff A B` shows a whole diff")
+    raise ConfigsDiffer(differences, message)
+
+
+def merged_row(sources: list[SourceRun], into: str, prefer: str | None, now: float,
+               differing: Sequence[str] = ()) -> dict[str, Any]:
     base = next((s for s in sources if s.row["id"] == prefer), sources[0]).row
     selection = loads(base.get("selection")) or {}
     order: list[str] = []
@@ -204,16 +253,25 @@ def merged_row(sources: list[SourceRun], into: str, prefer: str | None, now: flo
                 order.append(name)
     from corral.spec.loader import config_hash
 
-    return {**{k: base[k] for k in ("name", "campaign", "config", "code_revision", "host", "versions")},
+    config, overrides = base["config"], selection.get("overrides", [])
+    if differing:
+        config = dumps(shared_config([loads(s.row.get("config")) or {} for s in sources], set(differing)))
+        # Only the overrides every run had: the others made the configurations differ.
+        every = [(loads(s.row.get("selection")) or {}).get("overrides") or [] for s in sources]
+        overrides = [o for o in overrides if all(o in other for other in every)]
+    return {**{k: base[k] for k in ("name", "campaign", "code_revision", "host", "versions")}, "config": config,
             "id": into, "created_at": now, "updated_at": now, "finished_at": None, "status": RunStatus.ACTIVE.value,
             "config_hash": "merge:" + config_hash({"into": into, "from": sorted(s.row["id"] for s in sources)})[:16],
             "selection": dumps({"limit": None, "shard": None, "merged_from": [s.row["id"] for s in sources],
-                                "prefer": prefer or "newest", "overrides": selection.get("overrides", []),
-                                "param_order": order}),
+                                "prefer": prefer or "newest", "overrides": overrides,
+                                "param_order": order, **({"config_differs": list(differing)} if differing else {})}),
             "tags": dumps({}), "notes": None, "item_count": 0}
 
 
-def merge_runs(ledger: Ledger, run_ids: Iterable[str], into: str, prefer: str | None, now: float) -> Outcome:
+def merge_runs(ledger: Ledger, run_ids: Iterable[str], into: str, prefer: str | None, now: float,
+               force: bool = False) -> Outcome:
+    """Merge runs into the run ``into`` (created, or a merged run extended). Runs whose configs
+    differ are refused (``ConfigsDiffer``) unless ``force``; nothing is written then."""
     run_ids = list(dict.fromkeys(run_ids))
     if len(run_ids) < 1:
         raise CorralError("name at least one run to merge")
@@ -223,19 +281,26 @@ def merge_runs(ledger: Ledger, run_ids: Iterable[str], into: str, prefer: str | 
         raise CorralError(f"--prefer {prefer!r} is not one of the merged runs ({', '.join(run_ids)}) or 'newest'")
     sources = [read_run(ledger, r) for r in run_ids]
     existing = ledger.get_run(into)
+    if existing is not None and not (loads(existing.get("selection")) or {}).get("merged_from"):
+        raise CorralError(f"run {into!r} exists and is not a merged run; choose another --into name")
+    differences = config_differences({s.row["id"]: loads(s.row.get("config")) or {} for s in sources})
+    if differences and not force:
+        _refuse_different_configs(differences, run_ids)
+    differing = [d["key"] for d in differences]
     create_row = None
     if existing is None:
-        create_row = merged_row(sources, into, prefer, now)
-    elif not (loads(existing.get("selection")) or {}).get("merged_from"):
-        raise CorralError(f"run {into!r} exists and is not a merged run; choose another --into name")
+        create_row = merged_row(sources, into, prefer, now, differing)
     chosen = choose(sources, prefer)
     outcome = absorb(ledger, into, sources, chosen, "replace", now, create_row=create_row)
+    outcome.config_differs = differing
     if existing is not None:
         selection = loads(existing["selection"]) or {}
         merged = list(dict.fromkeys((selection.get("merged_from") or []) + run_ids))
+        updated = {**selection, "merged_from": merged, "prefer": prefer or "newest"}
+        if differing:
+            updated["config_differs"] = sorted(set(selection.get("config_differs") or []) | set(differing))
         with ledger.write() as conn:
-            queries.update_run(conn, into, selection=dumps({**selection, "merged_from": merged,
-                                                            "prefer": prefer or "newest"}))
+            queries.update_run(conn, into, selection=dumps(updated))
     add_event(ledger, into, "merge", now, {"from": run_ids, "prefer": prefer or "newest", **outcome.as_dict()},
               count=outcome.tasks_added + outcome.tasks_updated)
     return outcome

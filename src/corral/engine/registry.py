@@ -89,7 +89,8 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _as_str(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A config value as a filter compares it (booleans and null as YAML writes them)."""
     if isinstance(value, bool):
         return str(value).lower()
     if value is None:
@@ -142,7 +143,7 @@ class Where:
         wanted: list[str] = []
         for v in self.values:
             wanted.extend(STATUS_ALIASES.get(v, (v,)) if self.key == "status" else (v,))
-        hit = found and _as_str(value) in wanted
+        hit = found and as_text(value) in wanted
         return hit != self.negate
 
 
@@ -182,8 +183,8 @@ def run_record(ledger: Ledger, row: dict[str, Any]) -> dict[str, Any]:
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], old_label: str = "a", new_label: str = "b") -> str:
     """A unified diff of two configs, one ``dotted.key: value`` line each (empty when equal)."""
-    a = [f"{k}: {_as_str(v)}" for k, v in sorted(flatten(old).items())]
-    b = [f"{k}: {_as_str(v)}" for k, v in sorted(flatten(new).items())]
+    a = [f"{k}: {as_text(v)}" for k, v in sorted(flatten(old).items())]
+    b = [f"{k}: {as_text(v)}" for k, v in sorted(flatten(new).items())]
     return "\n".join(difflib.unified_diff(a, b, old_label, new_label, lineterm="", n=0))
 
 
@@ -192,6 +193,6 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, A
     fa, fb = flatten(old), flatten(new)
     out = []
     for key in sorted(set(fa) | set(fb)):
-        if key not in fb or key not in fa or _as_str(fa[key]) != _as_str(fb[key]):
+        if key not in fb or key not in fa or as_text(fa[key]) != as_text(fb[key]):
             out.append({"key": key, "a": fa.get(key), "b": fb.get(key), "in_a": key in fa, "in_b": key in fb})
     return out

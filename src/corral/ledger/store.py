@@ -242,7 +242,9 @@ class Ledger:
         if name is not None:
             query = query.where(schema.runs.c.name == name)
         if prefix is not None:
-            query = query.where(schema.runs.c.id.like(prefix.replace("%", r"\%") + "%", escape="\\"))
+            # Compared as text, not with LIKE: "_" and "%" are characters of an id, not wildcards, and
+            # case counts on SQLite as on PostgreSQL.
+            query = query.where(func.substr(schema.runs.c.id, 1, len(prefix)) == prefix)
         with self.read() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 

@@ -14,15 +14,18 @@ a SQLite ledger read with the standard library); this module describes the table
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from corral.errors import CorralError
 from corral.ledger.report_source import CellQuery, dialect_name, report_queries
 from corral.report.dimensions import (Dimension, default_stage, discover_param_names, discover_result_kinds,
                                       flatten, resolve_dimensions)
+from corral.report.labels import run_labels
+from corral.report.ranking import best_and_worst
+from corral.report.selection import leave_out_merged_sources
 from corral.report.stats import Stats
-from corral.states import IN_FLIGHT, TaskState
+from corral.states import CORRAL_RESULT_FIELDS, DEFAULT_METRIC, IN_FLIGHT, TaskState
 
 #: Dimensions the database groups by; config and run dimensions are placed per run afterwards.
 SQL_KINDS = ("param", "stage", "result")
@@ -44,6 +47,12 @@ class Report:
     best: dict[str, Any] | None
     worst: dict[str, Any] | None
     engine: str = "sql"
+    #: how the metric was chosen: "asked" (--metric), "success", "first boolean field", or None
+    metric_chosen: str | None = None
+    #: runs asked for but left out, each counted through the merged run that holds it
+    excluded_runs: list[dict[str, str]] = field(default_factory=list)
+    #: --top N: the N best and N worst groups (per run when runs are compared)
+    top: dict[str, Any] | None = None
 
     @property
     def columns_keys(self) -> list[str]:
@@ -63,14 +72,15 @@ class Report:
         return {
             "kind": "corral.report", "version": 1,
             "stage": self.stage, "by": [d.name for d in self.dims], "dimensions": [d.as_dict() for d in self.dims],
-            "metric": self.metric, "metric_kind": self.metric_kind, "numeric_fields": self.numeric,
+            "metric": self.metric, "metric_kind": self.metric_kind, "metric_chosen": self.metric_chosen,
+            "numeric_fields": self.numeric,
             "interval": {"success": "Wilson score, 95%", "numeric": "mean +- 1.96*std/sqrt(n)"},
-            "runs": self.runs, "compare_runs": self.compare,
+            "runs": self.runs, "compare_runs": self.compare, "excluded_runs": self.excluded_runs,
             "groups": [{"key": dict(zip([d.name for d in self.dims], row["key"])),
                         **({"runs": row["cells"]} if self.compare else row["cells"]["all"])}
                        for row in self.rows],
             "total": self.total if self.compare else self.total["all"],
-            "best": self.best, "worst": self.worst,
+            "best": self.best, "worst": self.worst, "top": self.top,
         }
 
 
@@ -164,34 +174,25 @@ def _sort_key(value: Any) -> tuple:
     return (1, 0, str(value))
 
 
-def _run_labels(runs: list[dict[str, Any]], configs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """A short label per run: the config values that tell the runs apart, else the run id."""
-    if len(runs) < 2:
-        return {r["id"]: r["id"] for r in runs}
-    keys = sorted({k for c in configs.values() for k in c})
-    differing = [k for k in keys if len({json.dumps(configs[r["id"]].get(k), sort_keys=True, default=str)
-                                          for r in runs}) > 1]
-    differing = [k for k in differing if k != "name"]
-    if not differing or len(differing) > 3:
-        return {r["id"]: r["id"] for r in runs}
-    labels = {r["id"]: ",".join(f"{k.split('.')[-1]}={configs[r['id']].get(k)}" for k in differing) for r in runs}
-    if len(set(labels.values())) != len(labels):
-        return {r["id"]: r["id"] for r in runs}
-    return labels
-
-
 def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), metric: str | None = None,
-              stage: str | None = None, engine: str = "auto", compare: bool | None = None) -> Report:
+              stage: str | None = None, engine: str = "auto", compare: bool | None = None,
+              top: int | None = None, leave_out_merged: bool | None = None) -> Report:
     """The report table of ``run_rows`` (rows of the runs table, newest first or in the order wanted).
 
     ``engine``: ``auto`` (SQL on SQLite and PostgreSQL, else Python), ``sql`` or ``python``.
-    ``compare``: runs as columns (default: when there are several runs and no config/run dimension).
+    ``compare``: runs as columns (default: when there are several runs and no config/run dimension,
+    nor an item parameter that is also a config value of the runs).
+    ``top``: also list the ``top`` best and worst groups.
+    ``leave_out_merged``: leave out the runs merged into another run of ``run_rows`` (default: when
+    the runs are pooled); they are listed in ``excluded_runs``.
     """
     if not run_rows:
         raise CorralError("no runs to report on")
     run_ids = [r["id"] for r in run_rows]
     if len(set(run_ids)) != len(run_ids):
         raise CorralError("the same run is named twice")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        raise CorralError(f"--top {top!r} is not a whole number of groups of at least 1 (e.g. --top 5)")
     configs = {r["id"]: flatten(json.loads(r.get("config") or "{}") or {}) for r in run_rows}
     dialect = dialect_name(ledger)
     queries = report_queries(ledger)
@@ -208,8 +209,7 @@ def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), me
         dims = resolve_dimensions(by, param_names, configs, result_kinds)
         bools = [n for n, k in result_kinds.items() if k == "bool"]
         numeric = [n for n, k in result_kinds.items() if k == "numeric"]
-        if metric is None:
-            metric = bools[0] if bools else None
+        metric, metric_chosen = _choose_metric(metric, bools)
         if metric is not None and metric not in result_kinds:
             raise CorralError(f"--metric {metric!r} is not a result field of stage {stage!r}; result fields: "
                               f"{', '.join(f'{n} ({k})' for n, k in result_kinds.items()) or '(none)'}")
@@ -218,6 +218,16 @@ def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), me
             metric_kind = result_kinds[metric] if result_kinds[metric] in ("bool", "numeric") else None
             if metric_kind is None:
                 raise CorralError(f"--metric {metric!r} is neither boolean nor numeric")
+        asked_compare = compare
+        if compare is None:
+            compare = len(run_ids) > 1 and not any(
+                d.kind in ("config", "run") or (d.kind == "param" and _also_config(d.source, configs)) for d in dims)
+        excluded: list[dict[str, str]] = []
+        if leave_out_merged if leave_out_merged is not None else not compare:
+            run_rows, excluded = leave_out_merged_sources(run_rows)
+            run_ids = [r["id"] for r in run_rows]
+            if asked_compare is None and len(run_ids) < 2:
+                compare = False
         if engine == "auto":
             engine = "sql" if dialect in ("sqlite", "postgresql") else "python"
         if engine == "sql":
@@ -225,8 +235,6 @@ def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), me
         else:
             cells = _python_cells(queries, conn, run_ids, stage, dims, metric, metric_kind, numeric)
 
-    if compare is None:
-        compare = len(run_ids) > 1 and not any(d.kind in ("config", "run") for d in dims)
     # Place the per-run values of config/run dimensions into each cell's key, in --by order.
     sql_positions = [d for d in dims if d.kind in SQL_KINDS]
     groups: dict[tuple, dict[str, Stats]] = {}
@@ -256,7 +264,8 @@ def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), me
                      "stats": {c: groups[key].get(c, Stats()) for c in columns}})
     total = {c: totals[c].metrics(metric, numeric) for c in columns}
 
-    labels = _run_labels(run_rows, configs)
+    configs = {i: configs[i] for i in run_ids}
+    labels = run_labels(run_rows, configs)
     runs_out = []
     for row in run_rows:
         runs_out.append({
@@ -267,9 +276,27 @@ def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), me
             "differs": {k: configs[row["id"]].get(k) for k in _differing(configs) if k != "name"},
         })
     report = Report(dims=dims, stage=stage, metric=metric, metric_kind=metric_kind, numeric=numeric,
-                    runs=runs_out, compare=compare, rows=rows, total=total, best=None, worst=None, engine=engine)
-    report.best, report.worst = _best_worst(report)
+                    runs=runs_out, compare=compare, rows=rows, total=total, best=None, worst=None, engine=engine,
+                    metric_chosen=metric_chosen, excluded_runs=excluded)
+    report.best, report.worst, report.top = best_and_worst(report, top)
     return report
+
+
+def _choose_metric(asked: str | None, bools: list[str]) -> tuple[str | None, str | None]:
+    """(metric, how it was chosen): the one asked for; else ``success``; else the first boolean
+    result field that corral did not add itself (never a skipped task's marker)."""
+    if asked is not None:
+        return asked, "asked"
+    if DEFAULT_METRIC in bools:
+        return DEFAULT_METRIC, DEFAULT_METRIC
+    own = [name for name in bools if name not in CORRAL_RESULT_FIELDS]
+    return (own[0], "first boolean field") if own else (None, None)
+
+
+def _also_config(param: str, configs: dict[str, dict[str, Any]]) -> bool:
+    """Whether an item parameter's name is also a config value of the runs (``policy`` and
+    ``params.policy``): grouped by the parameter, runs are pooled, not shown as columns."""
+    return any(param in flat or f"params.{param}" in flat for flat in configs.values())
 
 
 def _differing(configs: dict[str, dict[str, Any]]) -> list[str]:
@@ -277,34 +304,6 @@ def _differing(configs: dict[str, dict[str, Any]]) -> list[str]:
         return []
     keys = sorted({k for c in configs.values() for k in c})
     return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs.values()}) > 1]
-
-
-def _best_worst(report: Report) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The groups with the highest and lowest value of the metric (per run when runs are compared)."""
-    if report.metric_kind is None or not report.dims:
-        return None, None
-    names = [d.name for d in report.dims]
-    best: dict[str, Any] = {}
-    worst: dict[str, Any] = {}
-    for column in report.columns_keys:
-        scored = []
-        for row in report.rows:
-            value, lo, hi, n = report.headline(row["cells"][column])
-            if value is not None and n > 0:
-                scored.append((value, n, row["key"], lo, hi))
-        if not scored:
-            continue
-        hi_item = max(scored, key=lambda s: (s[0], s[1]))
-        lo_item = min(scored, key=lambda s: (s[0], -s[1]))
-        best[column] = {"key": dict(zip(names, hi_item[2])), "value": hi_item[0], "lo": hi_item[3],
-                        "hi": hi_item[4], "n": hi_item[1]}
-        worst[column] = {"key": dict(zip(names, lo_item[2])), "value": lo_item[0], "lo": lo_item[3],
-                         "hi": lo_item[4], "n": lo_item[1]}
-    if not best:
-        return None, None
-    if not report.compare:
-        return best.get("all"), worst.get("all")
-    return best, worst
 
 
 def progress_over_time(ledger, run_ids: list[str], stage: str | None = None) -> dict[str, list[tuple[float, int]]]:

@@ -96,14 +96,32 @@ def display_table(report: Report) -> tuple[list[str], list[list[str]]]:
 def _summary_lines(report: Report) -> list[str]:
     lines = []
     what = f"{report.metric} rate" if report.metric_kind == "bool" else f"{report.metric} mean"
-    if report.best and report.worst:
-        items = report.best.items() if report.compare else [("all", report.best)]
-        labels = {r["id"]: r["label"] for r in report.runs}
-        for column, best in items:
-            worst = report.worst[column] if report.compare else report.worst
+    if report.metric is not None and report.metric_chosen not in (None, "asked"):
+        how = "the success field" if report.metric_chosen == "success" else "the first boolean result field"
+        lines.append(f"metric: {report.metric} ({how}; --metric names another)")
+    labels = {r["id"]: r["label"] for r in report.runs}
+    columns = list(report.best.items()) if report.compare and report.best else (
+        [("all", report.best)] if report.best else [])
+    if report.top:  # the N best and worst below say it
+        columns = []
+    for column, best in columns:
+        worst = report.worst[column] if report.compare else report.worst
+        prefix = f"{labels.get(column, column)}: " if report.compare else ""
+        lines.append(f"{prefix}best {_group_text(best['key'])} {what} {fmt_num(best['value'])}; "
+                     f"worst {_group_text(worst['key'])} {fmt_num(worst['value'])}")
+    if report.top:
+        ranked = report.top.items() if report.compare else [("all", report.top)]
+        for column, top in ranked:
             prefix = f"{labels.get(column, column)}: " if report.compare else ""
-            lines.append(f"{prefix}best {_group_text(best['key'])} {what} {fmt_num(best['value'])}; "
-                         f"worst {_group_text(worst['key'])} {fmt_num(worst['value'])}")
+            for side in ("best", "worst"):
+                groups = "; ".join(f"{_group_text(g['key'])} {fmt_num(g['value'])}" for g in top[side]) or "-"
+                lines.append(f"{prefix}{side} {top['n']}: {groups}")
+    if report.excluded_runs:
+        into: dict[str, list[str]] = {}
+        for run in report.excluded_runs:
+            into.setdefault(run["merged_into"], []).append(run["id"])
+        for target, sources in into.items():
+            lines.append(f"left out {', '.join(sources)}: merged into {target}, counted there once")
     return lines
 
 

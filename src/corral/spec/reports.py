@@ -23,6 +23,8 @@ class NamedReport(BaseModel):
     #: which runs: ``--where`` conditions over the registry (default: the newest run of the campaign)
     runs: List[str] = Field(default_factory=list)
     compare: Optional[bool] = None
+    #: also list the ``top`` best and worst groups
+    top: Optional[int] = Field(default=None, ge=1)
     formats: List[Literal["table", "json", "md", "csv", "latex", "html"]] = Field(default_factory=lambda: ["table"])
     #: where files go; ``{name}`` and ``{ext}`` are filled in (a table is printed unless output is set)
     output: str = "reports/{name}.{ext}"
