@@ -358,7 +358,8 @@ class Engine(Sending):
                                            "message": ("adopted " if adopted else "") + remote_id}])
 
     def _unqueue(self, sub: SubmissionRecord, retry_after: float, message: str, consume: bool,
-                 error_class: ErrorClass | None = None) -> None:
+                 error_class: ErrorClass | None = None) -> int:
+        """Take a submission's tasks back (``consume``: as a failed attempt). Returns how many."""
         from corral.backends.base import TaskResult
 
         now = self.clock.now()
@@ -375,6 +376,7 @@ class Engine(Sending):
                                           info={"error": message})
             self.recorder.release(conn, changes, now)
             self.ledger.add_events(conn, changes.events)
+        return len(results)
 
     # -- finishing -----------------------------------------------------------------------------
 

@@ -402,9 +402,11 @@ def task_key(task_id: int) -> str:
 
 
 def parse_task_key(text_: str) -> int | None:
-    if text_.startswith("t") and text_[1:].isdigit():
-        return int(text_[1:])
-    return int(text_) if text_.isdigit() else None
+    """The task id of ``t123`` or ``123``; None for text that names no task (ids fit 63 bits)."""
+    digits = text_[1:] if text_.startswith("t") else text_
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        return None
+    return int(digits)
 
 
 __all__ = ["Ledger", "TaskState", "default_url", "dumps", "loads", "task_key", "parse_task_key"]
