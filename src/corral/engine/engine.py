@@ -426,7 +426,7 @@ class Engine(Sending):
         return sub.info.get("backend") or (stage.spec.backend if stage else "local")
 
     def _task_spec(self, stage: str, row: dict[str, Any]) -> TaskSpec:
-        params = json.loads(row["params"]) if row.get("params") else {}
+        params = loads(row["params"]) if row.get("params") else {}
         return TaskSpec(task_id=row["id"], key=task_key(row["id"]), stage=stage, item_idx=row["item_idx"],
                         item_id=row.get("item_id") or "all", item_key=row.get("key") or "all", params=params,
                         attempt=row["attempts"] + 1, last_error=row.get("error_class"))

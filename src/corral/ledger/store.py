@@ -33,7 +33,13 @@ def dumps(value: Any) -> str | None:
 
 
 def loads(value: str | None) -> Any:
-    return None if value is None else json.loads(value)
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError) as exc:
+        raise LedgerError(f"the ledger is damaged: a stored value is not valid JSON ({exc}: {value[:60]!r}); "
+                          "restore the ledger from a backup, or start a new one with --ledger") from None
 
 
 class Ledger:

@@ -23,6 +23,7 @@ from corral.report.dimensions import (Dimension, default_stage, discover_param_n
                                       flatten, resolve_dimensions)
 from corral.report.stats import Stats
 from corral.states import IN_FLIGHT, TaskState
+from corral.ledger import loads
 
 #: Dimensions the database groups by; config and run dimensions are placed per run afterwards.
 SQL_KINDS = ("param", "stage", "result")
@@ -106,8 +107,8 @@ def _python_cells(queries, conn, run_ids: list[str], stage: str | None, dims: li
     cells: dict[tuple, Stats] = {}
     for run_id in run_ids:
         for stage_name, state, raw_result, error_class, raw_params in queries.task_rows(conn, run_id, stage):
-            item = json.loads(raw_params) if raw_params else {}
-            result = json.loads(raw_result) if raw_result else None
+            item = loads(raw_params) if raw_params else {}
+            result = loads(raw_result) if raw_result else None
             if not isinstance(result, dict):
                 result = {}
             key_values: list[Any] = [run_id]
@@ -192,7 +193,7 @@ def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), me
     run_ids = [r["id"] for r in run_rows]
     if len(set(run_ids)) != len(run_ids):
         raise CorralError("the same run is named twice")
-    configs = {r["id"]: flatten(json.loads(r.get("config") or "{}") or {}) for r in run_rows}
+    configs = {r["id"]: flatten(loads(r.get("config") or "{}") or {}) for r in run_rows}
     dialect = dialect_name(ledger)
     queries = report_queries(ledger)
     with ledger.read() as conn:
