@@ -236,3 +236,52 @@ def test_a_logically_damaged_ledger_is_reported_not_crashed_on(tmp_path: Path, v
         assert "Traceback" not in output and "internal error" not in output, (args, output)
         outputs.append(output)
     assert any(expect in o for o in outputs), outputs
+
+
+def _mount(*args: str) -> None:
+    import subprocess
+
+    proc = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"needs root with mount rights for a read-only or full disk: {proc.stderr.strip()}")
+
+
+def _umount(path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def test_a_read_only_ledger_is_read_and_writes_are_refused_saying_why(tmp_path: Path):
+    # A real read-only bind mount: as root, file modes do not stop writes.
+    write_campaign(tmp_path, "name: t\nitems: {grid: {x: [1, 2]}}\nstages:\n  s: {call: 'm:f'}\n")
+    (tmp_path / "m.py").write_text("def f(item, ctx=None):\n    return {'score': item['x']}\n")
+    corral_cli(tmp_path, "run", "-q", check=0)
+    folder = tmp_path / ".corral"
+    _mount("--bind", str(folder), str(folder))
+    try:
+        _mount("-o", "remount,ro,bind", str(folder))
+        for args in (("status",), ("export",), ("report",), ("runs",), ("logs", "t1")):
+            proc = corral_cli(tmp_path, *args)
+            assert proc.returncode == 0, (args, proc.stdout + proc.stderr)
+        assert '"score": 2' in corral_cli(tmp_path, "export", check=0).stdout
+        for args in (("run", "-q"), ("tick",), ("retry",), ("cancel",)):
+            proc = corral_cli(tmp_path, *args)
+            output = proc.stdout + proc.stderr
+            assert proc.returncode == 2 and "is read-only" in output and "Traceback" not in output, (args, output)
+    finally:
+        _umount(folder)
+
+
+def test_a_full_ledger_disk_says_what_ran_out_and_where(tmp_path: Path):
+    write_campaign(tmp_path, "name: t\nitems: {grid: {x: {range: [0, 3000]}}}\n" + VALID_TAIL)
+    folder = tmp_path / ".corral"
+    folder.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=400k", "tmpfs", str(folder))
+    try:
+        proc = corral_cli(tmp_path, "run", "-q")
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 2, output
+        assert "disk is full" in output and str(folder) in output and "Traceback" not in output
+    finally:
+        _umount(folder)
