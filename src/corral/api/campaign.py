@@ -153,6 +153,7 @@ class Campaign:
         source.param_names()  # item sources that cannot be read fail here, before anything is written
         if self.spec.items.key:
             source._check_key_template(self.spec.items.key)
+        source.check_count()  # no items, or more than a run holds: refused before anything is written
         checks.check_stages(self.loaded, next(iter(source.params()), {}))
         preflight(self.loaded)  # secrets, API keys and GPUs, before a run (or a ledger) is created
         fresh = self.sqlite_path() is not None and not self.sqlite_path().exists()

@@ -27,17 +27,22 @@ def selection(limit: int | None = None, shard: str | tuple[int, int] | None = No
     return Selection(limit=limit, shard=shard)
 
 
+MAX_LEASE = 7 * 86400.0
+
+
 def controller(controller_id: str | None = None, lease: float | None = None) -> tuple[str | None, float | None]:
     """This controller's id and lease on a shared ledger: the values given, else ``CORRAL_CONTROLLER_ID``
     or ``CORRAL_HOST`` and ``CORRAL_LEASE`` (None leaves the engine's defaults: the host name, 60 s)."""
-    if lease is not None and lease <= 0:
-        raise CorralError("--lease must be a positive number of seconds")
+    if lease is not None and not (0 < lease <= MAX_LEASE):  # also nan
+        raise CorralError(f"--lease must be a number of seconds between 0 and {MAX_LEASE:.0f}, got {lease}")
     chosen = controller_id or os.environ.get("CORRAL_CONTROLLER_ID") or os.environ.get("CORRAL_HOST") or None
     if lease is None and os.environ.get("CORRAL_LEASE"):
         try:
             lease = float(os.environ["CORRAL_LEASE"])
         except ValueError:
             lease = None
+        if lease is not None and not (0 < lease <= MAX_LEASE):
+            raise CorralError(f"CORRAL_LEASE must be a number of seconds between 0 and {MAX_LEASE:.0f}, got {lease}")
     return chosen, lease
 
 
@@ -94,13 +99,14 @@ def check_stages(loaded: LoadedCampaign, sample: dict[str, Any], stages=None) ->
 def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
     """``corral check --json``: the items, tasks per stage, backends, ledger, and whether ``corral run``
     would continue a run; with ``preview``, what the backends would send."""
-    from corral.engine.runs import find_resumable, snapshot_hash
+    from corral.engine.runs import check_selection, find_resumable, snapshot_hash
     from corral.spec import ItemSource
 
     loaded, spec = campaign.loaded, campaign.spec
     campaign.check_ledger_driver()
     source = ItemSource(spec.items, campaign.root, loaded.path, blame=loaded.blame)
     items = list(source.items(limit=chosen.limit, shard=chosen.shard))
+    check_selection(loaded, chosen, len(items), source)
     sample = items[0].params if items else {}
     stages = {}
     from corral.engine.results_files import check_template as check_results_template

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable
 
 from corral.errors import CorralError
+from corral.ledger import loads
 
 FORMATS = ("json", "jsonl", "csv", "parquet")
 
@@ -25,12 +26,12 @@ def make_record(run_id: str, row: tuple, order: list[str]) -> dict[str, Any]:
      tid, key, item_id, params) = row
     record: dict[str, Any] = {"run_id": run_id, "stage": stage, "item_key": key or "all", "item_id": item_id or "all",
                               "task_id": task_key(tid)}
-    values = json.loads(params) if params else {}
+    values = loads(params) if params else {}
     # Parameters are stored canonically (sorted); give them back in the campaign file's order.
     # A parameter or result field named like a metadata column gets a prefix instead of being lost.
     for name in [n for n in order if n in values] + [n for n in values if n not in order]:
         record[f"param.{name}" if name in _META else name] = values[name]
-    value = json.loads(result) if result else None
+    value = loads(result) if result else None
     if isinstance(value, dict):
         for name, field in value.items():
             record[f"result.{name}" if name in record or name in _META else name] = field

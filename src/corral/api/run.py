@@ -124,6 +124,11 @@ class Run:
 
     def retry(self, stage: str | None = None, error_class: str | None = None, cancelled: bool = False) -> int:
         """Failed tasks (and with ``cancelled`` the cancelled ones) back to pending with fresh attempts."""
+        from corral.spec.models import ERROR_CLASSES
+
+        if error_class is not None and error_class not in ERROR_CLASSES and not error_class[:1].isupper():
+            raise CorralError(f"--error-class: no error class {error_class!r}; valid: {', '.join(ERROR_CLASSES)}, "
+                              "or an exception class name such as ValueError")
         engine = self.engine()
         try:
             return engine.retry(stage=stage, error_class=error_class, include_cancelled=cancelled)
@@ -276,6 +281,12 @@ class Run:
 
     def records(self, stage: str | None = None, states: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
         """One record per (item, stage): item parameters, result fields and metadata."""
+        for state in states or ():
+            if state not in ALL_STATES:
+                raise CorralError(f"--state: no task state {state!r}; valid: {', '.join(map(str, ALL_STATES))}")
+        return self._records(stage, states)
+
+    def _records(self, stage: str | None, states: Sequence[str] | None) -> Iterator[dict[str, Any]]:
         from corral.api.export import make_record
         from corral.ledger import loads
         from corral.ledger.reads import record_rows

@@ -47,7 +47,12 @@ def evaluate(item, ctx):
 def init(directory: str | Path = ".", force: bool = False) -> list[Path]:
     """Write a starter corral.yaml and tasks.py into ``directory``; returns the files written."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise CorralError(f"{directory} is a file; `corral init` writes a campaign into a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CorralError(f"cannot create the folder {directory}: {exc.strerror}") from None
     files = {directory / "corral.yaml": CAMPAIGN, directory / "tasks.py": TASKS}
     existing = [p for p in files if p.exists()]
     if existing and not force:

@@ -74,7 +74,7 @@ def read_run(ledger: Ledger, run_id: str, origin: str = "") -> SourceRun:
 
 
 def _result_value(task: dict[str, Any]) -> Any:
-    return json.loads(task["result"]) if task.get("result") else None
+    return loads(task["result"]) if task.get("result") else None
 
 
 def same_outcome(a: dict[str, Any], b: dict[str, Any]) -> bool:

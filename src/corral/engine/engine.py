@@ -358,7 +358,8 @@ class Engine(Sending):
                                            "message": ("adopted " if adopted else "") + remote_id}])
 
     def _unqueue(self, sub: SubmissionRecord, retry_after: float, message: str, consume: bool,
-                 error_class: ErrorClass | None = None) -> None:
+                 error_class: ErrorClass | None = None) -> int:
+        """Take a submission's tasks back (``consume``: as a failed attempt). Returns how many."""
         from corral.backends.base import TaskResult
 
         now = self.clock.now()
@@ -375,6 +376,7 @@ class Engine(Sending):
                                           info={"error": message})
             self.recorder.release(conn, changes, now)
             self.ledger.add_events(conn, changes.events)
+        return len(results)
 
     # -- finishing -----------------------------------------------------------------------------
 
@@ -424,7 +426,7 @@ class Engine(Sending):
         return sub.info.get("backend") or (stage.spec.backend if stage else "local")
 
     def _task_spec(self, stage: str, row: dict[str, Any]) -> TaskSpec:
-        params = json.loads(row["params"]) if row.get("params") else {}
+        params = loads(row["params"]) if row.get("params") else {}
         return TaskSpec(task_id=row["id"], key=task_key(row["id"]), stage=stage, item_idx=row["item_idx"],
                         item_id=row.get("item_id") or "all", item_key=row.get("key") or "all", params=params,
                         attempt=row["attempts"] + 1, last_error=row.get("error_class"))

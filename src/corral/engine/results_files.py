@@ -132,7 +132,7 @@ class ResultFiles:
         return written
 
     def _write(self, row, params: dict[str, Any], run: dict[str, Any]) -> None:
-        item = json.loads(row["item_params"]) if row["item_params"] else {}
+        item = loads(row["item_params"]) if row["item_params"] else {}
         fields = {**params, **item, "run_id": self.run_id, "name": run.get("name"), "stage": row["stage"],
                   "item_id": row["item_id"], "item_key": row["key"], "task_id": f"t{row['id']}",
                   "attempts": row["attempts"]}

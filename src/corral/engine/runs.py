@@ -109,11 +109,21 @@ def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, n
         }
         ledger.insert_run(conn, row)
         count = ledger.insert_items_and_tasks(conn, final_id, items, stages, now)
+        check_selection(campaign, selection, count, source)
         registry_queries.update_run(conn, final_id, item_count=count)
         ledger.add_events(conn, [{"at": now, "run_id": final_id, "kind": "run", "to_state": RunStatus.ACTIVE.value,
                                   "count": count, "message": f"created with {count} items"}])
         row["item_count"] = count
     return row, True
+
+
+def check_selection(campaign: LoadedCampaign, selection: Selection, count: int, source: ItemSource) -> None:
+    """A run of no items is refused: a `per: all` stage would wait forever on it."""
+    if count == 0:
+        raise SpecError(f"the selection {selection.as_dict()} holds none of the campaign's "
+                        f"{source.count():,} items", file=str(campaign.path), key="items",
+                        expected="a selection that holds at least one item (fewer shards)")
+    _run_id(campaign, 0.0)  # a run_id template that cannot be filled is found before any run
 
 
 def _run_id(campaign: LoadedCampaign, now: float) -> str:

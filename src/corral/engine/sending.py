@@ -79,7 +79,9 @@ class Sending:
             self._unqueue(sub, retry_after=0.0, message="submission failed", consume=False)
             raise
         except Exception as exc:  # noqa: BLE001 - recorded on the tasks; their attempts are used
-            self._unqueue(sub, retry_after=0.0, message=f"{type(exc).__name__}: {exc}", consume=True)
+            # The tasks' attempts are used up: the run may have ended, so the tick must look.
+            report.failed += self._unqueue(sub, retry_after=0.0, message=f"{type(exc).__name__}: {exc}",
+                                           consume=True)
             report.errors.append(f"submitting to {backend.name!r} failed: {exc}")
             self.log(f"error: submission {sub.id} to {backend.name!r} failed: {exc!r}")
             return False

@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from corral.ledger import schema
+from corral.ledger.store import loads
 
 
 def load(conn: Connection, run_id: str) -> dict[str, dict[str, Any]]:
@@ -22,7 +23,7 @@ def load(conn: Connection, run_id: str) -> dict[str, dict[str, Any]]:
     t = schema.learned
     out: dict[str, dict[str, Any]] = {}
     for scope, key, value in conn.execute(select(t.c.scope, t.c.key, t.c.value).where(t.c.run_id == run_id)):
-        out.setdefault(scope, {})[key] = json.loads(value)
+        out.setdefault(scope, {})[key] = loads(value)
     return out
 
 

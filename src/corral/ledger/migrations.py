@@ -63,6 +63,7 @@ def migrate(engine: Engine, *, create: bool = True) -> int:
             raise LedgerError(f"this ledger has schema version {version}, newer than this corral "
                               f"understands ({schema.SCHEMA_VERSION}); upgrade corral")
         if version == schema.SCHEMA_VERSION:
+            _check_tables(conn)
             return version
         if version == 0 and not create:
             raise LedgerError("the database holds no corral ledger")
@@ -71,3 +72,13 @@ def migrate(engine: Engine, *, create: bool = True) -> int:
         conn.execute(schema.meta.delete().where(schema.meta.c.key == "schema_version"))
         conn.execute(schema.meta.insert(), [{"key": "schema_version", "value": str(schema.SCHEMA_VERSION)}])
         return schema.SCHEMA_VERSION
+
+
+def _check_tables(conn: Connection) -> None:
+    """A ledger of the current version missing a table was damaged by hand: say so at once, not at
+    the first query that needs the table."""
+    present = set(inspect(conn).get_table_names())
+    missing = sorted(set(schema.metadata.tables) - present)
+    if missing:
+        raise LedgerError(f"the ledger is damaged: its table(s) {', '.join(missing)} are missing; restore it "
+                          "from a backup, or start a new one with --ledger")

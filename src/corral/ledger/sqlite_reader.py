@@ -15,6 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from corral.ledger import schema
 from corral.ledger.location import SCHEMA_VERSION
 from corral.ledger.report_source import CellQuery, CellRow, ErrorRow, cell_row, json_path
 from corral.states import IN_FLIGHT, TaskState
@@ -40,10 +41,12 @@ class SqliteReader:
         try:
             with reader.read() as conn:
                 row = conn.execute("SELECT value FROM corral_meta WHERE key = 'schema_version'").fetchone()
+                tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error:
             reader.close()
             return None
-        if row is None or row[0] != str(SCHEMA_VERSION):
+        # Anything unusual (another version, a table dropped by hand) goes the full way, which says what.
+        if row is None or row[0] != str(SCHEMA_VERSION) or not set(schema.metadata.tables) <= tables:
             reader.close()
             return None
         return reader

@@ -6,11 +6,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import queue
 import random
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import create_engine, event, func, select, text, update
@@ -33,7 +35,13 @@ def dumps(value: Any) -> str | None:
 
 
 def loads(value: str | None) -> Any:
-    return None if value is None else json.loads(value)
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError) as exc:
+        raise LedgerError(f"the ledger is damaged: a stored value is not valid JSON ({exc}: {value[:60]!r}); "
+                          "restore the ledger from a backup, or start a new one with --ledger") from None
 
 
 class Ledger:
@@ -49,6 +57,9 @@ class Ledger:
                 if not create and not self.path.exists():
                     raise LedgerError(f"no ledger at {self.path} (nothing has run here yet)")
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A ledger on a read-only disk (or in a folder this user cannot write) can still be read.
+        self.read_only = self.path is not None and self.path.exists() and not (
+            os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK))
         self.engine = self._make_engine()
         for attempt in range(20):
             try:
@@ -71,6 +82,20 @@ class Ledger:
         return self.url
 
     def _make_engine(self) -> Engine:
+        if self.is_sqlite and self.read_only:
+            # immutable: SQLite needs neither a lock nor the -shm file it could not create
+            engine = create_engine(f"sqlite:///file:{quote(str(self.path))}?mode=ro&immutable=1&uri=true",
+                                   connect_args={"check_same_thread": False})
+
+            @event.listens_for(engine, "connect")
+            def _connect_read_only(dbapi_connection, _record):
+                dbapi_connection.isolation_level = None
+
+            @event.listens_for(engine, "begin")
+            def _begin_read_only(conn):
+                conn.exec_driver_sql("BEGIN")
+
+            return engine
         if self.is_sqlite:
             engine = create_engine(self.url, connect_args={"timeout": 120, "check_same_thread": False})
 
@@ -104,8 +129,21 @@ class Ledger:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        if self.read_only:
+            raise LedgerError(f"the ledger {self.path} is read-only (its file or folder cannot be written): "
+                              "status, export, report and logs read it; run, tick, retry and cancel need "
+                              "it writable")
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            problem = str(exc.orig)
+            if "full" in problem or "readonly" in problem or "disk I/O" in problem:
+                where = self.path.parent if self.path is not None else self.display_url
+                raise LedgerError(f"cannot write the ledger {self.display_url}: {problem} (on {where}); "
+                                  "what it recorded before is kept: free space or make it writable, then "
+                                  "run again") from None
+            raise
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -130,6 +168,9 @@ class Ledger:
             if self.path is None:
                 yield True
                 return
+            if self.read_only:
+                with self.write():  # says why nothing can be planned
+                    pass
             run_hash = hashlib.sha256(run_id.encode()).hexdigest()[:12]
             lock_path = self.path.with_name(f"{self.path.name}.{run_hash}.lock")
             handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole block
@@ -404,9 +445,11 @@ def task_key(task_id: int) -> str:
 
 
 def parse_task_key(text_: str) -> int | None:
-    if text_.startswith("t") and text_[1:].isdigit():
-        return int(text_[1:])
-    return int(text_) if text_.isdigit() else None
+    """The task id of ``t123`` or ``123``; None for text that names no task (ids fit 63 bits)."""
+    digits = text_[1:] if text_.startswith("t") else text_
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        return None
+    return int(digits)
 
 
 __all__ = ["Ledger", "TaskState", "default_url", "dumps", "loads", "task_key", "parse_task_key"]

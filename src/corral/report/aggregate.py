@@ -26,6 +26,7 @@ from corral.report.ranking import best_and_worst
 from corral.report.selection import leave_out_merged_sources
 from corral.report.stats import Stats
 from corral.states import CORRAL_RESULT_FIELDS, DEFAULT_METRIC, IN_FLIGHT, TaskState
+from corral.ledger import loads
 
 #: Dimensions the database groups by; config and run dimensions are placed per run afterwards.
 SQL_KINDS = ("param", "stage", "result")
@@ -116,8 +117,8 @@ def _python_cells(queries, conn, run_ids: list[str], stage: str | None, dims: li
     cells: dict[tuple, Stats] = {}
     for run_id in run_ids:
         for stage_name, state, raw_result, error_class, raw_params in queries.task_rows(conn, run_id, stage):
-            item = json.loads(raw_params) if raw_params else {}
-            result = json.loads(raw_result) if raw_result else None
+            item = loads(raw_params) if raw_params else {}
+            result = loads(raw_result) if raw_result else None
             if not isinstance(result, dict):
                 result = {}
             key_values: list[Any] = [run_id]
@@ -193,7 +194,7 @@ def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), me
         raise CorralError("the same run is named twice")
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise CorralError(f"--top {top!r} is not a whole number of groups of at least 1 (e.g. --top 5)")
-    configs = {r["id"]: flatten(json.loads(r.get("config") or "{}") or {}) for r in run_rows}
+    configs = {r["id"]: flatten(loads(r.get("config") or "{}") or {}) for r in run_rows}
     dialect = dialect_name(ledger)
     queries = report_queries(ledger)
     with ledger.read() as conn:

@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from corral.errors import CorralError
+from corral.ledger import loads
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -60,13 +61,13 @@ def discover_result_kinds(queries: ModuleType, conn, run_ids: list[str], stage: 
 def discover_param_names(queries: ModuleType, conn, run_rows: list[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for row in run_rows:
-        selection = json.loads(row.get("selection") or "{}") or {}
+        selection = loads(row.get("selection") or "{}") or {}
         for name in selection.get("param_order") or []:
             if name not in names:
                 names.append(name)
         # Item sources without a fixed order (lists, files): look at the first items.
         for raw in queries.item_params_sample(conn, row["id"], 200):
-            for name in json.loads(raw or "{}"):
+            for name in loads(raw or "{}"):
                 if name not in names:
                     names.append(name)
     return names
@@ -114,7 +115,7 @@ def resolve_dimensions(by: Sequence[str], param_names: list[str], configs: dict[
 
 def default_stage(run_rows: list[dict[str, Any]], counts: dict[str, int]) -> str | None:
     """The first per-item stage of the newest run's config that has tasks (e.g. ``episode``)."""
-    config = json.loads(run_rows[0].get("config") or "{}") or {}
+    config = loads(run_rows[0].get("config") or "{}") or {}
     stages = config.get("stages") or {}
     for name, spec in stages.items():
         per = (spec or {}).get("per", "item") if isinstance(spec, dict) else "item"

@@ -15,7 +15,7 @@ from string import Formatter
 from typing import Any, Callable, Iterator
 
 from corral.errors import SpecError
-from corral.spec.models import Items
+from corral.spec.models import MAX_ITEMS, Items
 
 
 @dataclass(slots=True)
@@ -134,7 +134,38 @@ class ItemSource:
 
     @_blamed
     def count(self) -> int:
-        return math.prod(len(f) for f in self.factors()) * math.prod(len(v) for _, v in self.axes())
+        """How many items the campaign has, counted without building them (a grid of 10^12 is fine)."""
+        return math.prod(len(f) for f in self.factors()) * math.prod(_size(v) for _, v in self.axes())
+
+    def check_count(self) -> int:
+        """The item count, refused when it is zero or more than a run can hold."""
+        total = self.count()
+        if total > MAX_ITEMS:
+            sizes = [f"{len(f):,} rows" for f in self.factors()] + [f"{name}: {_size(v):,}" for name, v in self.axes()]
+            raise SpecError(f"the campaign has {total:,} items ({' x '.join(sizes)}); a run holds at most "
+                            f"{MAX_ITEMS:,} (writing more to the ledger would take hours and gigabytes)",
+                            file=self.file, key="items",
+                            expected="fewer values per axis, or several campaigns or runs of a part each")
+        if total == 0:
+            raise SpecError(f"the campaign has no items: {self._why_empty()}", file=self.file, key="items",
+                            expected="at least one item")
+        return total
+
+    def _why_empty(self) -> str:
+        if self.spec.from_ is not None:
+            read = len(_read_rows(self._from_path(), self._from_kind(self._from_path()))) if self.spec.from_.where else 0
+            if read:
+                return f"'where' matched none of the {read:,} rows of {self.spec.from_.path}"
+            if not self._from_file():
+                return f"the item file {self.spec.from_.path} has no rows"
+        if self.spec.list is not None and not self.spec.list:
+            return "items.list is empty"
+        if self.spec.zip is not None and not self._zip():
+            return "the items.zip lists are empty"
+        for name, values in self.axes():
+            if not _size(values):
+                return f"items.grid.{name} has no values"
+        return "the item sources give none"
 
     @_blamed
     def params(self) -> Iterator[dict[str, Any]]:
@@ -176,6 +207,7 @@ class ItemSource:
 
     @_blamed
     def items(self, limit: int | None = None, shard: tuple[int, int] | None = None) -> Iterator[Item]:
+        self.check_count()
         key_template = self.spec.key
         if key_template:
             self._check_key_template(key_template)
@@ -202,9 +234,17 @@ class ItemSource:
                 continue
             if limit is not None and index >= limit:
                 break
-            key = format_key(key_template, params) if key_template else item_id
+            key = self._key(key_template, params) if key_template else item_id
             yield Item(index=index, item_id=item_id, key=key, params=params, canonical=text)
             index += 1
+
+    def _key(self, template: str, params: dict[str, Any]) -> str:
+        try:
+            return format_key(template, params)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise SpecError(f"the key template {template!r} cannot be filled for the item {params}: {exc}",
+                            file=self.file, key="items.key",
+                            expected="{name} fields with a format spec that fits the value, e.g. {seed:03d}") from None
 
     def _check_key_template(self, template: str) -> None:
         names = set(self.param_names())
@@ -223,7 +263,11 @@ class ItemSource:
             if not (isinstance(bounds, list) and 1 <= len(bounds) <= 3 and all(isinstance(b, int) for b in bounds)):
                 raise SpecError("a range is {range: stop} or {range: [start, stop, step]} of integers",
                                 file=self.file, key=f"items.grid.{name}.range", expected="[start, stop, step]")
-            return list(range(*bounds))
+            values = range(*bounds) if bounds[-1] != 0 or len(bounds) < 3 else None
+            if values is None:
+                raise SpecError("a range's step must not be 0", file=self.file, key=f"items.grid.{name}.range",
+                                expected="[start, stop, step] with a step other than 0")
+            return values  # type: ignore[return-value]  # a range is counted without being built
         if isinstance(values, list):
             if not values:
                 raise SpecError("an empty list gives no items", file=self.file, key=f"items.grid.{name}",
@@ -242,23 +286,50 @@ class ItemSource:
         names = list(columns)
         return [dict(zip(names, row)) for row in zip(*columns.values())]
 
-    def _from_file(self) -> list[dict[str, Any]]:
+    def _from_path(self) -> Path:
         source = self.spec.from_
         assert source is not None
-        path = Path(source.path).expanduser()
+        try:
+            path = Path(source.path).expanduser()
+        except RuntimeError:  # ~user of no such user
+            raise SpecError(f"cannot find the home folder in {source.path!r}", file=self.file, key="items.from",
+                            expected="a path relative to the campaign folder, absolute, or ~/...") from None
         if not path.is_absolute():
             path = self.root / path
-        if not path.exists():
-            raise SpecError(f"item file {str(path)!r} does not exist", file=self.file, key="items.from")
-        kind = source.format or {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-                                 ".csv": "csv"}.get(path.suffix.lower())
+        try:
+            exists = path.is_file()
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+            raise SpecError(f"the item file path cannot be used: {getattr(exc, 'strerror', None) or exc}",
+                            file=self.file, key="items.from") from None
+        if not exists:
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise SpecError(f"item file {str(path)!r} {what}", file=self.file, key="items.from",
+                            expected="a .jsonl, .json or .csv file")
+        return path
+
+    def _from_kind(self, path: Path) -> str:
+        assert self.spec.from_ is not None
+        kind = self.spec.from_.format or {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+                                          ".csv": "csv"}.get(path.suffix.lower())
         if kind is None:
             raise SpecError(f"cannot tell the format of {path.name}", file=self.file, key="items.from.format",
                             expected="json | jsonl | csv")
+        return kind
+
+    def _from_file(self) -> list[dict[str, Any]]:
+        source = self.spec.from_
+        assert source is not None
+        path = self._from_path()
+        kind = self._from_kind(path)
         try:
             rows = _read_rows(path, kind)
-        except (ValueError, json.JSONDecodeError) as exc:
+        except (ValueError, csv.Error) as exc:  # JSON, CSV, UTF-8 decoding
             raise SpecError(f"cannot read {path.name}: {exc}", file=self.file, key="items.from") from None
+        except RecursionError:
+            raise SpecError(f"cannot read {path.name}: values nested too deeply", file=self.file,
+                            key="items.from") from None
+        except OSError as exc:
+            raise SpecError(f"cannot read {path.name}: {exc.strerror}", file=self.file, key="items.from") from None
         if source.where:
             rows = self._filter(rows, source.where)
         return rows
@@ -266,8 +337,11 @@ class ItemSource:
     def _filter(self, rows: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
         try:
             code = compile(where, "<where>", "eval")
-        except SyntaxError as exc:
-            raise SpecError(f"'where' is not a valid expression: {exc.msg}", file=self.file,
+        except (RecursionError, MemoryError):
+            raise SpecError("'where' is too deeply nested to evaluate", file=self.file, key="items.from.where",
+                            expected="a shorter Python expression over row fields") from None
+        except (SyntaxError, ValueError) as exc:
+            raise SpecError(f"'where' is not a valid expression: {getattr(exc, 'msg', exc)}", file=self.file,
                             key="items.from.where", expected="a Python expression over row fields, "
                             "e.g. split == 'test' and length < 500") from None
         kept = []
@@ -314,7 +388,21 @@ def _read_rows(path: Path, kind: str) -> list[dict[str, Any]]:
                     rows.append(row)
         return rows
     with path.open(newline="") as handle:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        rows = []
+        for number, row in enumerate(csv.DictReader(handle), 2):
+            if None in row:
+                raise ValueError(f"line {number} has more fields than the header names")
+            rows.append({k: _number(v) for k, v in row.items()})
+        return rows
+
+
+def _size(values: Any) -> int:
+    """The length of an axis, also of a range too long for ``len``."""
+    if isinstance(values, range):
+        step = values.step
+        span = values.stop - values.start
+        return max(0, (span + step - (1 if step > 0 else -1)) // step)
+    return len(values)
 
 
 def _number(text: str | None) -> Any:

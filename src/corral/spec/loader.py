@@ -23,6 +23,8 @@ from corral.spec.backend_types import BACKEND_SETTINGS, BACKEND_TYPES
 from corral.spec.compose import Composed, compose, omegaconf_key, omegaconf_message
 from corral.spec.hints import expected_for
 from corral.spec.models import Campaign
+from corral.spec.overrides import check_overrides
+from corral.spec.yamlfile import read_yaml
 
 
 @dataclass
@@ -68,7 +70,12 @@ def load_campaign(path: str | Path, overrides: list[str] | None = None) -> Loade
                         expected="a YAML campaign file (create one with `corral init`)")
     file = file.resolve()
     raw = _read_yaml(file)
-    if raw.get("defaults") is None and not overrides:
+    defaults = raw.get("defaults")
+    if defaults is not None and not isinstance(defaults, list):
+        raise SpecError(f"is a list of config groups, got {defaults!r}", file=str(file), key="defaults",
+                        expected="a list such as [_self_, {experiment: baseline}]")
+    check_overrides(overrides, file)
+    if defaults is None and not overrides:
         return validate_config(_resolve_plain(file, raw), file, overrides)
     composed = compose(file, overrides)
     try:
@@ -80,15 +87,7 @@ def load_campaign(path: str | Path, overrides: list[str] | None = None) -> Loade
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"is not valid YAML{where}: {problem}", file=str(file)) from None
-    except OSError as exc:
-        raise SpecError(f"cannot be read: {exc.strerror}", file=str(file)) from None
+    data = read_yaml(file)
     if data is None:
         data = {}
     if not isinstance(data, dict):

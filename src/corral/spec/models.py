@@ -6,11 +6,18 @@ import re
 import shlex
 from typing import Any, Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
 
 from corral.refs import CALLABLE_RE, single_callable
 from corral.spec.durations import parse_duration, parse_size
 from corral.spec.reports import NamedReport, check_report_names
+
+#: what one run can hold: writing the ledger rows of ten million items takes minutes; more, hours
+MAX_ITEMS = 10_000_000
+#: a year: longer timeouts, intervals and backoffs are mistakes (and 1e308 s overflows clocks)
+MAX_DURATION = 366 * 86400.0
+#: worker processes of one local backend
+MAX_WORKERS = 4096
 
 STAGE_NAME_RE = re.compile(r"^[A-Za-z_][\w-]*$")
 ERROR_CLASSES = (
@@ -35,10 +42,10 @@ def _duration(value: Any) -> float | None:
 class Retries(Strict):
     """``retries: {max: 3, backoff: 30s, on: [timeout, oom]}``: ``max`` retries after the first attempt."""
 
-    max: int = Field(default=0, ge=0)
-    backoff: float = 10.0
-    backoff_factor: float = Field(default=2.0, ge=1.0)
-    max_backoff: float = 3600.0
+    max: int = Field(default=0, ge=0, le=1000)
+    backoff: float = Field(default=10.0, ge=0, le=MAX_DURATION)
+    backoff_factor: float = Field(default=2.0, ge=1.0, le=1000.0)
+    max_backoff: float = Field(default=3600.0, ge=0, le=MAX_DURATION)
     on: list[str] | None = None
     #: on a cluster, scale the memory / time limit by this factor for each retry that follows an
     #: out-of-memory failure / a timeout (``mem: x2``)
@@ -88,8 +95,8 @@ class Resources(Strict):
 
     cpus: int = Field(default=1, ge=1)
     gpus: int | None = Field(default=None, ge=0)
-    mem: int | None = None
-    time: float | None = None
+    mem: int | None = Field(default=None, ge=1)
+    time: float | None = Field(default=None, gt=0, le=MAX_DURATION)
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -116,12 +123,12 @@ class Stage(Strict):
     request: dict[str, Any] | None = None   # an LLM request body; Jinja in its string values
     parse: str | None = None                # package.module:function turning a response into the result
     per: Literal["item", "all", "batch"] = "item"
-    size: int | None = Field(default=None, ge=1)
-    every: float | None = None
+    size: int | None = Field(default=None, ge=1, le=MAX_ITEMS)
+    every: float | None = Field(default=None, ge=0, le=MAX_DURATION)
     needs: list[str] = Field(default_factory=list)
     backend: str = "local"
     retries: Retries = Field(default_factory=Retries)
-    timeout: float | None = None
+    timeout: float | None = Field(default=None, gt=0, le=MAX_DURATION)
     resources: Resources = Field(default_factory=Resources)
     skip_if: list[str] | None = None
     verify: list[str] | None = None
@@ -185,9 +192,9 @@ class LocalBackend(Strict):
     """Worker processes on this machine, optionally pinned to GPUs."""
 
     type: Literal["local"] = "local"
-    workers: int | None = Field(default=None, ge=1)
-    gpus: Literal["auto", "none"] | list[int] = "auto"
-    workers_per_gpu: int = Field(default=1, ge=1)
+    workers: int | None = Field(default=None, ge=1, le=MAX_WORKERS)
+    gpus: Literal["auto", "none"] | list[NonNegativeInt] = "auto"
+    workers_per_gpu: int = Field(default=1, ge=1, le=MAX_WORKERS)
     tasks_per_worker: int | None = Field(default=None, ge=1)
     max_tasks_per_worker: int = Field(default=2000, ge=1)
     python: str | None = None
