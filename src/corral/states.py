@@ -65,6 +65,7 @@ class ErrorClass(str, Enum):
     TIMEOUT = "timeout"                # ran past the stage's (or the job's) time limit
     OOM = "oom"                        # out of memory
     VERIFY = "verify"                  # the output failed ``verify``
+    TEMPLATE = "template"              # a template filled with the item's values cannot be used
     PARSE = "parse"                    # an LLM answer that ``parse`` could not read
     INVALID_REQUEST = "invalid_request"
     SERVER_ERROR = "server_error"

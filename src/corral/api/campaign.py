@@ -16,7 +16,7 @@ from corral.api.preflight import preflight
 from corral.api.run import Run, TaskLogs
 from corral.errors import CorralError
 from corral.states import RunStatus
-from corral.ledger.location import campaign_ledger_url, driver_module, url_source
+from corral.ledger.location import VALID_LEDGERS, campaign_ledger_url, driver_module, url_problem, url_source
 from corral.spec import LoadedCampaign, load_campaign
 
 if TYPE_CHECKING:
@@ -61,6 +61,25 @@ class Campaign:
             self._log = ControllerLog(self.root / self.spec.workdir / "corral.log")
         return self._log
 
+    def check_write_locations(self) -> None:
+        """The workdir and the ledger are places corral may write: not a system folder, a device or
+        a file where a folder belongs; a ledger URL of a kind corral can open. Nothing is written."""
+        from corral.errors import SpecError
+        from corral.paths import folder_problem
+
+        workdir = self.root / self.spec.workdir
+        problem = folder_problem(workdir)
+        if problem:
+            raise SpecError(f"the workdir {str(workdir)!r} {problem}", file=str(self.loaded.path), key="workdir",
+                            expected="a folder for corral's own files inside the campaign's, e.g. .corral")
+        problem = url_problem(self.ledger_url)
+        if problem is None:
+            return
+        message = f"the ledger {_display(self.ledger_url)} {problem}"
+        if self._ledger_source == "ledger":
+            raise SpecError(message, file=str(self.loaded.path), key="ledger", expected=VALID_LEDGERS)
+        raise SpecError(f"{self._ledger_source}: {message}", expected=VALID_LEDGERS)
+
     def check_ledger_driver(self) -> None:
         """A PostgreSQL ledger without its driver is bad input, named where the URL was given."""
         from corral.errors import SpecError
@@ -79,6 +98,7 @@ class Campaign:
         if self._ledger is None:
             from corral.ledger import Ledger
 
+            self.check_write_locations()
             self.check_ledger_driver()
             self._ledger = Ledger(self.ledger_url, create=create)
         return self._ledger

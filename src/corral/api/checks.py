@@ -103,6 +103,7 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
     from corral.spec import ItemSource
 
     loaded, spec = campaign.loaded, campaign.spec
+    campaign.check_write_locations()
     campaign.check_ledger_driver()
     source = ItemSource(spec.items, campaign.root, loaded.path, blame=loaded.blame)
     items = list(source.items(limit=chosen.limit, shard=chosen.shard))

@@ -10,6 +10,7 @@ from typing import IO, Any, Iterable
 
 from corral.errors import CorralError
 from corral.ledger import loads
+from corral.outfiles import writing
 
 FORMATS = ("json", "jsonl", "csv", "parquet")
 
@@ -111,13 +112,5 @@ def export_records(records: Iterable[dict[str, Any]], target: str | Path | IO[st
         return write_records(records, fmt, sys.stdout)
     if not isinstance(target, (str, Path)):
         return write_records(records, fmt, target)
-    path = Path(target)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", newline="") as handle:
-            count = write_records(records, fmt, handle)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
-    return count
+    with writing(target, newline="") as handle:
+        return write_records(records, fmt, handle)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from corral.errors import CorralError
+from corral.outfiles import replacing
 
 #: Present in every table, even when no record of the run has tokens or a cost.
 METADATA = ("run_id", "stage", "item_key", "item_id", "task_id", "state", "attempts", "error_class", "error_message",
@@ -57,9 +58,8 @@ def arrow_table(records: Iterable[dict[str, Any]]):
 def write_parquet(records: Iterable[dict[str, Any]], path: Path) -> int:
     pq = _need("pyarrow.parquet", "parquet")
     table = arrow_table(records)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp)
     return table.num_rows
 
 

@@ -3,6 +3,7 @@ latest, and ``corral ingest``."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -13,6 +14,9 @@ from corral.engine.ingest import ingest_path
 from corral.engine.runs import resolve_run
 from corral.errors import CorralError
 from corral.states import TERMINAL, TaskState
+
+#: what a run id may be: it names a folder under the workdir
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 class Registry:
@@ -86,6 +90,9 @@ class Registry:
         configurations differ are refused (``ConfigsDiffer``, naming the keys) unless ``force``."""
         if not refs or not into:
             raise CorralError("usage: corral runs merge RUN [RUN...] --into NAME [--prefer RUN|newest] [--force]")
+        if not RUN_ID.fullmatch(into):
+            raise CorralError(f"--into {into!r}: a run id is made of letters, digits, '.', '_' and '-', starts "
+                              f"with a letter or a digit and is at most 200 characters (e.g. --into merged-1)")
         ids = [self.resolve(r)["id"] for r in refs]
         if prefer and prefer != "newest":
             prefer = self.resolve(prefer)["id"]

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from corral import outfiles
 from corral.errors import CorralError, SpecError
 
 if TYPE_CHECKING:
@@ -141,13 +142,16 @@ class Report:
         plot = plot if plot is not None else self.plot_path
         if format is not None:
             check_format(format)
+        for option, named in (("-o", path), ("--plot", plot)):
+            if named is not None:
+                outfiles.output_target(named, option)
         written: list[Path] = []
         for section in self.sections:
             formats = [format] if format else section.formats
             for index, one in enumerate(formats):
                 # -f without -o prints, as for any report; the section's formats go to its files.
                 target = Path(path) if path is not None else (None if format else section.default_path(one))
-                if target is not None:
+                if path is None and target is not None:
                     target.parent.mkdir(parents=True, exist_ok=True)
                 plot_file = plot or (section.default_plot if index == 0 else None)
                 if plot_file is not None:
@@ -170,9 +174,7 @@ def _stdout(section: Section, fmt: str) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    outfiles.write_text(path, text)
 
 
 def check_format(fmt: str) -> None:

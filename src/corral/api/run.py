@@ -78,7 +78,7 @@ class Run:
         """The campaign's ``results:`` files of this run (``sync()`` writes what was recorded since)."""
         from corral.engine.results_files import ResultFiles
 
-        return ResultFiles(self.campaign.loaded, self.ledger, self.id)
+        return ResultFiles(self.campaign.loaded, self.ledger, self.id, log=self.campaign.log)
 
     def run(self, *, clock: "Clock | None" = None, on_tick: "Callable[[TickReport], None] | None" = None,
             should_stop: Callable[[], bool] = lambda: False, max_interval: float = 5.0) -> "TickReport":

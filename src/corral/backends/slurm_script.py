@@ -1,18 +1,59 @@
 """The sbatch script of one job array: resources from the stage, the worker on one element's slice.
 
-The script holds no secret: environment variables are passed by name with ``--export``.
+The script holds no secret: environment variables are passed by name with ``--export``. Every
+value in it is quoted or refused: a campaign folder named ``x\n#SBATCH ...`` or ``$(...)`` must not
+add a line or a command. sbatch reads an ``#SBATCH`` line as one shell-like word: quotes group,
+a backslash escapes the next character and an unquoted ``#`` starts a comment.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.backends.slurm_cli import format_mem, format_time_limit
+from corral.errors import CorralError
 from corral.spec.models import Stage
 from corral.spec.slurm import SlurmBackend, SlurmTarget
+
+
+#: characters after which sbatch would read a value differently than written
+NEEDS_QUOTES = re.compile(r"[\s\"'\\#]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class UnsafeScriptValue(CorralError):
+    """A value that cannot be written into a job script as it is (a newline would start a new line)."""
+
+
+def sbatch_line(option: str) -> str:
+    """``#SBATCH --name=value``, the value in double quotes where it holds whitespace, a quote, a
+    backslash or ``#``; a control character is refused."""
+    name, has_value, value = (option if option.startswith("-") else f"--{option}").partition("=")
+    if CONTROL.search(option):
+        raise UnsafeScriptValue(f"the sbatch option {option!r} holds a control character (a newline?); "
+                                "a job script line cannot hold it")
+    if NEEDS_QUOTES.search(name):
+        raise UnsafeScriptValue(f"the sbatch option name {name!r} holds a space, a quote, a backslash or '#'")
+    if has_value and NEEDS_QUOTES.search(value):
+        value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"#SBATCH {name}{'=' if has_value else ''}{value}"
+
+
+def script_folder(path: Path, what: str) -> str:
+    """A folder named in the script: no control character, no backslash (slurmd drops it and then
+    expands no ``%`` pattern in ``--output``)."""
+    text = str(path)
+    if CONTROL.search(text):
+        raise UnsafeScriptValue(f"the {what} {text!r} holds a control character (a newline?): SLURM jobs cannot "
+                                "run there; move the campaign to a folder without one")
+    if "\\" in text:
+        raise UnsafeScriptValue(f"the {what} {text!r} holds a backslash, which SLURM drops from job file names: "
+                                "move the campaign to a folder without one")
+    return text
 
 
 @dataclass(frozen=True)
@@ -65,8 +106,10 @@ def sbatch_options(stage: Stage, settings: SlurmBackend, job: ArrayJob, *, job_n
     array = f"0-{last}" if last else "0"
     if max_running:
         array += f"%{max_running}"
+    # In --output a % starts a pattern (%A, %a): the folder's own are doubled.
+    output_folder = script_folder(output.parent, "run folder").replace("%", "%%")
     options = [f"--job-name={job_name}", f"--comment={comment}", f"--array={array}",
-               f"--output={output}", f"--chdir={root}"]
+               f"--output={output_folder}/{output.name}", f"--chdir={script_folder(root, 'campaign folder')}"]
 
     def pick(name: str) -> str | None:
         if target is not None and getattr(target, name, None):
@@ -109,7 +152,7 @@ def sbatch_options(stage: Stage, settings: SlurmBackend, job: ArrayJob, *, job_n
 def render_script(options: list[str], *, setup: list[str], launcher: list[str], python: str | None,
                   folder: Path, root: Path, offset: int, race: bool = False) -> str:
     lines = ["#!/bin/bash"]
-    lines += [f"#SBATCH {option}" if option.startswith("-") else f"#SBATCH --{option}" for option in options]
+    lines += [sbatch_line(option) for option in options]
     lines += ["", "set -e"]
     lines += setup
     lines += [

@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 
 import typer
 
+from corral import outfiles
 from corral.errors import CorralError
 
 FORMAT_NAMES = ("table", "json", "md", "csv", "latex", "html")
@@ -35,9 +36,7 @@ def write_text(text: str, out_file: Optional[Path]) -> None:
         return
     from corral.cli.output import err
 
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out_file)
+    outfiles.write_text(out_file, text)
     err.print(f"wrote {out_file}", highlight=False)
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import string
+import sys
 from pathlib import Path
 from typing import Any
 
 from corral.errors import SpecError
+from corral.paths import TemplatePathError, inside
 from corral.ledger import Ledger, loads, registry_queries
 from corral.spec import LoadedCampaign
 
@@ -75,7 +77,8 @@ def atomic_write(path: Path, text: str) -> None:
 class ResultFiles:
     """Writes the result files of one run; ``sync()`` after each tick."""
 
-    def __init__(self, loaded: LoadedCampaign, ledger: Ledger, run_id: str):
+    def __init__(self, loaded: LoadedCampaign, ledger: Ledger, run_id: str, log=None):
+        self.log = log
         self.template = loaded.spec.results or ""
         self.ledger = ledger
         self.run_id = run_id
@@ -125,8 +128,11 @@ class ResultFiles:
             for row in rows:
                 if row["stage"] not in self.stages:
                     continue
-                self._write(row, params, run)
-                written += 1
+                try:
+                    self._write(row, params, run)
+                    written += 1
+                except (TemplatePathError, OSError) as exc:
+                    self._not_written(row, exc)
         # The time bound only narrows the index range; a minute's margin covers clocks that disagree.
         atomic_write(self.cursor_path, json.dumps([max(a for _, a, _ in events) - 60.0, events[-1][0]]))
         return written
@@ -136,10 +142,20 @@ class ResultFiles:
         fields = {**params, **item, "run_id": self.run_id, "name": run.get("name"), "stage": row["stage"],
                   "item_id": row["item_id"], "item_key": row["key"], "task_id": f"t{row['id']}",
                   "attempts": row["attempts"]}
-        path = self.root / self.template.format_map(fields)
+        path = inside(self.root, self.template.format_map(fields), key="results", item=row["key"])
         meta = {"run_id": self.run_id, "stage": row["stage"], "item_id": row["item_id"], "item_key": row["key"],
                 "task_id": row["id"], "config_hash": run.get("config_hash")}
         for name in ("attempts", "started_at", "finished_at", "host", "tokens_in", "tokens_out", "cost", "backend"):
             meta[name] = row[name]
         record = {"params": item, "config": params, "result": loads(row["result"]), "corral": meta}
         atomic_write(path, json.dumps(record, indent=1, default=str, ensure_ascii=False))
+
+    def _not_written(self, row, exc: Exception) -> None:
+        """One result file that cannot be written: said on stderr and in the controller's log; the
+        others are still written, and the result stays in the ledger (``corral export`` has it)."""
+        reason = str(exc) if isinstance(exc, TemplatePathError) else \
+            f"results: the file for item {row['key']} cannot be written: {exc.strerror or exc}"
+        message = f"error: task t{row['id']}: {reason}"
+        if self.log is not None:
+            self.log(message)
+        sys.stderr.write(message + "\n")

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from corral.paths import file_problem
 
 SCHEMA_VERSION = 4
+
+#: the ledgers corral can keep, as a message lists them
+VALID_LEDGERS = ("a SQLite file (a path, or sqlite:///ABSOLUTE/PATH) or a PostgreSQL database "
+                 "(postgresql://USER@HOST[:PORT]/DATABASE)")
+POSTGRES_DRIVERS = ("", "psycopg", "psycopg2")
 
 
 def default_url(root: Path, workdir: str = ".corral", configured: str | None = None) -> str:
@@ -55,3 +63,32 @@ def sqlite_path(url: str) -> Path | None:
     if url.startswith("sqlite:///") and ":memory:" not in url:
         return Path(url.split("sqlite:///", 1)[1])
     return None
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` (after ``normalise_url``) cannot be a ledger, or None. Nothing is opened."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        return "is not a URL"
+    kind, _, driver = scheme.partition("+")
+    if kind == "sqlite":
+        if driver:
+            return f"names the SQLite driver {driver!r}; corral uses the standard library's"
+        if rest == "/:memory:":
+            return None
+        if not rest.startswith("/") or not rest.strip("/"):
+            return "names no SQLite file"
+        problem = file_problem(Path(rest[1:]))
+        return f"names a SQLite file that {problem}" if problem else None
+    if kind in ("postgresql", "postgres"):
+        if driver not in POSTGRES_DRIVERS:
+            return f"names the PostgreSQL driver {driver!r}; corral works with psycopg (3) or psycopg2"
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            return f"cannot be read: {exc}"
+        if not parts.path.strip("/"):
+            return "names no database (postgresql://USER@HOST/DATABASE)"
+        return None
+    return f"uses {scheme!r}, which is not a database corral can keep a ledger in"

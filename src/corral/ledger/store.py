@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from corral.errors import LedgerError
 from corral.ledger import schema
-from corral.ledger.location import default_url, normalise_url  # noqa: F401 - part of this module
+from corral.ledger.location import VALID_LEDGERS, default_url, normalise_url, url_problem  # noqa: F401
 from corral.ledger.migrations import migrate
 from corral.states import OPEN_SUBMISSIONS, RunStatus, TaskState
 
@@ -49,6 +49,9 @@ class Ledger:
 
     def __init__(self, url: str, *, create: bool = True):
         self.url = normalise_url(url)
+        problem = url_problem(self.url)
+        if problem:
+            raise LedgerError(f"the ledger {self.display_url} {problem}\n  expected: {VALID_LEDGERS}")
         self.is_sqlite = self.url.startswith("sqlite")
         self.path: Path | None = None
         if self.is_sqlite:

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from corral.errors import CorralError
+from corral.outfiles import output_target, replacing
 from corral.report.aggregate import Report
 from corral.report.stats import Stats
 
@@ -321,6 +322,7 @@ def plot(report: Report, path, progress: dict[str, list[tuple[float, int]]] | No
         import matplotlib.pyplot as plt
     except ImportError:
         raise CorralError("--plot needs matplotlib: pip install 'corral[plot]'") from None
+    output_target(path, "--plot")
 
     first = report.dims[0].name if report.dims else None
     merged: dict[Any, dict[str, Stats]] = {}
@@ -374,5 +376,8 @@ def plot(report: Report, path, progress: dict[str, list[tuple[float, int]]] | No
     if len(report.runs) > 1:
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        with replacing(path, "--plot") as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)

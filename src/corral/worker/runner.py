@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from corral.paths import TemplatePathError, inside
 from corral.refs import single_callable
 from corral.states import ErrorClass, Outcome
 from corral.worker import protocol
@@ -187,6 +188,7 @@ class Worker:
             self.in_task = True
             if self.stop_requested:
                 raise Interrupted("stop requested")
+            self._check_paths(task)
             skipped = self._skip(task, log)
             if skipped:
                 outcome.update(status=Outcome.SKIPPED, result={"skipped": True})
@@ -229,7 +231,7 @@ class Worker:
         try:
             argv = [part.format_map(fields) for part in self.stage.run or []]
         except (KeyError, IndexError, ValueError) as exc:
-            raise CommandFailed("template", f"cannot fill the command template: {exc!r}") from None
+            raise CommandFailed(ErrorClass.TEMPLATE, f"cannot fill the command template: {exc!r}") from None
         result_file = self.folder / "out" / f"{task['key']}.json"
         result_file.parent.mkdir(exist_ok=True)
         if result_file.exists():
@@ -278,11 +280,32 @@ class Worker:
         if callable_ref:
             return bool(self._function(callable_ref)(dict(task["params"]), self._context(task, log)))
         fields = self._fields(task)
-        return all((self.root / p.format_map(fields)).exists() for p in self.stage.skip_if)
+        return all(self._path("skip_if", p, fields, task).exists() for p in self.stage.skip_if)
+
+    def _path(self, key: str, template: str, fields: dict[str, Any], task: dict[str, Any]) -> Path:
+        try:
+            return inside(self.root, template.format_map(fields), key=key, item=task["item_key"])
+        except TemplatePathError as exc:
+            raise CommandFailed(ErrorClass.TEMPLATE, str(exc)) from None
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise CommandFailed(ErrorClass.TEMPLATE, f"{key}: cannot fill {template!r}: {exc!r}") from None
+
+    def _check_paths(self, task: dict[str, Any]) -> None:
+        """Every path template of the stage, filled for this task, stays in the campaign folder:
+        checked before the task runs, so a bad item fails at once and runs nothing."""
+        fields = self._fields(task)
+        path_lists = [("outputs", self.stage.outputs)]
+        if self.stage.skip_if and not self.stage.skip_callable:
+            path_lists.append(("skip_if", self.stage.skip_if))
+        if self.stage.verify and not self.stage.verify_callable:
+            path_lists.append(("verify", self.stage.verify))
+        for key, templates in path_lists:
+            for template in templates or []:
+                self._path(key, template, fields, task)
 
     def _verify(self, task: dict[str, Any], result: Any, log: LazyLog) -> None:
         fields = self._fields(task)
-        missing = [p.format_map(fields) for p in self.stage.outputs if not (self.root / p.format_map(fields)).exists()]
+        missing = [p.format_map(fields) for p in self.stage.outputs if not self._path("outputs", p, fields, task).exists()]
         if missing:
             raise VerifyFailed(f"expected outputs are missing: {', '.join(missing)}")
         if not self.stage.verify:
@@ -293,7 +316,7 @@ class Worker:
             if verdict is False or isinstance(verdict, str):
                 raise VerifyFailed(verdict if isinstance(verdict, str) else f"{callable_ref} returned False")
             return
-        missing = [p.format_map(fields) for p in self.stage.verify if not (self.root / p.format_map(fields)).exists()]
+        missing = [p.format_map(fields) for p in self.stage.verify if not self._path("verify", p, fields, task).exists()]
         if missing:
             raise VerifyFailed(f"verify: missing {', '.join(missing)}")
 
