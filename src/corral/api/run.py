@@ -135,6 +135,7 @@ class Run:
             return engine.cancel(stage=stage)
         finally:
             engine.close()
+            self.result_files().sync()
 
     # -- reading ------------------------------------------------------------------------
 

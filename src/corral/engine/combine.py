@@ -41,11 +41,14 @@ class Outcome:
     unchanged: int = 0
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     chosen: dict[str, int] = field(default_factory=dict)
+    #: items of the run with a task still to finish (``corral run`` runs them)
+    runnable_items: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"run": self.target, "created": self.created, "items_added": self.items_added,
                 "tasks_added": self.tasks_added, "tasks_updated": self.tasks_updated, "unchanged": self.unchanged,
-                "conflicts": self.conflicts, "chosen_from": self.chosen}
+                "conflicts": self.conflicts, "chosen_from": self.chosen,
+                "runnable_items": self.runnable_items}
 
 
 def read_run(ledger: Ledger, run_id: str, origin: str = "") -> SourceRun:
