@@ -56,6 +56,10 @@ class WorkerStage:
 
 
 
+#: the result of a task that ``skip_if`` found done
+SKIPPED_RESULT = {"skipped": True}
+
+
 class Interrupted(BaseException):
     """The worker was asked to stop (a signal): the task runs again later, attempt kept."""
 
@@ -187,9 +191,8 @@ class Worker:
             self.in_task = True
             if self.stop_requested:
                 raise Interrupted("stop requested")
-            skipped = self._skip(task, log)
-            if skipped:
-                outcome.update(status=Outcome.SKIPPED, result={"skipped": True})
+            if self._skip(task, log):
+                outcome.update(status=Outcome.SKIPPED, result=dict(SKIPPED_RESULT))
             else:
                 result = self._execute(task, log)
                 self._verify(task, result, log)
@@ -272,13 +275,24 @@ class Worker:
         return None
 
     def _skip(self, task: dict[str, Any], log: LazyLog) -> bool:
+        """Whether ``skip_if`` matches and what is already there passes ``verify`` (a truncated
+        output runs again)."""
         if not self.stage.skip_if:
             return False
         callable_ref = self.stage.skip_callable
         if callable_ref:
-            return bool(self._function(callable_ref)(dict(task["params"]), self._context(task, log)))
-        fields = self._fields(task)
-        return all((self.root / p.format_map(fields)).exists() for p in self.stage.skip_if)
+            matched = bool(self._function(callable_ref)(dict(task["params"]), self._context(task, log)))
+        else:
+            fields = self._fields(task)
+            matched = all((self.root / p.format_map(fields)).exists() for p in self.stage.skip_if)
+        if not matched:
+            return False
+        try:
+            self._verify(task, dict(SKIPPED_RESULT), log)
+        except VerifyFailed as exc:
+            log.write(f"skip_if matched, but what is there fails verify ({exc}): running the task\n")
+            return False
+        return True
 
     def _verify(self, task: dict[str, Any], result: Any, log: LazyLog) -> None:
         fields = self._fields(task)

@@ -1,0 +1,69 @@
+"""What a task's outcome is: skipped outputs that must pass verify, needs that allow failures,
+batches on a clock, verify commands, template failures, retried attempts, values in commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import campaign_dict, corral_cli, query_ledger, write_campaign, write_module
+
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
+
+
+def task_rows(folder, stage: str) -> dict[int, tuple]:
+    """item x -> (state, error_class, error_message, attempts, result) of one stage's tasks."""
+    rows = query_ledger(folder, "SELECT i.params, t.state, t.error_class, t.error_message, t.attempts, t.result "
+                                "FROM tasks t JOIN items i ON i.run_id = t.run_id AND i.idx = t.item_idx "
+                                "WHERE t.stage = :stage", {"stage": stage})
+    return {json.loads(r[0])["x"]: (r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None) for r in rows}
+
+
+# -- skip_if and verify --------------------------------------------------------------------------------
+
+EPISODE_SCRIPT = """
+import sys
+from pathlib import Path
+
+x = sys.argv[1]
+out = Path("out") / f"{x}.txt"
+out.parent.mkdir(exist_ok=True)
+with open("calls.log", "a") as log:
+    log.write(x + "\\n")
+first = not Path(f"out/{x}.tried").exists()
+Path(f"out/{x}.tried").touch()
+# episode 2 writes a truncated output the first time it runs
+out.write_text("compl" if x == "2" and first else "complete")
+"""
+
+CHECKS = """
+from pathlib import Path
+
+def complete(item, result, ctx):
+    text = (Path(ctx.root) / "out" / f"{item['x']}.txt").read_text()
+    return True if text == "complete" else f"out/{item['x']}.txt is truncated ({len(text)} bytes)"
+"""
+
+
+def test_a_skipped_output_must_pass_verify(tmp_path):
+    (tmp_path / "episode.py").write_text(EPISODE_SCRIPT)
+    write_module(tmp_path, "checks", CHECKS)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "0.txt").write_text("complete")   # done before: skipped
+    (tmp_path / "out" / "1.txt").write_text("comp")       # cut short by a crash: runs again
+    write_campaign(tmp_path, campaign_dict({"episode": {
+        "run": "python episode.py {x}", "skip_if": "out/{x}.txt", "verify": "checks:complete"}}))
+    corral_cli(tmp_path, "run", "-q")
+    assert sorted((tmp_path / "calls.log").read_text().split()) == ["1", "2", "3"]
+    rows = task_rows(tmp_path, "episode")
+    assert rows[0][0] == "done" and rows[0][4] == {"skipped": True}
+    assert rows[1][0] == "done" and rows[1][4] is None and (tmp_path / "out" / "1.txt").read_text() == "complete"
+    assert rows[2][:2] == ("failed", "verify") and "truncated" in rows[2][2]
+
+    corral_cli(tmp_path, "retry", check=0)
+    corral_cli(tmp_path, "run", "-q", check=0)
+    rows = task_rows(tmp_path, "episode")
+    # The truncated output that failed verify is not "skipped" after the retry: it ran again.
+    assert rows[2][0] == "done" and rows[2][4] is None and (tmp_path / "out" / "2.txt").read_text() == "complete"
+    assert sorted((tmp_path / "calls.log").read_text().split()) == ["1", "2", "2", "3"]
