@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import campaign_dict, corral_cli, query_ledger, write_campaign, write_module
+from conftest import assert_no_ledger, campaign_dict, corral_cli, query_ledger, write_campaign, write_module
 
 pytestmark = pytest.mark.usefixtures("campaign_ledger")
 
@@ -67,3 +67,73 @@ def test_a_skipped_output_must_pass_verify(tmp_path):
     # The truncated output that failed verify is not "skipped" after the retry: it ran again.
     assert rows[2][0] == "done" and rows[2][4] is None and (tmp_path / "out" / "2.txt").read_text() == "complete"
     assert sorted((tmp_path / "calls.log").read_text().split()) == ["1", "2", "2", "3"]
+
+
+# -- needs that allow failures -----------------------------------------------------------------------
+
+LABELS = """
+import json
+from pathlib import Path
+
+def label(item, ctx):
+    if item["x"] == 1:
+        raise ValueError("the labeller refused this pair")
+    out = Path(ctx.root) / "labels" / f"{item['x']}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"x": item["x"], "label": "cat"}))
+    return {"label": "cat"}
+
+def merge(ctx):
+    labels = sorted(int(p.stem) for p in (Path(ctx.root) / "labels").glob("*.json"))
+    return {"merged": labels}
+
+def report(item, ctx):
+    return {"reported": item["x"]}
+"""
+
+
+def labelling(folder, merge_needs, stages=None):
+    write_module(folder, "labels", LABELS)
+    stages = stages or {"label": {"call": "labels:label"},
+                        "merge": {"per": "all", "needs": merge_needs, "call": "labels:merge"}}
+    write_campaign(folder, campaign_dict(stages))
+
+
+def once_row(folder, stage):
+    rows = query_ledger(folder, "SELECT state, error_class, result FROM tasks WHERE stage = :s", {"s": stage})
+    assert len(rows) == 1
+    state, error_class, result = rows[0]
+    return state, error_class, json.loads(result) if result else None
+
+
+def test_a_merge_that_allows_failed_needs_runs_over_what_finished(tmp_path):
+    labelling(tmp_path, [{"stage": "label", "allow": "failed"}])
+    corral_cli(tmp_path, "run", "-q")
+    assert [r[0] for r in task_rows(tmp_path, "label").values()].count("failed") == 1
+    assert once_row(tmp_path, "merge") == ("done", None, {"merged": [0, 2, 3]})
+
+
+def test_a_per_item_need_that_allows_failures_runs_for_failed_items(tmp_path):
+    labelling(tmp_path, None, stages={
+        "label": {"call": "labels:label"},
+        "report": {"needs": {"stage": "label", "allow": ["failed", "cancelled"]}, "call": "labels:report"}})
+    corral_cli(tmp_path, "run", "-q")
+    assert task_rows(tmp_path, "label")[1][:2] == ("failed", "ValueError")
+    assert {x: row[0] for x, row in task_rows(tmp_path, "report").items()} == {0: "done", 1: "done", 2: "done",
+                                                                              3: "done"}
+
+
+def test_a_bad_allow_value_is_refused_with_the_key_and_valid_values(tmp_path):
+    labelling(tmp_path, [{"stage": "label", "allow": "sometimes"}])
+    proc = corral_cli(tmp_path, "check", check=2)
+    assert "corral.yaml: stages.merge.needs.0.allow" in proc.stderr
+    assert "'sometimes'" in proc.stderr and "failed | cancelled" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    corral_cli(tmp_path, "run", "-q", check=2)
+    assert_no_ledger(tmp_path)
+
+
+def test_a_plain_need_still_cancels_the_merge(tmp_path):
+    labelling(tmp_path, ["label"])
+    corral_cli(tmp_path, "run", "-q")
+    assert once_row(tmp_path, "merge")[:2] == ("cancelled", "upstream")

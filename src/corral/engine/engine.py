@@ -275,6 +275,8 @@ class Engine(Sending):
             backend = self.backends[spec.backend]
             if not spec.needs or not backend.supports_dependencies:
                 continue
+            if any(spec.allowed_ends(n) for n in spec.needs):
+                continue  # the cluster would start it only after its needs succeeded
             needs = [self.stages[n].spec for n in spec.needs]
             if any(n.backend != spec.backend for n in needs):
                 continue
@@ -459,6 +461,7 @@ class Engine(Sending):
                 # What waits on the cancelled stage will never run: cancel it too.
                 changes = Changes()
                 changes.ended_badly[stage].extend(idxs)
+                changes.cancelled[stage].extend(idxs)
                 self.recorder.release(conn, changes, now)
                 self.ledger.add_events(conn, changes.events)
             for sub in subs:
@@ -528,7 +531,7 @@ class Engine(Sending):
                 continue
             item_needs = [n for n in spec.needs if self.stages[n].spec.per != "all"]
             once_needs = [n for n in spec.needs if self.stages[n].spec.per == "all"]
-            if once_needs and not self.recorder._once_done(conn, once_needs):
+            if once_needs and not self.recorder._once_done(conn, once_needs, name):
                 continue
             self.recorder._promote(conn, name, item_needs, sorted(set(by_stage[name])), now)
 

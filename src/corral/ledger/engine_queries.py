@@ -9,9 +9,9 @@ thousands of outcomes) go to the driver directly: the SQL layer's per-row work w
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from corral.ledger import schema
@@ -120,14 +120,19 @@ def has_tasks_in(conn: Connection, run_id: str, stages: Sequence[str], states: S
 
 
 def promote_waiting(conn: Connection, run_id: str, stage: str, needs: Sequence[str], idxs: Sequence[int] | None,
-                    now: float) -> None:
+                    now: float, allowed: Mapping[str, Collection[str]] | None = None) -> None:
     """Waiting tasks of ``stage`` (for items ``idxs``, or all) whose per-item ``needs`` are all done
     become pending."""
     upstream = T.alias("upstream")
     conditions = [T.c.run_id == run_id, T.c.stage == stage, T.c.state == TaskState.WAITING]
+    allowed = {need: ends for need, ends in (allowed or {}).items() if ends and need in needs}
     if needs:
+        plain = [n for n in needs if n not in allowed]
+        blocking = [upstream.c.stage.in_(plain) & upstream.c.state.in_(NOT_DONE)] if plain else []
+        blocking += [(upstream.c.stage == need) & upstream.c.state.in_([s for s in NOT_DONE if s.value not in ends])
+                     for need, ends in allowed.items()]
         conditions.append(~exists().where(upstream.c.run_id == run_id, upstream.c.item_idx == T.c.item_idx,
-                                          upstream.c.stage.in_(needs), upstream.c.state.in_(NOT_DONE)))
+                                          or_(*blocking)))
     if idxs is None:
         conn.execute(update(T).where(*conditions).values(state=TaskState.PENDING, ready_at=now))
         return

@@ -6,7 +6,7 @@ import re
 import shlex
 from typing import Any, Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from corral.refs import CALLABLE_RE, single_callable
 from corral.spec.durations import parse_duration, parse_size
@@ -18,6 +18,8 @@ ERROR_CLASSES = (
     "verify", "template", "submit", "rate_limit", "token_limit", "expired", "invalid_request", "parse",
     "upstream", "server_error", "budget", "gone",
 )
+#: what ``needs: [{stage: NAME, allow: ...}]`` may allow: needed tasks that ended so
+NEED_ALLOWS = ("failed", "cancelled")
 #: retried only when ``retries.on`` names them: the same request would fail the same way again
 NOT_RETRIED_BY_DEFAULT = ("invalid_request", "budget")
 
@@ -130,7 +132,34 @@ class Stage(Strict):
     secrets: list[str] = Field(default_factory=list)
     description: str = ""
 
+    #: per needed stage, the raw ``{stage: NAME, allow: ...}`` entry it was given as (checked by the loader)
+    _need_entries: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
+
     _check_durations = field_validator("timeout", "every", mode="before")(_duration)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _needs_with_rules(cls, data: Any, handler: Any) -> "Stage":
+        entries: dict[str, dict[str, Any]] = {}
+        if isinstance(data, dict) and isinstance(data.get("needs"), (list, dict)):
+            needs = data["needs"] if isinstance(data["needs"], list) else [data["needs"]]
+            names = []
+            for need in needs:
+                if isinstance(need, dict):
+                    if not isinstance(need.get("stage"), str):
+                        raise ValueError("each need is a stage name or {stage: NAME, allow: failed}")
+                    entries[need["stage"]] = need
+                    need = need["stage"]
+                names.append(need)
+            data = {**data, "needs": names}
+        stage = handler(data)
+        stage._need_entries = entries
+        return stage
+
+    def allowed_ends(self, need: str) -> frozenset[str]:
+        """The end states (besides done) of ``need``'s tasks that this stage runs after anyway."""
+        allow = self._need_entries.get(need, {}).get("allow") or []
+        return frozenset([allow] if isinstance(allow, str) else allow)
 
     @field_validator("run", mode="before")
     @classmethod
