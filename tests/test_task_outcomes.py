@@ -137,3 +137,35 @@ def test_a_plain_need_still_cancels_the_merge(tmp_path):
     labelling(tmp_path, ["label"])
     corral_cli(tmp_path, "run", "-q")
     assert once_row(tmp_path, "merge")[:2] == ("cancelled", "upstream")
+
+
+# -- batches on a clock ------------------------------------------------------------------------------
+
+UPLOADS = """
+import time
+
+def episode(item, ctx):
+    time.sleep(0.4)
+    return {"frames": 10}
+
+def upload(items, ctx):
+    return [{"uploaded": True} for _ in items]
+"""
+
+
+def test_a_batch_with_only_every_waits_for_every(tmp_path):
+    write_module(tmp_path, "pipeline", UPLOADS)
+    write_campaign(tmp_path, campaign_dict({
+        "episode": {"call": "pipeline:episode"},
+        "upload": {"needs": "episode", "per": "batch", "every": "2s", "call": "pipeline:upload"}},
+        items={"grid": {"x": {"range": [0, 16]}}}))
+    corral_cli(tmp_path, "run", "-q", check=0)
+    batches = query_ledger(tmp_path, "SELECT u.submission_id, min(e.finished_at), max(u.queued_at), count(*) "
+                                     "FROM tasks u JOIN tasks e ON e.run_id = u.run_id AND e.item_idx = u.item_idx "
+                                     "AND e.stage = 'episode' WHERE u.stage = 'upload' AND u.state = 'done' "
+                                     "GROUP BY u.submission_id ORDER BY max(u.queued_at)")
+    assert sum(b[3] for b in batches) == 16
+    # 16 episodes take about 3.2 s on two workers: a batch every 2 s, not one per tick.
+    assert 1 <= len(batches) <= 3, batches
+    for _, first_episode_done, sent, _ in batches[:-1]:
+        assert sent - first_episode_done >= 1.99  # the last one goes when no more can arrive

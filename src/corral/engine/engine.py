@@ -313,16 +313,14 @@ class Engine(Sending):
         spec = stage.spec
         if spec.per != "batch":
             return ready
-        size = spec.size or ready
-        full = ready // size
-        if ready % size == 0:
+        # Without a size, every batch is partial: what is ready goes once ``every`` has passed.
+        full = ready // spec.size if spec.size else 0
+        if spec.size and ready % spec.size == 0:
             return full
         oldest = self.ledger.oldest_ready_at(conn, self.run_id, stage.name)
         waited = oldest is not None and spec.every is not None and now - oldest >= spec.every
         upstream_open = self.ledger.any_in_states(conn, self.run_id, spec.needs, ACTIVE) or \
             self.ledger.any_in_states(conn, self.run_id, [stage.name], (TaskState.WAITING,))
-        if spec.size is None:
-            return 1 if waited or not upstream_open else 0
         return full + (1 if waited or not upstream_open else 0)
 
     def _queue(self, stage: StageContext, size: int, info: dict[str, Any] | None = None,
