@@ -169,3 +169,34 @@ def test_a_batch_with_only_every_waits_for_every(tmp_path):
     assert 1 <= len(batches) <= 3, batches
     for _, first_episode_done, sent, _ in batches[:-1]:
         assert sent - first_episode_done >= 1.99  # the last one goes when no more can arrive
+
+
+# -- verify as a command -------------------------------------------------------------------------------
+
+VERIFY_SCRIPT = """
+#!/bin/bash
+# the pipeline's own check: the output must say it is complete
+grep -qx complete "$1" || { echo "incomplete: $1"; exit 1; }
+"""
+
+
+def test_verify_as_a_shell_command_fails_the_task_and_retry_does_not_skip_it(tmp_path):
+    (tmp_path / "episode.py").write_text(EPISODE_SCRIPT)
+    (tmp_path / "verify.sh").write_text(VERIFY_SCRIPT.lstrip())
+    write_campaign(tmp_path, campaign_dict({"episode": {
+        "run": "python episode.py {x}", "skip_if": "out/{x}.txt", "verify": "bash verify.sh out/{x}.txt"}}))
+    corral_cli(tmp_path, "check", check=0)
+    corral_cli(tmp_path, "run", "-q")
+    rows = task_rows(tmp_path, "episode")
+    assert rows[2][:2] == ("failed", "verify") and "exited 1" in rows[2][2] and "incomplete: out/2.txt" in rows[2][2]
+    assert all(rows[x][0] == "done" for x in (0, 1, 3))
+    (failed_key,) = query_ledger(tmp_path, "SELECT i.key FROM tasks t JOIN items i ON i.run_id = t.run_id "
+                                           "AND i.idx = t.item_idx WHERE t.state = 'failed'")[0]
+    log = corral_cli(tmp_path, "logs", failed_key, check=0).stdout
+    assert "verify: bash verify.sh out/2.txt" in log and "incomplete: out/2.txt" in log
+
+    corral_cli(tmp_path, "retry", check=0)
+    corral_cli(tmp_path, "run", "-q", check=0)
+    rows = task_rows(tmp_path, "episode")
+    assert rows[2][0] == "done" and rows[2][4] is None  # ran again, not "skipped"
+    assert (tmp_path / "out" / "2.txt").read_text() == "complete"

@@ -7,6 +7,7 @@ from typing import Any
 
 from corral.errors import CorralError, SpecError
 from corral.spec import LoadedCampaign
+from corral.spec.models import VerifyCommand
 
 
 def selection(limit: int | None = None, shard: str | tuple[int, int] | None = None, base=None):
@@ -55,6 +56,9 @@ def check_templates(loaded: LoadedCampaign, name: str, stage, sample: dict[str, 
     templates = [("run", t) for t in (stage.run or [])] + [("outputs", t) for t in stage.outputs]
     if stage.skip_if and not stage.skip_callable:
         templates += [("skip_if", t) for t in stage.skip_if]
+    if isinstance(stage.verify, VerifyCommand):
+        templates += [("verify", t) for t in stage.verify.run]
+    templates += [("verify", t) for t in stage.verify_paths]
     for key, template in templates:
         try:
             template.format_map(fields)

@@ -110,6 +110,18 @@ class Resources(Strict):
         return None if value is None else parse_size(value)
 
 
+class VerifyCommand(Strict):
+    """``verify: bash verify.sh {output}`` (or ``verify: {run: ...}``): a command, templated as ``run``
+    is, that must exit 0 for the task's output to count."""
+
+    run: list[str]
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return Stage._split_command(value)
+
+
 class Stage(Strict):
     """One step of the campaign, applied per item, per batch of items, or once."""
 
@@ -126,7 +138,7 @@ class Stage(Strict):
     timeout: float | None = None
     resources: Resources = Field(default_factory=Resources)
     skip_if: list[str] | None = None
-    verify: list[str] | None = None
+    verify: list[str] | VerifyCommand | None = None
     outputs: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     secrets: list[str] = Field(default_factory=list)
@@ -173,10 +185,19 @@ class Stage(Strict):
             return [str(part) for part in value]
         return value
 
-    @field_validator("needs", "skip_if", "verify", "outputs", "secrets", mode="before")
+    @field_validator("needs", "skip_if", "outputs", "secrets", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _paths_function_or_command(cls, value: Any) -> Any:
+        # One string of several shell words is a command; one word is a path or a function.
+        if isinstance(value, str):
+            words = cls._split_command(value)
+            return {"run": words} if len(words) > 1 else [value]
+        return value
 
     @field_validator("call", "parse")
     @classmethod
@@ -206,7 +227,11 @@ class Stage(Strict):
 
     @property
     def verify_callable(self) -> str | None:
-        return single_callable(self.verify)
+        return single_callable(self.verify) if isinstance(self.verify, list) else None
+
+    @property
+    def verify_paths(self) -> list[str]:
+        return self.verify if isinstance(self.verify, list) and not self.verify_callable else []
 
 
 

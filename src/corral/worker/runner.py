@@ -39,12 +39,15 @@ class WorkerStage:
     skip_if: list[str] | None
     verify: list[str] | None
     outputs: list[str]
+    verify_command: list[str] | None = None
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "WorkerStage":
+        verify = spec.get("verify")
+        command = verify.get("run") if isinstance(verify, dict) else None
         return cls(call=spec.get("call"), run=spec.get("run"), timeout=spec.get("timeout"),
-                   env=spec.get("env") or {}, skip_if=spec.get("skip_if"), verify=spec.get("verify"),
-                   outputs=spec.get("outputs") or [])
+                   env=spec.get("env") or {}, skip_if=spec.get("skip_if"),
+                   verify=None if command else verify, outputs=spec.get("outputs") or [], verify_command=command)
 
     @property
     def skip_callable(self) -> str | None:
@@ -232,7 +235,7 @@ class Worker:
         try:
             argv = [part.format_map(fields) for part in self.stage.run or []]
         except (KeyError, IndexError, ValueError) as exc:
-            raise CommandFailed("template", f"cannot fill the command template: {exc!r}") from None
+            raise CommandFailed(ErrorClass.TEMPLATE, f"cannot fill the command template: {exc!r}") from None
         result_file = self.folder / "out" / f"{task['key']}.json"
         result_file.parent.mkdir(exist_ok=True)
         if result_file.exists():
@@ -299,6 +302,9 @@ class Worker:
         missing = [p.format_map(fields) for p in self.stage.outputs if not (self.root / p.format_map(fields)).exists()]
         if missing:
             raise VerifyFailed(f"expected outputs are missing: {', '.join(missing)}")
+        if self.stage.verify_command:
+            self._run_verify_command(task, fields)
+            return
         if not self.stage.verify:
             return
         callable_ref = self.stage.verify_callable
@@ -310,6 +316,36 @@ class Worker:
         missing = [p.format_map(fields) for p in self.stage.verify if not (self.root / p.format_map(fields)).exists()]
         if missing:
             raise VerifyFailed(f"verify: missing {', '.join(missing)}")
+
+    def _run_verify_command(self, task: dict[str, Any], fields: dict[str, Any]) -> None:
+        """The verify command runs in the campaign folder, its output in the task's log; a non-zero
+        exit fails the task (class ``verify``)."""
+        try:
+            argv = [part.format_map(fields) for part in self.stage.verify_command or []]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise CommandFailed(ErrorClass.TEMPLATE, f"cannot fill the verify command: {exc!r}") from None
+        log_file = protocol.log_path(self.run_dir, self.stage_name, task["key"], task["attempt"])
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, CORRAL_ITEM=json.dumps(task["params"]), CORRAL_ITEM_KEY=task["item_key"],
+                   CORRAL_RUN_ID=self.run_id, CORRAL_STAGE=self.stage_name, CORRAL_ATTEMPT=str(task["attempt"]))
+        with open(log_file, "ab") as out:
+            out.write(f"verify: {' '.join(argv)}\n".encode())
+            out.flush()
+            try:
+                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, env=env,
+                                        start_new_session=True)
+            except OSError as exc:
+                raise VerifyFailed(f"cannot start the verify command {argv[0]!r}: {exc.strerror}") from None
+            try:
+                code = proc.wait(timeout=self.stage.timeout)
+            except subprocess.TimeoutExpired:
+                _terminate(proc)
+                raise TaskTimeout() from None
+            except Interrupted:
+                _terminate(proc)
+                raise
+        if code != 0:
+            raise VerifyFailed(f"verify command {' '.join(argv)!r} exited {code}{_tail(log_file)}")
 
     # -- batches and once-per-run stages ------------------------------------------------
 
