@@ -200,3 +200,53 @@ def test_verify_as_a_shell_command_fails_the_task_and_retry_does_not_skip_it(tmp
     rows = task_rows(tmp_path, "episode")
     assert rows[2][0] == "done" and rows[2][4] is None  # ran again, not "skipped"
     assert (tmp_path / "out" / "2.txt").read_text() == "complete"
+
+
+# -- template failures ---------------------------------------------------------------------------------
+
+
+def numbered_items(count: int, bad_every: int | None = None) -> dict:
+    """Items x = 0..count-1; with ``bad_every``, every such item (from the third) has a text x that
+    ``{x:03d}`` cannot format."""
+    rows = [{"x": f"n{i}" if bad_every and i % bad_every == 2 else i} for i in range(count)]
+    return {"list": rows}
+
+
+def test_a_template_failure_fails_at_once_without_retries(tmp_path):
+    write_campaign(tmp_path, campaign_dict({"episode": {
+        "run": "echo episode_{x:03d}", "retries": {"max": 3, "backoff": "30s"}}}, items=numbered_items(4, 4)))
+    corral_cli(tmp_path, "run", "-q", timeout=60)
+    rows = query_ledger(tmp_path, "SELECT state, error_class, attempts, error_message FROM tasks ORDER BY item_idx")
+    assert [r[:3] for r in rows] == [("done", None, 1), ("done", None, 1), ("failed", "template", 1),
+                                     ("done", None, 1)]
+    assert "cannot fill the command template" in rows[2][3]
+
+
+def test_check_says_how_many_sampled_items_would_fail_a_template(tmp_path):
+    write_campaign(tmp_path, campaign_dict({"episode": {"run": "echo episode_{x:03d}"}},
+                                           items=numbered_items(40, 4)))
+    proc = corral_cli(tmp_path, "check", check=0)
+    assert "episode: 10 of 20 sampled items would fail a template (about 20 of 40)" in proc.stdout
+    assert "stages.episode.run" in proc.stdout
+    plan = json.loads(corral_cli(tmp_path, "check", "--json", check=0).stdout)
+    assert plan["stages"]["episode"]["template_failures"]["estimated"] == 20
+    # A template no item can fill is an error in the file, as before.
+    write_campaign(tmp_path, campaign_dict({"episode": {"run": "echo {y}"}}, items=numbered_items(40)))
+    proc = corral_cli(tmp_path, "check", check=2)
+    assert "stages.episode.run" in proc.stderr and "'y'" in proc.stderr
+
+
+def test_check_says_how_many_sampled_llm_requests_would_fail_on_a_missing_file(tmp_path):
+    (tmp_path / "texts").mkdir()
+    for i in range(40):
+        if i % 4 != 2:
+            (tmp_path / "texts" / f"{i}.txt").write_text(f"caption {i}")
+    config = campaign_dict({"label": {"backend": "openai", "request": {
+        "model": "gpt-4o-mini", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Label: {{ file_text(item.path) }}"}]}}},
+        items={"list": [{"path": f"texts/{i}.txt"} for i in range(40)]})
+    config["backends"]["openai"] = {"type": "openai_batch", "base_url": "http://127.0.0.1:9/v1"}
+    write_campaign(tmp_path, config)
+    proc = corral_cli(tmp_path, "check", check=0, env={"OPENAI_API_KEY": "sim"})
+    assert "10 of 40 sampled requests would fail (about 10 of 40)" in proc.stdout, proc.stdout
+    assert "texts/2.txt" in proc.stdout

@@ -68,6 +68,31 @@ def check_templates(loaded: LoadedCampaign, name: str, stage, sample: dict[str, 
                             expected="fields among " + ", ".join(sorted(fields))) from None
 
 
+#: how many items, spread over the campaign, ``corral check`` fills the templates of
+TEMPLATE_SAMPLE = 20
+
+
+def sampled_template_failures(loaded: LoadedCampaign, name: str, stage, items: list[Any]) -> dict[str, Any] | None:
+    """Fill the stage's templates for a sample of the items. Every sampled item failing is an error
+    in the template itself (raised); some failing is what the run would meet: how many, and an
+    estimate over all items."""
+    step = max(1, len(items) // TEMPLATE_SAMPLE)
+    sampled = items[::step][:TEMPLATE_SAMPLE] if stage.per != "all" else items[:1]
+    failures: list[tuple[Any, SpecError]] = []
+    for item in sampled or [None]:
+        try:
+            check_templates(loaded, name, stage, item.params if item is not None else {})
+        except SpecError as exc:
+            failures.append((item, exc))
+    if not failures:
+        return None
+    if len(failures) == max(1, len(sampled)):
+        raise failures[0][1]
+    return {"sampled": len(sampled), "failures": len(failures), "items": len(items),
+            "estimated": round(len(failures) / len(sampled) * len(items)),
+            "examples": [f"{item.key}: {exc.key}: {exc.detail}" for item, exc in failures[:3]]}
+
+
 def check_callables(loaded: LoadedCampaign, name: str, stage) -> None:
     """A ``call:`` (or skip_if/verify callable) whose module cannot be found fails at check time,
     not once per task. Only the module is looked up; nothing of the user's code is imported."""
@@ -125,13 +150,13 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
     check_results_template(loaded, sample)
     for name in loaded.stage_order():
         stage = spec.stages[name]
-        check_templates(loaded, name, stage, sample)
+        failures = sampled_template_failures(loaded, name, stage, items)
         check_callables(loaded, name, stage)
         stages[name] = {
             "tasks": 1 if stage.per == "all" else len(items), "per": stage.per, "needs": stage.needs,
             "backend": stage.backend, "kind": "call" if stage.call else "run",
             "action": stage.call or " ".join(stage.run or []),
-            "retries": stage.retries.max, "timeout": stage.timeout,
+            "retries": stage.retries.max, "timeout": stage.timeout, "template_failures": failures,
         }
         if stage.request is not None:
             from corral.llm.projection import project

@@ -21,7 +21,7 @@ ERROR_CLASSES = (
 #: what ``needs: [{stage: NAME, allow: ...}]`` may allow: needed tasks that ended so
 NEED_ALLOWS = ("failed", "cancelled")
 #: retried only when ``retries.on`` names them: the same request would fail the same way again
-NOT_RETRIED_BY_DEFAULT = ("invalid_request", "budget")
+NOT_RETRIED_BY_DEFAULT = ("invalid_request", "budget", "template")
 
 
 class Strict(BaseModel):
