@@ -250,3 +250,36 @@ def test_check_says_how_many_sampled_llm_requests_would_fail_on_a_missing_file(t
     proc = corral_cli(tmp_path, "check", check=0, env={"OPENAI_API_KEY": "sim"})
     assert "10 of 40 sampled requests would fail (about 10 of 40)" in proc.stdout, proc.stdout
     assert "texts/2.txt" in proc.stdout
+
+
+# -- retried attempts ----------------------------------------------------------------------------------
+
+FLAKY = """
+import os
+import sys
+
+attempt = int(os.environ["CORRAL_ATTEMPT"])
+print(f"episode {sys.argv[1]} attempt {attempt}")
+sys.exit(1 if sys.argv[1] == "1" and attempt < 4 else 0)
+"""
+
+
+def test_retry_continues_attempt_numbers_with_a_log_per_attempt(tmp_path):
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    write_campaign(tmp_path, campaign_dict({"episode": {
+        "run": "python flaky.py {x}", "retries": {"max": 1, "backoff": 0}}}))
+    corral_cli(tmp_path, "run", "-q")
+    assert task_rows(tmp_path, "episode")[1][:2] == ("failed", "exit_code")
+    assert task_rows(tmp_path, "episode")[1][3] == 2
+
+    corral_cli(tmp_path, "retry", check=0)
+    corral_cli(tmp_path, "run", "-q", check=0)
+    # Attempt 3 failed too and was retried: the retries allowed count from `corral retry`.
+    assert task_rows(tmp_path, "episode")[1][0] == "done" and task_rows(tmp_path, "episode")[1][3] == 4
+    task_id = next(tid for tid, params in query_ledger(
+        tmp_path, "SELECT t.id, i.params FROM tasks t JOIN items i ON i.run_id = t.run_id AND i.idx = t.item_idx")
+        if json.loads(params)["x"] == 1)
+    logs = sorted(tmp_path.glob(f".corral/runs/*/logs/episode/t{task_id}.*.log"))
+    assert [p.name for p in logs] == [f"t{task_id}.{n}.log" for n in (1, 2, 3, 4)]
+    for number, path in enumerate(logs, start=1):
+        assert path.read_text().splitlines() == [f"episode 1 attempt {number}"]

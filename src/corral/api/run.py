@@ -121,7 +121,7 @@ class Run:
         return report
 
     def retry(self, stage: str | None = None, error_class: str | None = None, cancelled: bool = False) -> int:
-        """Failed tasks (and with ``cancelled`` the cancelled ones) back to pending with fresh attempts."""
+        """Failed tasks (and with ``cancelled`` the cancelled ones) back to pending; attempt numbers go on, retries count afresh."""
         engine = self.engine()
         try:
             return engine.retry(stage=stage, error_class=error_class, include_cancelled=cancelled)

@@ -474,7 +474,7 @@ class Engine(Sending):
 
     def retry(self, stage: str | None = None, error_class: str | None = None,
               include_cancelled: bool = False) -> int:
-        """Failed tasks (and their dependents cancelled because of them) run again with fresh attempts."""
+        """Failed tasks (and their dependents cancelled because of them) run again: their attempt numbers go on, with the retries `retries` allows counted afresh."""
         now = self.clock.now()
         states = [TaskState.FAILED] + ([TaskState.CANCELLED] if include_cancelled else [])
         with self.ledger.write() as conn:

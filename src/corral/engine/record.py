@@ -117,8 +117,9 @@ class Recorder:
             error_class = res.error_class or ErrorClass.EXCEPTION
             base.update(attempts=attempts, error_class=error_class, error_message=res.error_message,
                         result=dumps(res.result) if res.result is not None else None)
-            if attempts <= stage.retries.max and stage.retries.retries_on(error_class):
-                delay = stage.retries.delay(attempts)
+            since_retry = attempts - (row.get("attempt_base") or 0)
+            if since_retry <= stage.retries.max and stage.retries.retries_on(error_class):
+                delay = stage.retries.delay(since_retry)
                 base.update(state=TaskState.PENDING, not_before=now + delay, ready_at=now, submission_id=None)
                 event["message"] = f"attempt {attempts} failed ({error_class}); retry in {delay:g}s"
                 changes.retried += 1
