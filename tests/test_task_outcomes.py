@@ -283,3 +283,31 @@ def test_retry_continues_attempt_numbers_with_a_log_per_attempt(tmp_path):
     assert [p.name for p in logs] == [f"t{task_id}.{n}.log" for n in (1, 2, 3, 4)]
     for number, path in enumerate(logs, start=1):
         assert path.read_text().splitlines() == [f"episode 1 attempt {number}"]
+
+
+# -- values in commands --------------------------------------------------------------------------------
+
+SHOW = """
+import json
+import os
+import sys
+from pathlib import Path
+
+out = Path("out") / f"{sys.argv[1]}.txt"
+out.parent.mkdir(exist_ok=True)
+out.write_text(json.dumps(sys.argv[1:] + [os.environ["USE_CACHE"]]))
+"""
+
+
+def test_booleans_and_null_in_commands_render_as_yaml_does(tmp_path):
+    (tmp_path / "show.py").write_text(SHOW)
+    write_campaign(tmp_path, campaign_dict({"episode": {
+        "run": "python show.py {name} --cache={cache} --seed={seed} --scale={scale:.1f}",
+        "outputs": "out/{name}.txt", "env": {"USE_CACHE": "{cache}"}}},
+        items={"list": [{"name": "a", "cache": True, "seed": None, "scale": 2},
+                        {"name": "b", "cache": False, "seed": 7, "scale": 0.5}]}))
+    corral_cli(tmp_path, "run", "-q", check=0)
+    assert json.loads((tmp_path / "out" / "a.txt").read_text()) == ["a", "--cache=true", "--seed=null", "--scale=2.0",
+                                                                    "true"]
+    assert json.loads((tmp_path / "out" / "b.txt").read_text()) == ["b", "--cache=false", "--seed=7", "--scale=0.5",
+                                                                    "false"]

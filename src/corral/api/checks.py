@@ -8,6 +8,7 @@ from typing import Any
 from corral.errors import CorralError, SpecError
 from corral.spec import LoadedCampaign
 from corral.spec.models import VerifyCommand
+from corral.templates import fill
 
 
 def selection(limit: int | None = None, shard: str | tuple[int, int] | None = None, base=None):
@@ -61,7 +62,7 @@ def check_templates(loaded: LoadedCampaign, name: str, stage, sample: dict[str, 
     templates += [("verify", t) for t in stage.verify_paths]
     for key, template in templates:
         try:
-            template.format_map(fields)
+            fill(template, fields)
         except (KeyError, IndexError, ValueError, AttributeError) as exc:
             raise SpecError(f"template {template!r} cannot be filled: {exc!r}", file=str(loaded.path),
                             key=f"stages.{name}.{key}",

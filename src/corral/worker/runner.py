@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from corral.refs import single_callable
 from corral.states import ErrorClass, Outcome
+from corral.templates import fill
 from corral.worker import protocol
 from corral.worker.context import LazyLog, TaskContext
 
@@ -233,7 +234,7 @@ class Worker:
     def _run_command(self, task: dict[str, Any], log: LazyLog, extra_env: dict[str, str] | None = None) -> Any:
         fields = self._fields(task)
         try:
-            argv = [part.format_map(fields) for part in self.stage.run or []]
+            argv = [fill(part, fields) for part in self.stage.run or []]
         except (KeyError, IndexError, ValueError) as exc:
             raise CommandFailed(ErrorClass.TEMPLATE, f"cannot fill the command template: {exc!r}") from None
         result_file = self.folder / "out" / f"{task['key']}.json"
@@ -241,7 +242,7 @@ class Worker:
         if result_file.exists():
             result_file.unlink()
         env = dict(os.environ)
-        env.update({k: v.format_map(fields) for k, v in self.stage.env.items()})
+        env.update({k: fill(v, fields) for k, v in self.stage.env.items()})
         env.update(extra_env or {})
         env.update(CORRAL_RESULT=str(result_file), CORRAL_RUN_ID=self.run_id, CORRAL_STAGE=self.stage_name,
                    CORRAL_TASK_ID=str(task["task_id"]), CORRAL_ATTEMPT=str(task["attempt"]),
@@ -287,7 +288,7 @@ class Worker:
             matched = bool(self._function(callable_ref)(dict(task["params"]), self._context(task, log)))
         else:
             fields = self._fields(task)
-            matched = all((self.root / p.format_map(fields)).exists() for p in self.stage.skip_if)
+            matched = all((self.root / fill(p, fields)).exists() for p in self.stage.skip_if)
         if not matched:
             return False
         try:
@@ -299,7 +300,7 @@ class Worker:
 
     def _verify(self, task: dict[str, Any], result: Any, log: LazyLog) -> None:
         fields = self._fields(task)
-        missing = [p.format_map(fields) for p in self.stage.outputs if not (self.root / p.format_map(fields)).exists()]
+        missing = [fill(p, fields) for p in self.stage.outputs if not (self.root / fill(p, fields)).exists()]
         if missing:
             raise VerifyFailed(f"expected outputs are missing: {', '.join(missing)}")
         if self.stage.verify_command:
@@ -313,7 +314,7 @@ class Worker:
             if verdict is False or isinstance(verdict, str):
                 raise VerifyFailed(verdict if isinstance(verdict, str) else f"{callable_ref} returned False")
             return
-        missing = [p.format_map(fields) for p in self.stage.verify if not (self.root / p.format_map(fields)).exists()]
+        missing = [fill(p, fields) for p in self.stage.verify if not (self.root / fill(p, fields)).exists()]
         if missing:
             raise VerifyFailed(f"verify: missing {', '.join(missing)}")
 
@@ -321,7 +322,7 @@ class Worker:
         """The verify command runs in the campaign folder, its output in the task's log; a non-zero
         exit fails the task (class ``verify``)."""
         try:
-            argv = [part.format_map(fields) for part in self.stage.verify_command or []]
+            argv = [fill(part, fields) for part in self.stage.verify_command or []]
         except (KeyError, IndexError, ValueError) as exc:
             raise CommandFailed(ErrorClass.TEMPLATE, f"cannot fill the verify command: {exc!r}") from None
         log_file = protocol.log_path(self.run_dir, self.stage_name, task["key"], task["attempt"])
