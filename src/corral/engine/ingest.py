@@ -55,24 +55,23 @@ def _is_run_of(row: dict[str, Any], campaign: LoadedCampaign) -> bool:
 
 def add_missing_items(ledger: Ledger, campaign: LoadedCampaign, run_id: str, row: dict[str, Any], now: float) -> int:
     """Items of the campaign (in the run's selection) that the run lacks are added with a task per
-    stage, pending or waiting on their needs; so is a missing ``per: all`` task. Returns how many items."""
+    per-item stage, pending or waiting on their needs. Returns how many items."""
     spec = campaign.spec
     chosen = _selection(row)
     source = ItemSource(spec.items, campaign.root, campaign.path)
+    # A ``per: all`` task is not added: with its needs all ended, nothing would ever release it.
     stages = [(name, spec.stages[name].per, bool(spec.stages[name].needs), spec.stages[name].backend)
-              for name in campaign.stage_order()]
+              for name in campaign.stage_order() if spec.stages[name].per != "all"]
     with ledger.write() as conn:
         have = registry_queries.run_item_ids(conn, run_id)
-        have_once = {task["stage"] for task in registry_queries.run_tasks(conn, run_id, ()) if task["item_idx"] < 0}
         next_idx = max(have.values(), default=-1) + 1
         missing = []
         for item in source.items(limit=chosen.limit, shard=chosen.shard):
             if item.item_id not in have:
                 missing.append(replace(item, index=next_idx + len(missing)))
-        wanted = [s for s in stages if s[1] != "all" or s[0] not in have_once]
-        if not missing and len(wanted) == len([s for s in stages if s[1] != "all"]):
+        if not missing:
             return 0
-        ledger.insert_items_and_tasks(conn, run_id, missing, wanted, now)
+        ledger.insert_items_and_tasks(conn, run_id, missing, stages, now)
         registry_queries.update_run(conn, run_id, item_count=registry_queries.count_items(conn, run_id),
                                     updated_at=now)
         ledger.set_run_status(conn, run_id, run_status(conn, run_id), now)
