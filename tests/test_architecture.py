@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "corral"
 
 #: modules at the top of the package that every layer may use (they import nothing of corral's layers)
-BASE = {"errors", "states", "refs", "clock", "extras", "outfiles", "paths"}
+BASE = {"errors", "states", "refs", "clock", "extras", "outfiles", "paths", "templates"}
 
 #: package -> the packages it may import (besides BASE). Arrows point down only (docs/architecture.md).
 ALLOWED = {

@@ -478,7 +478,7 @@ def test_retry_after_fixing_the_function(tmp_path: Path):
         assert run.status()["run"]["status"] == "finished"
         a = by_item(run, "a")
         assert all(r["state"] == "done" for r in a.values())
-        assert a[1]["fixed"] is True and a[1]["attempts"] == 1 and "fixed" not in a[0]
+        assert a[1]["fixed"] is True and a[1]["attempts"] == 2 and "fixed" not in a[0]  # attempt 2 after the retry
         assert all(r["state"] == "done" for r in by_item(run, "b").values())
         assert len(campaign.runs()) == 1
     finally:

@@ -28,8 +28,8 @@ def version_rows(ledger: Ledger) -> list[tuple[str, str]]:
 def test_schema_is_created_at_the_current_version(ledger_url: str):
     ledger = Ledger(ledger_url)
     try:
-        assert SCHEMA_VERSION == 4
-        assert version_rows(ledger) == [("schema_version", "4")]
+        assert SCHEMA_VERSION == 5
+        assert version_rows(ledger) == [("schema_version", "5")]
         tables = set(inspect(ledger.engine).get_table_names())
         assert {"corral_meta", "runs", "items", "tasks", "submissions", "events", "controllers", "learned"} <= tables
         # No string column has a width a state, status, error class or id could pass.

@@ -90,6 +90,30 @@ def test_schema_3_ledger_gets_the_learned_table(tmp_path, ledger_url):
     corral_cli(tmp_path, "run", "-q", check=0)
     with db.connect() as conn:
         assert inspect(conn).has_table("learned")
-        assert conn.execute(text("SELECT value FROM corral_meta WHERE key = 'schema_version'")).scalar() == "4"
+        assert conn.execute(text("SELECT value FROM corral_meta WHERE key = 'schema_version'")).scalar() == str(SCHEMA_VERSION)
         assert conn.execute(text("SELECT scope, key FROM learned")).all() == [("stage:s", "mean_seconds")]
+    db.dispose()
+
+
+def test_schema_4_ledger_gets_the_attempt_base_and_retries_continue_its_attempts(tmp_path, ledger_url):
+    """Schema 5 remembers where `corral retry` sent a task back, so its attempt numbers go on."""
+    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy.pool import NullPool
+
+    write_module(tmp_path, "m", "def f(item, ctx):\n    if ctx.attempt == 1:\n        raise ValueError('first')\n"
+                                "    return {'attempt': ctx.attempt}\n")
+    write_campaign(tmp_path, {"name": "old", "items": {"grid": {"x": {"range": [0, 2]}}},
+                              "stages": {"s": {"call": "m:f"}}, "ledger": ledger_url,
+                              "backends": {"local": {"workers": 2, "gpus": "none"}}})
+    corral_cli(tmp_path, "run", "-q")
+    db = create_engine(ledger_url, poolclass=NullPool)
+    with db.begin() as conn:  # what schema version 4 wrote
+        conn.execute(text("ALTER TABLE tasks DROP COLUMN attempt_base"))
+        conn.execute(text("UPDATE corral_meta SET value = '4' WHERE key = 'schema_version'"))
+    corral_cli(tmp_path, "retry", check=0)
+    corral_cli(tmp_path, "run", "-q", check=0)
+    with db.connect() as conn:
+        assert "attempt_base" in {c["name"] for c in inspect(conn).get_columns("tasks")}
+        assert conn.execute(text("SELECT state, attempts, attempt_base, result FROM tasks")).all() == [
+            ("done", 2, 1, '{"attempt":2}')] * 2
     db.dispose()

@@ -65,7 +65,6 @@ class ErrorClass(str, Enum):
     TIMEOUT = "timeout"                # ran past the stage's (or the job's) time limit
     OOM = "oom"                        # out of memory
     VERIFY = "verify"                  # the output failed ``verify``
-    TEMPLATE = "template"              # a template filled with the item's values cannot be used
     PARSE = "parse"                    # an LLM answer that ``parse`` could not read
     INVALID_REQUEST = "invalid_request"
     SERVER_ERROR = "server_error"
@@ -73,6 +72,8 @@ class ErrorClass(str, Enum):
     WORKER_LOST = "worker_lost"        # started, then its worker vanished without a result
     SUBMIT = "submit"                  # the backend refused the submission for good
     GONE = "gone"                      # started, then the backend forgot its submission (HTTP 404)
+    # failed at once, never retried: the same task would fail the same way
+    TEMPLATE = "template"              # a command, path or request template cannot be filled for this item
     # run again without using an attempt
     INTERRUPTED = "interrupted"        # stopped by a signal or preemption
     PREEMPTED = "preempted"

@@ -8,6 +8,8 @@ from typing import Any
 from corral.api.preflight import preflight
 from corral.errors import CorralError, SpecError
 from corral.spec import LoadedCampaign
+from corral.spec.models import VerifyCommand
+from corral.templates import fill
 
 
 def selection(limit: int | None = None, shard: str | tuple[int, int] | None = None, base=None):
@@ -61,13 +63,41 @@ def check_templates(loaded: LoadedCampaign, name: str, stage, sample: dict[str, 
     templates = [("run", t) for t in (stage.run or [])] + [("outputs", t) for t in stage.outputs]
     if stage.skip_if and not stage.skip_callable:
         templates += [("skip_if", t) for t in stage.skip_if]
+    if isinstance(stage.verify, VerifyCommand):
+        templates += [("verify", t) for t in stage.verify.run]
+    templates += [("verify", t) for t in stage.verify_paths]
     for key, template in templates:
         try:
-            template.format_map(fields)
+            fill(template, fields)
         except (KeyError, IndexError, ValueError, AttributeError) as exc:
             raise SpecError(f"template {template!r} cannot be filled: {exc!r}", file=str(loaded.path),
                             key=f"stages.{name}.{key}",
                             expected="fields among " + ", ".join(sorted(fields))) from None
+
+
+#: how many items, spread over the campaign, ``corral check`` fills the templates of
+TEMPLATE_SAMPLE = 20
+
+
+def sampled_template_failures(loaded: LoadedCampaign, name: str, stage, items: list[Any]) -> dict[str, Any] | None:
+    """Fill the stage's templates for a sample of the items. Every sampled item failing is an error
+    in the template itself (raised); some failing is what the run would meet: how many, and an
+    estimate over all items."""
+    step = max(1, len(items) // TEMPLATE_SAMPLE)
+    sampled = items[::step][:TEMPLATE_SAMPLE] if stage.per != "all" else items[:1]
+    failures: list[tuple[Any, SpecError]] = []
+    for item in sampled or [None]:
+        try:
+            check_templates(loaded, name, stage, item.params if item is not None else {})
+        except SpecError as exc:
+            failures.append((item, exc))
+    if not failures:
+        return None
+    if len(failures) == max(1, len(sampled)):
+        raise failures[0][1]
+    return {"sampled": len(sampled), "failures": len(failures), "items": len(items),
+            "estimated": round(len(failures) / len(sampled) * len(items)),
+            "examples": [f"{item.key}: {exc.key}: {exc.detail}" for item, exc in failures[:3]]}
 
 
 def check_callables(loaded: LoadedCampaign, name: str, stage) -> None:
@@ -115,13 +145,13 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
     check_results_template(loaded, sample)
     for name in loaded.stage_order():
         stage = spec.stages[name]
-        check_templates(loaded, name, stage, sample)
+        failures = sampled_template_failures(loaded, name, stage, items)
         check_callables(loaded, name, stage)
         stages[name] = {
             "tasks": 1 if stage.per == "all" else len(items), "per": stage.per, "needs": stage.needs,
             "backend": stage.backend, "kind": "call" if stage.call else "run",
             "action": stage.call or " ".join(stage.run or []),
-            "retries": stage.retries.max, "timeout": stage.timeout,
+            "retries": stage.retries.max, "timeout": stage.timeout, "template_failures": failures,
         }
         if stage.request is not None:
             from corral.llm.projection import project

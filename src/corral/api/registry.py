@@ -103,5 +103,5 @@ class Registry:
         ledger = self.campaign.ledger()
         out: list[Outcome] = []
         for path in paths:
-            out.extend(ingest_path(ledger, Path(path), time.time()))
+            out.extend(ingest_path(ledger, Path(path), time.time(), campaign=self.campaign.loaded))
         return out

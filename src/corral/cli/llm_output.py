@@ -1,4 +1,5 @@
-"""How `corral check` shows an LLM stage's projection and `corral status` its tokens and money."""
+"""How `corral check` shows the sampled items that would fail and an LLM stage's projection, and
+`corral status` its tokens and money."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ def _usd(value: float) -> str:
 def projection_lines(stages: dict[str, Any]) -> list[str]:
     lines = []
     for name, stage in stages.items():
+        failed = stage.get("template_failures")
+        if failed:
+            lines.append(f"{name}: {failed['failures']} of {failed['sampled']} sampled items would fail a template "
+                         f"(about {failed['estimated']:,} of {failed['items']:,}): " + "; ".join(failed["examples"]))
         llm = stage.get("llm")
         if not llm:
             continue
@@ -39,8 +44,9 @@ def projection_lines(stages: dict[str, Any]) -> list[str]:
             f"{format_duration(llm['seconds_to_finish'])} to finish, bound by {llm['bound_by']} with "
             f"{format_duration(llm['turnaround'])} per batch")
         if llm["render_failures"]:
-            lines.append(f"  {llm['render_failures']} of {llm['sampled']} sampled items cannot be rendered: "
-                         + "; ".join(llm["render_errors"]))
+            estimated = round(llm["render_failures"] / llm["sampled"] * llm["requests"])
+            lines.append(f"  {llm['render_failures']} of {llm['sampled']} sampled requests would fail (about "
+                         f"{estimated:,} of {llm['requests']:,}): " + "; ".join(llm["render_errors"]))
         if llm["oversized_in_sample"]:
             lines.append(f"  {llm['oversized_in_sample']} sampled requests are too large for any batch")
     return lines

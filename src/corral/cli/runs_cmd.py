@@ -177,7 +177,8 @@ def ingest(paths: List[Path] = typer.Argument(..., help="Ledger files (SQLite) o
         for o in outcomes:
             verb = "new run" if o.created else "run"
             err.print(f"{verb} {o.target}: {o.items_added} items and {o.tasks_added} tasks added, {o.tasks_updated} "
-                      f"tasks updated, {o.unchanged} already here, {len(o.conflicts)} conflicts", highlight=False)
+                      f"tasks updated, {o.unchanged} already here, {len(o.conflicts)} conflicts; {o.runnable_items} items "
+                      "still to run (`corral run` runs them)", highlight=False)
         for c in conflicts[:50]:
             err.print(f"conflict: {c['stage']} {c['item_key']} ({c['item_id']}): here {c['here']!r}, in "
                       f"{c['from']} {c['there']!r}", highlight=False, markup=False)

@@ -44,11 +44,13 @@ class Outcome:
     chosen: dict[str, int] = field(default_factory=dict)
     #: runs merged with --force: the config keys whose values differed between them
     config_differs: list[str] = field(default_factory=list)
+    #: items of the run with a task still to finish (``corral run`` runs them)
+    runnable_items: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out = {"run": self.target, "created": self.created, "items_added": self.items_added,
                "tasks_added": self.tasks_added, "tasks_updated": self.tasks_updated, "unchanged": self.unchanged,
-               "conflicts": self.conflicts, "chosen_from": self.chosen}
+               "conflicts": self.conflicts, "chosen_from": self.chosen, "runnable_items": self.runnable_items}
         if self.config_differs:
             out["config_differs"] = self.config_differs
         return out

@@ -275,6 +275,8 @@ class Engine(Sending):
             backend = self.backends[spec.backend]
             if not spec.needs or not backend.supports_dependencies:
                 continue
+            if any(spec.allowed_ends(n) for n in spec.needs):
+                continue  # the cluster would start it only after its needs succeeded
             needs = [self.stages[n].spec for n in spec.needs]
             if any(n.backend != spec.backend for n in needs):
                 continue
@@ -311,16 +313,14 @@ class Engine(Sending):
         spec = stage.spec
         if spec.per != "batch":
             return ready
-        size = spec.size or ready
-        full = ready // size
-        if ready % size == 0:
+        # Without a size, every batch is partial: what is ready goes once ``every`` has passed.
+        full = ready // spec.size if spec.size else 0
+        if spec.size and ready % spec.size == 0:
             return full
         oldest = self.ledger.oldest_ready_at(conn, self.run_id, stage.name)
         waited = oldest is not None and spec.every is not None and now - oldest >= spec.every
         upstream_open = self.ledger.any_in_states(conn, self.run_id, spec.needs, ACTIVE) or \
             self.ledger.any_in_states(conn, self.run_id, [stage.name], (TaskState.WAITING,))
-        if spec.size is None:
-            return 1 if waited or not upstream_open else 0
         return full + (1 if waited or not upstream_open else 0)
 
     def _queue(self, stage: StageContext, size: int, info: dict[str, Any] | None = None,
@@ -461,6 +461,7 @@ class Engine(Sending):
                 # What waits on the cancelled stage will never run: cancel it too.
                 changes = Changes()
                 changes.ended_badly[stage].extend(idxs)
+                changes.cancelled[stage].extend(idxs)
                 self.recorder.release(conn, changes, now)
                 self.ledger.add_events(conn, changes.events)
             for sub in subs:
@@ -475,7 +476,7 @@ class Engine(Sending):
 
     def retry(self, stage: str | None = None, error_class: str | None = None,
               include_cancelled: bool = False) -> int:
-        """Failed tasks (and their dependents cancelled because of them) run again with fresh attempts."""
+        """Failed tasks (and their dependents cancelled because of them) run again: their attempt numbers go on, with the retries `retries` allows counted afresh."""
         now = self.clock.now()
         states = [TaskState.FAILED] + ([TaskState.CANCELLED] if include_cancelled else [])
         with self.ledger.write() as conn:
@@ -530,7 +531,7 @@ class Engine(Sending):
                 continue
             item_needs = [n for n in spec.needs if self.stages[n].spec.per != "all"]
             once_needs = [n for n in spec.needs if self.stages[n].spec.per == "all"]
-            if once_needs and not self.recorder._once_done(conn, once_needs):
+            if once_needs and not self.recorder._once_done(conn, once_needs, name):
                 continue
             self.recorder._promote(conn, name, item_needs, sorted(set(by_stage[name])), now)
 

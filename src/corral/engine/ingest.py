@@ -8,18 +8,23 @@ are a conflict: listed, never overwritten.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from corral.engine.combine import ONCE, Outcome, SourceRun, absorb, add_event, read_run
+from corral.engine.combine import ONCE, Outcome, SourceRun, absorb, add_event, read_run, run_status
+from corral.engine.runs import Selection, snapshot_hash
 from corral.errors import CorralError
 from corral.ledger import Ledger, dumps, loads, registry_queries
-from corral.states import RunStatus, TaskState
+from corral.spec import ItemSource, LoadedCampaign
+from corral.states import TERMINAL, RunStatus, TaskState
 
 RUNS_FOLDER = Path(".corral") / "runs"  # beside the result files: one JSON file per run
 
 
-def ingest_path(ledger: Ledger, path: Path, now: float) -> list[Outcome]:
+def ingest_path(ledger: Ledger, path: Path, now: float, campaign: LoadedCampaign | None = None) -> list[Outcome]:
+    """Ingest the runs at ``path``. A run of ``campaign`` (the same work and selection) gets every
+    item of the campaign it lacks, to run later: a results folder holds only the items that ended."""
     path = path.expanduser()
     if not path.exists():
         raise CorralError(f"nothing to ingest at {path}: no such file or folder")
@@ -27,7 +32,52 @@ def ingest_path(ledger: Ledger, path: Path, now: float) -> list[Outcome]:
         sources = read_results_folder(path)
     else:
         sources = read_ledger_file(path)
-    return [ingest_run(ledger, source, now) for source in sources]
+    outcomes = []
+    for source in sources:
+        outcome = ingest_run(ledger, source, now)
+        if campaign is not None and _is_run_of(source.row, campaign):
+            outcome.items_added += add_missing_items(ledger, campaign, outcome.target, source.row, now)
+        with ledger.read() as conn:
+            outcome.runnable_items = registry_queries.count_unfinished_items(conn, outcome.target)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _selection(row: dict[str, Any]) -> Selection:
+    chosen = loads(row.get("selection")) or {}
+    shard = chosen.get("shard")
+    return Selection(limit=chosen.get("limit"), shard=tuple(shard) if shard else None)
+
+
+def _is_run_of(row: dict[str, Any], campaign: LoadedCampaign) -> bool:
+    return row.get("name") == campaign.spec.name and row.get("config_hash") == snapshot_hash(campaign, _selection(row))
+
+
+def add_missing_items(ledger: Ledger, campaign: LoadedCampaign, run_id: str, row: dict[str, Any], now: float) -> int:
+    """Items of the campaign (in the run's selection) that the run lacks are added with a task per
+    per-item stage, pending or waiting on their needs. Returns how many items."""
+    spec = campaign.spec
+    chosen = _selection(row)
+    source = ItemSource(spec.items, campaign.root, campaign.path)
+    # A ``per: all`` task is not added: with its needs all ended, nothing would ever release it.
+    stages = [(name, spec.stages[name].per, bool(spec.stages[name].needs), spec.stages[name].backend)
+              for name in campaign.stage_order() if spec.stages[name].per != "all"]
+    with ledger.write() as conn:
+        have = registry_queries.run_item_ids(conn, run_id)
+        next_idx = max(have.values(), default=-1) + 1
+        missing = []
+        for item in source.items(limit=chosen.limit, shard=chosen.shard):
+            if item.item_id not in have:
+                missing.append(replace(item, index=next_idx + len(missing)))
+        if not missing:
+            return 0
+        ledger.insert_items_and_tasks(conn, run_id, missing, stages, now)
+        registry_queries.update_run(conn, run_id, item_count=registry_queries.count_items(conn, run_id),
+                                    updated_at=now)
+        ledger.set_run_status(conn, run_id, run_status(conn, run_id), now)
+        ledger.add_events(conn, [{"at": now, "run_id": run_id, "kind": "ingest", "count": len(missing),
+                                  "message": f"added {len(missing)} items of the campaign without a result"}])
+    return len(missing)
 
 
 def read_ledger_file(path: Path) -> list[SourceRun]:
@@ -67,13 +117,27 @@ def read_results_folder(folder: Path) -> list[SourceRun]:
         if identity != ONCE:
             params = json.dumps(record.get("params") or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
             source.items[identity] = (meta.get("item_key") or identity, params)
+        state, error = _ended_state(record)
         source.tasks[(meta["stage"], identity)] = {
-            "id": meta.get("task_id"), "source_run": meta["run_id"], "state": TaskState.DONE.value,
+            "id": meta.get("task_id"), "source_run": meta["run_id"], "state": state.value,
             "result": dumps(record.get("result")), "info": None,
             **{k: meta.get(k) for k in ("attempts", "started_at", "finished_at", "host", "tokens_in", "tokens_out",
                                         "cost", "backend")},
-            "error_class": None, "error_message": None, "queued_at": None, "ready_at": None}
+            "error_class": error.get("class"), "error_message": error.get("message"), "queued_at": None,
+            "ready_at": None}
     return list(sources.values())
+
+
+def _ended_state(record: dict[str, Any]) -> tuple[TaskState, dict[str, Any]]:
+    """The state and error a result file records (files of older versions hold done tasks only)."""
+    try:
+        state = TaskState(record.get("state") or TaskState.DONE.value)
+    except ValueError:
+        state = TaskState.DONE if record.get("error") is None else TaskState.FAILED
+    if state not in TERMINAL:
+        state = TaskState.FAILED
+    error = record.get("error") if isinstance(record.get("error"), dict) else {}
+    return state, error
 
 
 def _same_run(row: dict[str, Any], other: dict[str, Any]) -> bool:

@@ -29,6 +29,8 @@ class Changes:
 
     done: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     ended_badly: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    #: those of ``ended_badly`` that were cancelled (the others failed)
+    cancelled: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     #: tasks sent back to pending (interrupted, lost, refused): stages with needs re-check them
     requeued_items: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     retried: int = 0
@@ -115,8 +117,9 @@ class Recorder:
             error_class = res.error_class or ErrorClass.EXCEPTION
             base.update(attempts=attempts, error_class=error_class, error_message=res.error_message,
                         result=dumps(res.result) if res.result is not None else None)
-            if attempts <= stage.retries.max and stage.retries.retries_on(error_class):
-                delay = stage.retries.delay(attempts)
+            since_retry = attempts - (row.get("attempt_base") or 0)
+            if since_retry <= stage.retries.max and stage.retries.retries_on(error_class):
+                delay = stage.retries.delay(since_retry)
                 base.update(state=TaskState.PENDING, not_before=now + delay, ready_at=now, submission_id=None)
                 event["message"] = f"attempt {attempts} failed ({error_class}); retry in {delay:g}s"
                 changes.retried += 1
@@ -141,7 +144,8 @@ class Recorder:
     # -- dependencies ----------------------------------------------------------------
 
     def release(self, conn: Connection, changes: Changes, now: float) -> None:
-        """Move waiting dependents to pending (all needs done) or cancelled (a need ended badly)."""
+        """Move waiting dependents to pending (all needs done, or ended as the stage allows) or
+        cancelled (a need ended badly in a way the stage does not allow)."""
         for name in self.order:
             stage = self.stages[name]
             if not stage.needs:
@@ -153,21 +157,38 @@ class Recorder:
                 continue
             item_needs = [n for n in stage.needs if self.stages[n].per != "all"]
             once_needs = [n for n in stage.needs if self.stages[n].per == "all"]
-            if any(-1 in changes.ended_badly.get(n, []) for n in once_needs):
+            if any(-1 in self._blocking_ends(name, n, changes) for n in once_needs):
                 every = queries.waiting_idxs(conn, self.run_id, name)
                 self._cancel_waiting(conn, name, every, now, changes, because=once_needs)
                 continue
-            bad = sorted({i for need in item_needs for i in changes.ended_badly.get(need, [])})
+            bad = sorted({i for need in item_needs for i in self._blocking_ends(name, need, changes)})
             if bad:
                 self._cancel_waiting(conn, name, bad, now, changes, because=item_needs)
-            if once_needs and not self._once_done(conn, once_needs):
+            if once_needs and not self._once_done(conn, once_needs, name):
                 continue
-            if any(-1 in changes.done.get(n, []) for n in once_needs):
+            if any(-1 in self._finished(name, n, changes) for n in once_needs):
                 self._promote(conn, name, item_needs, None, now)
                 continue
-            done = sorted({i for need in item_needs for i in changes.done.get(need, [])})
+            done = sorted({i for need in item_needs for i in self._finished(name, need, changes)})
             if done:
                 self._promote(conn, name, item_needs, done, now)
+
+    def _blocking_ends(self, name: str, need: str, changes: Changes) -> list[int]:
+        """Items of ``need`` that ended badly in this transaction in a way ``name`` does not allow."""
+        allowed = self.stages[name].allowed_ends(need)
+        cancelled = set(changes.cancelled.get(need, []))
+        return [i for i in changes.ended_badly.get(need, [])
+                if (TaskState.CANCELLED if i in cancelled else TaskState.FAILED).value not in allowed]
+
+    def _finished(self, name: str, need: str, changes: Changes) -> list[int]:
+        """Items of ``need`` that finished in this transaction as ``name`` needs: done, or ended as allowed."""
+        blocking = set(self._blocking_ends(name, need, changes))
+        return changes.done.get(need, []) + [i for i in changes.ended_badly.get(need, []) if i not in blocking]
+
+    def blocking_states(self, name: str, need: str) -> list[TaskState]:
+        """The end states of ``need``'s tasks that cancel ``name``'s."""
+        allowed = self.stages[name].allowed_ends(need)
+        return [s for s in ENDED_BADLY if s.value not in allowed]
 
     def _rewait(self, conn: Connection, name: str, idxs: list[int], now: float, changes: Changes) -> None:
         """Tasks sent ahead of their needs (a cluster holding them with afterok) that came back to
@@ -178,20 +199,27 @@ class Recorder:
             return
         item_needs = [n for n in stage.needs if self.stages[n].per != "all"]
         once_needs = [n for n in stage.needs if self.stages[n].per == "all"]
-        if once_needs and queries.has_tasks_in(conn, self.run_id, once_needs, ENDED_BADLY):
+        if any(queries.has_tasks_in(conn, self.run_id, [n], self.blocking_states(name, n)) for n in once_needs):
             self._cancel_waiting(conn, name, idxs, now, changes, because=once_needs)
             return
-        if once_needs and not self._once_done(conn, once_needs):
+        if once_needs and not self._once_done(conn, once_needs, name):
             return
         self._promote(conn, name, item_needs, sorted(set(idxs)), now)
 
-    def _once_done(self, conn: Connection, stages: list[str]) -> bool:
-        return all(queries.once_state(conn, self.run_id, stage) == TaskState.DONE for stage in stages)
+    def _once_done(self, conn: Connection, stages: list[str], dependent: str | None = None) -> bool:
+        """Whether the once-per-run tasks of ``stages`` are done (or ended as ``dependent`` allows)."""
+        def finished(stage: str) -> bool:
+            state = queries.once_state(conn, self.run_id, stage)
+            allowed = self.stages[dependent].allowed_ends(stage) if dependent else frozenset()
+            return state == TaskState.DONE or (state is not None and str(state) in allowed)
+        return all(finished(stage) for stage in stages)
 
     def _promote(self, conn: Connection, name: str, needs: list[str], idxs: list[int] | None,
                  now: float) -> None:
         """Waiting tasks of ``name`` (for items ``idxs``, or all) whose per-item needs are done."""
-        queries.promote_waiting(conn, self.run_id, name, needs, idxs, now)
+        stage = self.stages[name]
+        queries.promote_waiting(conn, self.run_id, name, needs, idxs, now,
+                                allowed={need: stage.allowed_ends(need) for need in needs})
 
     def _cancel_waiting(self, conn: Connection, name: str, idxs: list[int], now: float, changes: Changes,
                         because: list[str]) -> None:
@@ -201,6 +229,7 @@ class Recorder:
             if not hit:
                 continue
             changes.ended_badly[name].extend(hit)
+            changes.cancelled[name].extend(hit)
             changes.events.append({"at": now, "run_id": self.run_id, "kind": "upstream", "stage": name,
                                    "from_state": TaskState.WAITING, "to_state": TaskState.CANCELLED,
                                    "count": len(hit),
@@ -211,7 +240,7 @@ class Recorder:
             return
         if queries.has_tasks_in(conn, self.run_id, stage.needs, ACTIVE):
             return
-        if queries.has_tasks_in(conn, self.run_id, stage.needs, ENDED_BADLY):
+        if any(queries.has_tasks_in(conn, self.run_id, [n], self.blocking_states(name, n)) for n in stage.needs):
             self._cancel_waiting(conn, name, [-1], now, changes, because=stage.needs)
             return
         queries.release_once(conn, self.run_id, name, now)

@@ -1,5 +1,7 @@
 """``results:``: one JSON file per finished item, for people who want files.
 
+Every task that ended (done, failed or cancelled) gets its file, with its ``state`` and ``error``
+beside its result, so a results folder holds the failures too and ``corral ingest`` reads them back.
 The controller writes them after the transaction that recorded the results has committed (it
 follows the ledger's event log), so a file never holds a result the ledger does not. Each file is
 written to a temporary name and renamed into place: a crash leaves a whole file or none, and
@@ -13,12 +15,13 @@ import os
 import string
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from corral.errors import SpecError
 from corral.paths import TemplatePathError, inside
 from corral.ledger import Ledger, loads, registry_queries
 from corral.spec import LoadedCampaign
+from corral.states import TaskState
 
 RUN_FIELDS = ("run_id", "name", "stage", "item_id", "item_key", "task_id", "attempts")
 RUNS_FOLDER = Path(".corral") / "runs"
@@ -74,6 +77,13 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def task_error(row: dict[str, Any]) -> dict[str, Any] | None:
+    """What a result file says of a task's error: its class and message, or None when it is done."""
+    if row["state"] == TaskState.DONE:
+        return None
+    return {"class": row["error_class"], "message": row["error_message"]}
+
+
 class ResultFiles:
     """Writes the result files of one run; ``sync()`` after each tick."""
 
@@ -109,22 +119,19 @@ class ResultFiles:
         return self._run
 
     def sync(self) -> int:
-        """Write files for the results recorded since the last call. Returns how many."""
+        """Write files for the tasks that ended since the last call. Returns how many."""
         if not self.template:
             return 0
         at, last = self._cursor()
         with self.ledger.read() as conn:
-            events = registry_queries.done_task_events(conn, self.run_id, at, last)
+            events = registry_queries.ended_task_events(conn, self.run_id, at, last)
         if not events:
             return 0
         run = self._write_run_file()
         config = loads(run["config"]) or {}
         params = _config_params(config)
         written = 0
-        ids = sorted({tid for _, _, tid in events if tid is not None})
-        for start in range(0, len(ids), 900):
-            with self.ledger.read() as conn:
-                rows = registry_queries.done_tasks_with_items(conn, ids[start:start + 900])
+        for rows in self._ended_tasks(events):
             for row in rows:
                 if row["stage"] not in self.stages:
                     continue
@@ -134,8 +141,19 @@ class ResultFiles:
                 except (TemplatePathError, OSError) as exc:
                     self._not_written(row, exc)
         # The time bound only narrows the index range; a minute's margin covers clocks that disagree.
-        atomic_write(self.cursor_path, json.dumps([max(a for _, a, _ in events) - 60.0, events[-1][0]]))
+        atomic_write(self.cursor_path, json.dumps([max(e[1] for e in events) - 60.0, events[-1][0]]))
         return written
+
+    def _ended_tasks(self, events: list[tuple]) -> Iterator[list[dict[str, Any]]]:
+        """The rows of the tasks the events ended: those named one by one, in chunks, then those
+        cancelled together."""
+        ids = sorted({task_id for _, _, task_id, _ in events if task_id is not None})
+        for start in range(0, len(ids), 900):
+            with self.ledger.read() as conn:
+                yield registry_queries.ended_tasks_with_items(conn, ids[start:start + 900])
+        for at, stage in dict.fromkeys((at, stage) for _, at, task_id, stage in events if task_id is None):
+            with self.ledger.read() as conn:
+                yield registry_queries.cancelled_tasks_with_items(conn, self.run_id, stage, at)
 
     def _write(self, row, params: dict[str, Any], run: dict[str, Any]) -> None:
         item = loads(row["item_params"]) if row["item_params"] else {}
@@ -147,7 +165,8 @@ class ResultFiles:
                 "task_id": row["id"], "config_hash": run.get("config_hash")}
         for name in ("attempts", "started_at", "finished_at", "host", "tokens_in", "tokens_out", "cost", "backend"):
             meta[name] = row[name]
-        record = {"params": item, "config": params, "result": loads(row["result"]), "corral": meta}
+        record = {"params": item, "config": params, "result": loads(row["result"]), "state": row["state"],
+                  "error": task_error(row), "corral": meta}
         atomic_write(path, json.dumps(record, indent=1, default=str, ensure_ascii=False))
 
     def _not_written(self, row, exc: Exception) -> None:

@@ -9,9 +9,9 @@ thousands of outcomes) go to the driver directly: the SQL layer's per-row work w
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from corral.ledger import schema
@@ -25,7 +25,7 @@ NOT_DONE = (TaskState.WAITING, TaskState.PENDING, TaskState.QUEUED, TaskState.RU
 #: the columns ``write_outcomes`` sets, from dicts that also carry the task's id as ``tid``
 OUTCOME_COLUMNS = ("state", "result", "error_class", "error_message", "started_at", "finished_at", "host",
                    "tokens_in", "tokens_out", "cost", "info", "attempts", "not_before", "submission_id", "ready_at")
-_DECIDED_FROM = ("id", "stage", "item_idx", "state", "attempts", "submission_id", "error_class")
+_DECIDED_FROM = ("id", "stage", "item_idx", "state", "attempts", "submission_id", "error_class", "attempt_base")
 
 T = schema.tasks
 S = schema.submissions
@@ -58,9 +58,10 @@ def lock_task_rows(conn: Connection, run_id: str, task_ids: Sequence[int]) -> di
             cursor.execute(f"SELECT {', '.join(_DECIDED_FROM)} FROM tasks "
                            f"WHERE run_id = {mark} AND id IN ({', '.join([mark] * len(part))}){lock}",
                            (run_id, *part))
-            for tid, stage, item_idx, state, attempts, submission_id, error_class in cursor.fetchall():
+            for tid, stage, item_idx, state, attempts, submission_id, error_class, base in cursor.fetchall():
                 rows[tid] = {"id": tid, "stage": stage, "item_idx": item_idx, "state": state,
-                             "attempts": attempts, "submission_id": submission_id, "error_class": error_class}
+                             "attempts": attempts, "submission_id": submission_id, "error_class": error_class,
+                             "attempt_base": base}
     finally:
         cursor.close()
     return rows
@@ -120,14 +121,19 @@ def has_tasks_in(conn: Connection, run_id: str, stages: Sequence[str], states: S
 
 
 def promote_waiting(conn: Connection, run_id: str, stage: str, needs: Sequence[str], idxs: Sequence[int] | None,
-                    now: float) -> None:
+                    now: float, allowed: Mapping[str, Collection[str]] | None = None) -> None:
     """Waiting tasks of ``stage`` (for items ``idxs``, or all) whose per-item ``needs`` are all done
     become pending."""
     upstream = T.alias("upstream")
     conditions = [T.c.run_id == run_id, T.c.stage == stage, T.c.state == TaskState.WAITING]
+    allowed = {need: ends for need, ends in (allowed or {}).items() if ends and need in needs}
     if needs:
+        plain = [n for n in needs if n not in allowed]
+        blocking = [upstream.c.stage.in_(plain) & upstream.c.state.in_(NOT_DONE)] if plain else []
+        blocking += [(upstream.c.stage == need) & upstream.c.state.in_([s for s in NOT_DONE if s.value not in ends])
+                     for need, ends in allowed.items()]
         conditions.append(~exists().where(upstream.c.run_id == run_id, upstream.c.item_idx == T.c.item_idx,
-                                          upstream.c.stage.in_(needs), upstream.c.state.in_(NOT_DONE)))
+                                          or_(*blocking)))
     if idxs is None:
         conn.execute(update(T).where(*conditions).values(state=TaskState.PENDING, ready_at=now))
         return
@@ -211,17 +217,18 @@ def retryable(conn: Connection, run_id: str, states: Sequence[str], stage: str |
 
 def reset_for_retry(conn: Connection, run_id: str, stage: str, idxs: Sequence[int], states: Sequence[str],
                     state: str, now: float) -> None:
-    """Tasks of ``stage`` for items ``idxs`` still in ``states`` start over in ``state`` with fresh attempts."""
+    """Tasks of ``stage`` for items ``idxs`` still in ``states`` start over in ``state``: their attempt
+    numbers go on, and the retries they are allowed count from here."""
     for part in chunks(idxs):
         conn.execute(update(T).where(T.c.run_id == run_id, T.c.stage == stage, T.c.item_idx.in_(part),
                                      T.c.state.in_(states))
-                     .values(state=state, attempts=0, not_before=None, ready_at=now, submission_id=None,
-                             error_class=None, error_message=None))
+                     .values(state=state, attempt_base=T.c.attempts, not_before=None, ready_at=now,
+                             submission_id=None, error_class=None, error_message=None))
 
 
 def reopen_upstream_cancelled(conn: Connection, run_id: str, stage: str, idxs: Sequence[int] | None) -> list[int]:
     """Tasks of ``stage`` (for items ``idxs``, or all) cancelled because a needed task ended badly
-    wait again, attempts fresh. Returns their item indexes."""
+    wait again, their retries counted afresh. Returns their item indexes."""
     upstream_cancelled = (T.c.run_id == run_id, T.c.stage == stage, T.c.state == TaskState.CANCELLED,
                           T.c.error_class == ErrorClass.UPSTREAM)
     if idxs is None:
@@ -232,7 +239,8 @@ def reopen_upstream_cancelled(conn: Connection, run_id: str, stage: str, idxs: S
         if hit:
             conn.execute(update(T).where(T.c.run_id == run_id, T.c.stage == stage, T.c.item_idx.in_(hit),
                                          T.c.state == TaskState.CANCELLED)
-                         .values(state=TaskState.WAITING, error_class=None, error_message=None, attempts=0))
+                         .values(state=TaskState.WAITING, error_class=None, error_message=None,
+                                 attempt_base=T.c.attempts))
             reopened.extend(hit)
     return reopened
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from corral.paths import file_problem
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: the ledgers corral can keep, as a message lists them
 VALID_LEDGERS = ("a SQLite file (a path, or sqlite:///ABSOLUTE/PATH) or a PostgreSQL database "

@@ -38,12 +38,20 @@ def _v4_learned(conn: Connection) -> None:
     schema.learned.create(conn, checkfirst=True)
 
 
+def _v5_attempt_base(conn: Connection) -> None:
+    """`corral retry` continues a task's attempt numbers; the retries it allows count from the retry."""
+    columns = {c["name"] for c in inspect(conn).get_columns("tasks")}
+    if "attempt_base" not in columns:
+        conn.exec_driver_sql("ALTER TABLE tasks ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0")
+
+
 # Version 1 creates the current tables, so on a new ledger the later steps find nothing to do.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: lambda conn: schema.metadata.create_all(conn),
     2: _v2_controllers,
     3: _v3_text_columns,
     4: _v4_learned,
+    5: _v5_attempt_base,
 }
 
 

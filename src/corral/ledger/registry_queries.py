@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
 from corral.ledger import schema
-from corral.states import RunStatus, TaskState
+from corral.states import ACTIVE, TERMINAL, RunStatus, TaskState
 
 #: Rows per INSERT when tasks are copied from other runs.
 TASK_INSERT_CHUNK = 5000
@@ -101,6 +101,13 @@ def count_items(conn: Connection, run_id: str) -> int:
     return conn.execute(select(func.count()).select_from(i).where(i.c.run_id == run_id)).scalar_one()
 
 
+def count_unfinished_items(conn: Connection, run_id: str) -> int:
+    """How many items of a run have a task still to finish (waiting, pending, queued or running)."""
+    t = schema.tasks
+    return conn.execute(select(func.count(t.c.item_idx.distinct())).where(
+        t.c.run_id == run_id, t.c.item_idx >= 0, t.c.state.in_([s.value for s in ACTIVE]))).scalar_one()
+
+
 def task_states(conn: Connection, run_id: str) -> set[str]:
     """The states a run's tasks are in."""
     t = schema.tasks
@@ -110,22 +117,40 @@ def task_states(conn: Connection, run_id: str) -> set[str]:
 # -- result files ---------------------------------------------------------------------------------
 
 
-def done_task_events(conn: Connection, run_id: str, since: float, after_id: int) -> list[tuple[int, float, int]]:
-    """(event id, at, task id) of the tasks of a run recorded done, after event ``after_id`` and not
-    before ``since`` (the time bound lets the (run_id, at) index narrow the scan), in order."""
+def ended_task_events(conn: Connection, run_id: str, since: float,
+                      after_id: int) -> list[tuple[int, float, int | None, str | None]]:
+    """(event id, at, task id, stage) of the events of a run that ended tasks, after event ``after_id``
+    and not before ``since`` (the time bound lets the (run_id, at) index narrow the scan), in order:
+    one event per task recorded done or failed, and one per cancellation of many tasks (task id
+    None; stage None for the whole run)."""
     e = schema.events
+    one_task = (e.c.kind == "task") & e.c.to_state.in_([TaskState.DONE.value, TaskState.FAILED.value])
+    many = e.c.kind.in_(["upstream", "cancel"]) & (e.c.to_state == TaskState.CANCELLED.value)
     return [tuple(r) for r in conn.execute(
-        select(e.c.id, e.c.at, e.c.task_id).where(e.c.run_id == run_id, e.c.at >= since, e.c.id > after_id,
-                                                  e.c.kind == "task", e.c.to_state == TaskState.DONE.value)
+        select(e.c.id, e.c.at, e.c.task_id, e.c.stage)
+        .where(e.c.run_id == run_id, e.c.at >= since, e.c.id > after_id, one_task | many)
         .order_by(e.c.id))]
 
 
-def done_tasks_with_items(conn: Connection, task_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """The tasks among ``task_ids`` that are done, each row with every task column and its item's
-    ``item_id``, ``key`` and ``item_params`` (at most a few hundred ids per call)."""
+def _tasks_with_items():
     t, i = schema.tasks, schema.items
-    query = (select(t, i.c.item_id, i.c.key, i.c.params.label("item_params"))
-             .select_from(t.join(i, (i.c.run_id == t.c.run_id) & (i.c.idx == t.c.item_idx)))
-             .where(t.c.id.in_(list(task_ids)), t.c.state == TaskState.DONE.value))
+    return (select(t, i.c.item_id, i.c.key, i.c.params.label("item_params"))
+            .select_from(t.join(i, (i.c.run_id == t.c.run_id) & (i.c.idx == t.c.item_idx))))
+
+
+def ended_tasks_with_items(conn: Connection, task_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The tasks among ``task_ids`` that are done, failed or cancelled, each row with every task
+    column and its item's ``item_id``, ``key`` and ``item_params`` (at most a few hundred ids per call)."""
+    t = schema.tasks
+    query = _tasks_with_items().where(t.c.id.in_(list(task_ids)), t.c.state.in_([s.value for s in TERMINAL]))
     return [dict(r) for r in conn.execute(query).mappings()]
 
+
+def cancelled_tasks_with_items(conn: Connection, run_id: str, stage: str | None, at: float) -> list[dict[str, Any]]:
+    """The tasks of a run (of one stage) cancelled at ``at``, as ``ended_tasks_with_items`` gives them."""
+    t = schema.tasks
+    query = _tasks_with_items().where(t.c.run_id == run_id, t.c.state == TaskState.CANCELLED.value,
+                                      t.c.finished_at >= at - 1e-6, t.c.finished_at <= at + 1e-6)
+    if stage is not None:
+        query = query.where(t.c.stage == stage)
+    return [dict(r) for r in conn.execute(query).mappings()]

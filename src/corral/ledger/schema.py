@@ -63,6 +63,8 @@ tasks = Table(
     Column("item_idx", Integer, nullable=False),
     Column("state", Text, nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
+    # ``attempts`` when `corral retry` last sent the task back: its retries count from there
+    Column("attempt_base", Integer, nullable=False, default=0, server_default=text("0")),
     Column("ready_at", Float),
     Column("not_before", Float),
     Column("submission_id", BigInteger),

@@ -153,6 +153,7 @@ def _check_stages(spec: Campaign, backends: dict[str, BaseModel], file: Path) ->
                                 suggestion=_closest(need, spec.stages))
             if need == name:
                 raise SpecError("a stage cannot need itself", file=str(file), key=f"stages.{name}.needs")
+        _check_need_entries(name, stage, file)
         if stage.backend not in backends:
             raise SpecError(f"unknown backend {stage.backend!r}", file=str(file), key=f"stages.{name}.backend",
                             expected="one of " + ", ".join(sorted(backends)) + " (declare it under backends:)",
@@ -167,6 +168,25 @@ def _check_stages(spec: Campaign, backends: dict[str, BaseModel], file: Path) ->
         topological_order(spec.stages)
     except ValueError as exc:
         raise SpecError(str(exc), file=str(file), key="stages") from None
+
+
+def _check_need_entries(name: str, stage: models.Stage, file: Path) -> None:
+    for index, need in enumerate(stage.needs):
+        entry = stage._need_entries.get(need)
+        if entry is None:
+            continue
+        key = f"stages.{name}.needs.{index}"
+        for extra in sorted(set(entry) - {"stage", "allow"}):
+            raise SpecError(f"unknown key {extra!r}", file=str(file), key=f"{key}.{extra}",
+                            expected="stage, allow", suggestion=_closest(str(extra), ["stage", "allow"]))
+        allow = entry.get("allow")
+        values = allow if isinstance(allow, list) else [allow]
+        for value in values:
+            if value not in models.NEED_ALLOWS:
+                raise SpecError(f"{value!r} is not an end a need can allow", file=str(file), key=f"{key}.allow",
+                                expected=" | ".join(models.NEED_ALLOWS) + " (or a list of them): the needed tasks "
+                                         "may end so and this stage still runs",
+                                suggestion=_closest(str(value), models.NEED_ALLOWS))
 
 
 def topological_order(stages: dict[str, Any]) -> list[str]:

@@ -6,7 +6,7 @@ import re
 import shlex
 from typing import Any, Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PrivateAttr, field_validator, model_validator
 
 from corral.refs import CALLABLE_RE, single_callable
 from corral.spec.durations import parse_duration, parse_size
@@ -25,8 +25,10 @@ ERROR_CLASSES = (
     "verify", "template", "submit", "rate_limit", "token_limit", "expired", "invalid_request", "parse",
     "upstream", "server_error", "budget", "gone",
 )
+#: what ``needs: [{stage: NAME, allow: ...}]`` may allow: needed tasks that ended so
+NEED_ALLOWS = ("failed", "cancelled")
 #: retried only when ``retries.on`` names them: the same request would fail the same way again
-NOT_RETRIED_BY_DEFAULT = ("invalid_request", "budget")
+NOT_RETRIED_BY_DEFAULT = ("invalid_request", "budget", "template")
 
 
 class Strict(BaseModel):
@@ -115,6 +117,18 @@ class Resources(Strict):
         return None if value is None else parse_size(value)
 
 
+class VerifyCommand(Strict):
+    """``verify: bash verify.sh {output}`` (or ``verify: {run: ...}``): a command, templated as ``run``
+    is, that must exit 0 for the task's output to count."""
+
+    run: list[str]
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return Stage._split_command(value)
+
+
 class Stage(Strict):
     """One step of the campaign, applied per item, per batch of items, or once."""
 
@@ -131,13 +145,40 @@ class Stage(Strict):
     timeout: float | None = Field(default=None, gt=0, le=MAX_DURATION)
     resources: Resources = Field(default_factory=Resources)
     skip_if: list[str] | None = None
-    verify: list[str] | None = None
+    verify: list[str] | VerifyCommand | None = None
     outputs: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     secrets: list[str] = Field(default_factory=list)
     description: str = ""
 
+    #: per needed stage, the raw ``{stage: NAME, allow: ...}`` entry it was given as (checked by the loader)
+    _need_entries: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
+
     _check_durations = field_validator("timeout", "every", mode="before")(_duration)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _needs_with_rules(cls, data: Any, handler: Any) -> "Stage":
+        entries: dict[str, dict[str, Any]] = {}
+        if isinstance(data, dict) and isinstance(data.get("needs"), (list, dict)):
+            needs = data["needs"] if isinstance(data["needs"], list) else [data["needs"]]
+            names = []
+            for need in needs:
+                if isinstance(need, dict):
+                    if not isinstance(need.get("stage"), str):
+                        raise ValueError("each need is a stage name or {stage: NAME, allow: failed}")
+                    entries[need["stage"]] = need
+                    need = need["stage"]
+                names.append(need)
+            data = {**data, "needs": names}
+        stage = handler(data)
+        stage._need_entries = entries
+        return stage
+
+    def allowed_ends(self, need: str) -> frozenset[str]:
+        """The end states (besides done) of ``need``'s tasks that this stage runs after anyway."""
+        allow = self._need_entries.get(need, {}).get("allow") or []
+        return frozenset([allow] if isinstance(allow, str) else allow)
 
     @field_validator("run", mode="before")
     @classmethod
@@ -151,10 +192,19 @@ class Stage(Strict):
             return [str(part) for part in value]
         return value
 
-    @field_validator("needs", "skip_if", "verify", "outputs", "secrets", mode="before")
+    @field_validator("needs", "skip_if", "outputs", "secrets", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _paths_function_or_command(cls, value: Any) -> Any:
+        # One string of several shell words is a command; one word is a path or a function.
+        if isinstance(value, str):
+            words = cls._split_command(value)
+            return {"run": words} if len(words) > 1 else [value]
+        return value
 
     @field_validator("call", "parse")
     @classmethod
@@ -184,7 +234,11 @@ class Stage(Strict):
 
     @property
     def verify_callable(self) -> str | None:
-        return single_callable(self.verify)
+        return single_callable(self.verify) if isinstance(self.verify, list) else None
+
+    @property
+    def verify_paths(self) -> list[str]:
+        return self.verify if isinstance(self.verify, list) and not self.verify_callable else []
 
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from corral.paths import TemplatePathError, inside
 from corral.refs import single_callable
 from corral.states import ErrorClass, Outcome
+from corral.templates import fill
 from corral.worker import protocol
 from corral.worker.context import LazyLog, TaskContext
 
@@ -40,12 +41,15 @@ class WorkerStage:
     skip_if: list[str] | None
     verify: list[str] | None
     outputs: list[str]
+    verify_command: list[str] | None = None
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "WorkerStage":
+        verify = spec.get("verify")
+        command = verify.get("run") if isinstance(verify, dict) else None
         return cls(call=spec.get("call"), run=spec.get("run"), timeout=spec.get("timeout"),
-                   env=spec.get("env") or {}, skip_if=spec.get("skip_if"), verify=spec.get("verify"),
-                   outputs=spec.get("outputs") or [])
+                   env=spec.get("env") or {}, skip_if=spec.get("skip_if"),
+                   verify=None if command else verify, outputs=spec.get("outputs") or [], verify_command=command)
 
     @property
     def skip_callable(self) -> str | None:
@@ -55,6 +59,10 @@ class WorkerStage:
     def verify_callable(self) -> str | None:
         return single_callable(self.verify)
 
+
+
+#: the result of a task that ``skip_if`` found done
+SKIPPED_RESULT = {"skipped": True}
 
 
 class Interrupted(BaseException):
@@ -189,9 +197,8 @@ class Worker:
             if self.stop_requested:
                 raise Interrupted("stop requested")
             self._check_paths(task)
-            skipped = self._skip(task, log)
-            if skipped:
-                outcome.update(status=Outcome.SKIPPED, result={"skipped": True})
+            if self._skip(task, log):
+                outcome.update(status=Outcome.SKIPPED, result=dict(SKIPPED_RESULT))
             else:
                 result = self._execute(task, log)
                 self._verify(task, result, log)
@@ -229,7 +236,7 @@ class Worker:
     def _run_command(self, task: dict[str, Any], log: LazyLog, extra_env: dict[str, str] | None = None) -> Any:
         fields = self._fields(task)
         try:
-            argv = [part.format_map(fields) for part in self.stage.run or []]
+            argv = [fill(part, fields) for part in self.stage.run or []]
         except (KeyError, IndexError, ValueError) as exc:
             raise CommandFailed(ErrorClass.TEMPLATE, f"cannot fill the command template: {exc!r}") from None
         result_file = self.folder / "out" / f"{task['key']}.json"
@@ -237,7 +244,7 @@ class Worker:
         if result_file.exists():
             result_file.unlink()
         env = dict(os.environ)
-        env.update({k: v.format_map(fields) for k, v in self.stage.env.items()})
+        env.update({k: fill(v, fields) for k, v in self.stage.env.items()})
         env.update(extra_env or {})
         env.update(CORRAL_RESULT=str(result_file), CORRAL_RUN_ID=self.run_id, CORRAL_STAGE=self.stage_name,
                    CORRAL_TASK_ID=str(task["task_id"]), CORRAL_ATTEMPT=str(task["attempt"]),
@@ -274,17 +281,28 @@ class Worker:
         return None
 
     def _skip(self, task: dict[str, Any], log: LazyLog) -> bool:
+        """Whether ``skip_if`` matches and what is already there passes ``verify`` (a truncated
+        output runs again)."""
         if not self.stage.skip_if:
             return False
         callable_ref = self.stage.skip_callable
         if callable_ref:
-            return bool(self._function(callable_ref)(dict(task["params"]), self._context(task, log)))
-        fields = self._fields(task)
-        return all(self._path("skip_if", p, fields, task).exists() for p in self.stage.skip_if)
+            matched = bool(self._function(callable_ref)(dict(task["params"]), self._context(task, log)))
+        else:
+            fields = self._fields(task)
+            matched = all(self._path("skip_if", p, fields, task).exists() for p in self.stage.skip_if)
+        if not matched:
+            return False
+        try:
+            self._verify(task, dict(SKIPPED_RESULT), log)
+        except VerifyFailed as exc:
+            log.write(f"skip_if matched, but what is there fails verify ({exc}): running the task\n")
+            return False
+        return True
 
     def _path(self, key: str, template: str, fields: dict[str, Any], task: dict[str, Any]) -> Path:
         try:
-            return inside(self.root, template.format_map(fields), key=key, item=task["item_key"])
+            return inside(self.root, fill(template, fields), key=key, item=task["item_key"])
         except TemplatePathError as exc:
             raise CommandFailed(ErrorClass.TEMPLATE, str(exc)) from None
         except (KeyError, IndexError, ValueError, AttributeError) as exc:
@@ -297,7 +315,7 @@ class Worker:
         path_lists = [("outputs", self.stage.outputs)]
         if self.stage.skip_if and not self.stage.skip_callable:
             path_lists.append(("skip_if", self.stage.skip_if))
-        if self.stage.verify and not self.stage.verify_callable:
+        if isinstance(self.stage.verify, list) and not self.stage.verify_callable:
             path_lists.append(("verify", self.stage.verify))
         for key, templates in path_lists:
             for template in templates or []:
@@ -305,9 +323,12 @@ class Worker:
 
     def _verify(self, task: dict[str, Any], result: Any, log: LazyLog) -> None:
         fields = self._fields(task)
-        missing = [p.format_map(fields) for p in self.stage.outputs if not self._path("outputs", p, fields, task).exists()]
+        missing = [fill(p, fields) for p in self.stage.outputs if not self._path("outputs", p, fields, task).exists()]
         if missing:
             raise VerifyFailed(f"expected outputs are missing: {', '.join(missing)}")
+        if self.stage.verify_command:
+            self._run_verify_command(task, fields)
+            return
         if not self.stage.verify:
             return
         callable_ref = self.stage.verify_callable
@@ -316,9 +337,39 @@ class Worker:
             if verdict is False or isinstance(verdict, str):
                 raise VerifyFailed(verdict if isinstance(verdict, str) else f"{callable_ref} returned False")
             return
-        missing = [p.format_map(fields) for p in self.stage.verify if not self._path("verify", p, fields, task).exists()]
+        missing = [fill(p, fields) for p in self.stage.verify if not self._path("verify", p, fields, task).exists()]
         if missing:
             raise VerifyFailed(f"verify: missing {', '.join(missing)}")
+
+    def _run_verify_command(self, task: dict[str, Any], fields: dict[str, Any]) -> None:
+        """The verify command runs in the campaign folder, its output in the task's log; a non-zero
+        exit fails the task (class ``verify``)."""
+        try:
+            argv = [fill(part, fields) for part in self.stage.verify_command or []]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise CommandFailed(ErrorClass.TEMPLATE, f"cannot fill the verify command: {exc!r}") from None
+        log_file = protocol.log_path(self.run_dir, self.stage_name, task["key"], task["attempt"])
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, CORRAL_ITEM=json.dumps(task["params"]), CORRAL_ITEM_KEY=task["item_key"],
+                   CORRAL_RUN_ID=self.run_id, CORRAL_STAGE=self.stage_name, CORRAL_ATTEMPT=str(task["attempt"]))
+        with open(log_file, "ab") as out:
+            out.write(f"verify: {' '.join(argv)}\n".encode())
+            out.flush()
+            try:
+                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, env=env,
+                                        start_new_session=True)
+            except OSError as exc:
+                raise VerifyFailed(f"cannot start the verify command {argv[0]!r}: {exc.strerror}") from None
+            try:
+                code = proc.wait(timeout=self.stage.timeout)
+            except subprocess.TimeoutExpired:
+                _terminate(proc)
+                raise TaskTimeout() from None
+            except Interrupted:
+                _terminate(proc)
+                raise
+        if code != 0:
+            raise VerifyFailed(f"verify command {' '.join(argv)!r} exited {code}{_tail(log_file)}")
 
     # -- batches and once-per-run stages ------------------------------------------------
 
