@@ -134,12 +134,16 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
 
             stages[name].update(kind="request", action=f"LLM request ({stage.request.get('model') or 'model'})",
                                 llm=project(loaded, name, stage, items))
-    resumable = None
+    resumable, adds, drops = None, 0, 0
     ledger_path = campaign.sqlite_path() if campaign.ledger_url.startswith("sqlite") else None
     if ledger_path is None or ledger_path.exists():
         try:
             run = find_resumable(campaign.ledger(), loaded, chosen)
             resumable = run["id"] if run else None
+            if run is not None:
+                from corral.engine.continuing import membership_preview
+
+                adds, drops = membership_preview(campaign.ledger(), loaded, run, chosen)
         except CorralError:
             resumable = None
     preview_part = {}
@@ -153,6 +157,7 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
         "backends": {n: b.model_dump(mode="json") for n, b in loaded.backends.items()},
         "ledger": display_url(campaign.ledger_url),
         "config_hash": snapshot_hash(loaded, chosen), "resumes": resumable,
+        "adds_items": adds, "drops_items": drops,
         "sample_item": sample,
     }
 
