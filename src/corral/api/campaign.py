@@ -27,11 +27,11 @@ if TYPE_CHECKING:
     from corral.ledger import Ledger
 
 
-def find_resumable(ledger, loaded, chosen):
-    """The newest run with this config and selection (``corral.engine.runs.find_resumable``)."""
+def find_resumable(ledger, loaded, chosen, param_names=None):
+    """The newest run that does this work (``corral.engine.runs.find_resumable``)."""
     from corral.engine.runs import find_resumable as find
 
-    return find(ledger, loaded, chosen)
+    return find(ledger, loaded, chosen, param_names)
 
 
 class Campaign:
@@ -162,7 +162,7 @@ class Campaign:
         if run_id:
             row = resolve_run(ledger, self.loaded, run_id)
         elif not new:
-            row = find_resumable(ledger, self.loaded, chosen)
+            row = find_resumable(ledger, self.loaded, chosen, param_names)
         if row is not None:
             # Steering changes are recorded, new items added; a defining change needs ``force``.
             continued = continue_run(ledger, self.loaded, row, chosen, param_names, clock.now(), force=force,
