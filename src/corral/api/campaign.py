@@ -28,11 +28,11 @@ if TYPE_CHECKING:
     from corral.ledger import Ledger
 
 
-def find_resumable(ledger, loaded, chosen):
-    """The newest run with this config and selection (``corral.engine.runs.find_resumable``)."""
+def find_resumable(ledger, loaded, chosen, param_names=None):
+    """The newest run that does this work (``corral.engine.runs.find_resumable``)."""
     from corral.engine.runs import find_resumable as find
 
-    return find(ledger, loaded, chosen)
+    return find(ledger, loaded, chosen, param_names)
 
 
 class Campaign:
@@ -155,14 +155,16 @@ class Campaign:
               shard: str | tuple[int, int] | None = None, tags: Mapping[str, str] | Sequence[str] | None = None,
               note: str | None = None, controller_id: str | None = None,
               lease: float | None = None) -> tuple[Run, bool]:
-        """What ``corral run`` works on: ``run_id`` if given, else the newest run with this exact config
-        and selection, else a new one; tagged and noted as asked. Returns (run, created); then
+        """What ``corral run`` works on: ``run_id`` if given, else the newest run whose defining config
+        and selection are the campaign's, else a new one; tagged and noted as asked. A run continued
+        takes the campaign's steering settings and new items (``run.messages`` says what changed). Returns (run, created); then
         ``run.run()`` ticks it to the end. ``controller_id``/``lease``: this controller on a shared
         ledger (default ``CORRAL_CONTROLLER_ID`` or ``CORRAL_HOST``, and ``CORRAL_LEASE``)."""
         from corral.api import checks
         from corral.engine import SystemClock
         from corral.engine.registry import parse_tags
-        from corral.engine.runs import create_run, resolve_run, run_config, snapshot_hash
+        from corral.engine.continuing import continue_run
+        from corral.engine.runs import create_run, resolve_run
         from corral.spec import ItemSource
 
         chosen = checks.selection(limit, shard, base=selection)
@@ -170,7 +172,7 @@ class Campaign:
         if tags is not None and not isinstance(tags, Mapping):
             tags = parse_tags(tags)
         source = ItemSource(self.spec.items, self.root, self.loaded.path, blame=self.loaded.blame)
-        source.param_names()  # item sources that cannot be read fail here, before anything is written
+        param_names = source.param_names()  # item sources that cannot be read fail here, before anything is written
         if self.spec.items.key:
             source._check_key_template(self.spec.items.key)
         source.check_count()  # no items, or more than a run holds: refused before anything is written
@@ -179,22 +181,17 @@ class Campaign:
         fresh = self.sqlite_path() is not None and not self.sqlite_path().exists()
         ledger = self.ledger()
         clock = clock or SystemClock()
-        row, created = None, False
+        row, created, messages = None, False, []
         if run_id:
             row = resolve_run(ledger, self.loaded, run_id)
-            if row["config_hash"] != snapshot_hash(self.loaded, chosen):
-                from corral.engine.registry import config_diff as flat_diff
-
-                diff = flat_diff(run_config(row), self.loaded.config, "run snapshot", "campaign now") or \
-                    "(the same config; the item selection differs: --limit or --shard)"
-                if not force:
-                    raise CorralError(f"run {row['id']} was made from a different configuration; "
-                                      f"use the same file and overrides, or --force to continue it anyway\n" + diff)
-                _record_forced(ledger, row["id"], diff, clock.now())
-                self.log(f"run {row['id']} continued with a different configuration (--force)")
         elif not new:
-            row = find_resumable(ledger, self.loaded, chosen)
-        if row is None:
+            row = find_resumable(ledger, self.loaded, chosen, param_names)
+        if row is not None:
+            # Steering changes are recorded, new items added; a defining change needs ``force``.
+            continued = continue_run(ledger, self.loaded, row, chosen, param_names, clock.now(), force=force,
+                                     log=self.log)
+            row, messages = continued.row, continued.messages
+        else:
             try:
                 row, created = create_run(ledger, self.loaded, chosen, clock.now(), reuse=not new)
             except CorralError:
@@ -204,6 +201,7 @@ class Campaign:
             if created:
                 self.log(f"created run {row['id']} with {row['item_count']} items")
         run = Run(self, row, controller_id=controller_id, lease=lease)
+        run.messages = messages
         if tags:
             self.registry().tag(run.id, tags)
         if note:
@@ -215,13 +213,14 @@ class Campaign:
         return run, created
 
     def tick(self, run_id: str | None = None, *, limit: int | None = None, shard: str | tuple[int, int] | None = None,
-             controller_id: str | None = None, lease: float | None = None,
+             controller_id: str | None = None, lease: float | None = None, force: bool = False,
              clock: "Clock | None" = None) -> dict[str, Any]:
-        """``corral tick --json``: one pass (poll, collect, plan, submit) of the run ``start`` picks."""
+        """``corral tick --json``: one pass (poll, collect, plan, submit) of the run ``start`` picks
+        (``force``: continue ``run_id`` even if what defines its work changed, as ``start``)."""
         run, created = self.start(run_id=run_id, limit=limit, shard=shard, controller_id=controller_id,
-                                  lease=lease, clock=clock)
+                                  lease=lease, clock=clock, force=force)
         report = run.tick(clock)
-        return {"run_id": run.id, "created": created, "locked": report.locked, "submitted": report.submitted,
+        return {"run_id": run.id, "created": created, "messages": run.messages, "locked": report.locked, "submitted": report.submitted,
                 "submitted_tasks": report.submitted_tasks, "completed": report.completed, "failed": report.failed,
                 "in_flight": report.in_flight, "status": report.status, "errors": report.errors}
 
@@ -327,15 +326,6 @@ class Campaign:
     def ingest(self, paths: Sequence[str | Path]) -> "list[Outcome]":
         """``corral ingest``: runs from other ledger files or results folders, into this ledger."""
         return self.registry().ingest(paths)
-
-
-def _record_forced(ledger: "Ledger", run_id: str, diff: str, now: float) -> None:
-    """``--force`` on a run made from another configuration: the diff goes into its notes and events."""
-    from corral.engine.registry import add_note
-
-    add_note(ledger, run_id, "continued with --force; config changes:\n" + diff, now)
-    with ledger.write() as conn:
-        ledger.add_events(conn, [{"at": now, "run_id": run_id, "kind": "force", "message": diff}])
 
 
 def _display(url: str) -> str:

@@ -161,12 +161,16 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
     found = preflight(loaded)
     for name, slots in found.slots.items():
         stages[name]["slots"] = slots
-    resumable = None
+    resumable, adds, drops = None, 0, 0
     ledger_path = campaign.sqlite_path() if campaign.ledger_url.startswith("sqlite") else None
     if ledger_path is None or ledger_path.exists():
         try:
             run = find_resumable(campaign.ledger(), loaded, chosen)
             resumable = run["id"] if run else None
+            if run is not None:
+                from corral.engine.continuing import membership_preview
+
+                adds, drops = membership_preview(campaign.ledger(), loaded, run, chosen)
         except CorralError:
             resumable = None
     preview_part = {}
@@ -180,6 +184,7 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
         "backends": {n: b.model_dump(mode="json") for n, b in loaded.backends.items()},
         "ledger": display_url(campaign.ledger_url),
         "config_hash": snapshot_hash(loaded, chosen), "resumes": resumable,
+        "adds_items": adds, "drops_items": drops,
         "sample_item": sample, "gpus": found.to_dict()["gpus"], "secrets": found.to_dict()["secrets"],
     }
 

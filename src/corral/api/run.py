@@ -45,6 +45,8 @@ class Run:
         self.lease = lease
         #: set by ``Campaign.start``: an unfinished run of this campaign made from another configuration
         self.unfinished_elsewhere: str | None = None
+        #: set by ``Campaign.start``: what continuing the run changed (config changes, items added)
+        self.messages: list[str] = []
 
     def engine(self, clock: "Clock | None" = None) -> "Engine":
         from corral.api.checks import controller

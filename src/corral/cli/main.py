@@ -79,7 +79,11 @@ def check(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, as_j
     for line in projection_lines(plan["stages"]):
         output.out.print(line, highlight=False)
     if plan["resumes"]:
-        output.out.print(f"`corral run` would continue run {plan['resumes']}", highlight=False)
+        adds = f" and add {plan['adds_items']} items" if plan.get("adds_items") else ""
+        output.out.print(f"`corral run` would continue run {plan['resumes']}{adds}", highlight=False)
+        if plan.get("drops_items"):
+            output.out.print(f"{plan['drops_items']} items of run {plan['resumes']} are no longer in the campaign; "
+                             "they stay in the run", highlight=False)
     else:
         output.out.print("`corral run` would start a new run", highlight=False)
 
@@ -104,6 +108,8 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
                                       note=note, controller_id=controller_id, lease=lease)
     if not quiet:
         err.print(f"{'started' if created else 'continuing'} run [bold]{the_run.id}[/bold]", highlight=False)
+    for message in the_run.messages:
+        err.print(message, highlight=False, markup=False)
     if the_run.unfinished_elsewhere:
         err.print(f"note: unfinished run {the_run.unfinished_elsewhere} has a different configuration; to continue "
                   f"it instead: corral run --run-id {the_run.unfinished_elsewhere} --force", highlight=False)
@@ -139,13 +145,19 @@ def run(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id
 @app.command()
 def tick(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
          limit: Optional[int] = typer.Option(None, "--limit"), shard: Optional[str] = typer.Option(None, "--shard"),
-         as_json: bool = JSON, controller_id: Optional[str] = CONTROLLER_ID, lease: Optional[float] = LEASE) -> None:
+         as_json: bool = JSON, controller_id: Optional[str] = CONTROLLER_ID, lease: Optional[float] = LEASE,
+         force: bool = typer.Option(False, "--force", help="Continue --run-id even if what defines its work changed.")
+         ) -> None:
     """One pass (poll, collect, plan, submit) and exit: for cron."""
     campaign, _ = _campaign(args, ledger)
-    data = campaign.tick(run_id=run_id, limit=limit, shard=shard, controller_id=controller_id, lease=lease)
+    data = campaign.tick(run_id=run_id, limit=limit, shard=shard, controller_id=controller_id, lease=lease,
+                         force=force)
     if as_json:
         print_json(data)
-    elif data["locked"]:
+        return
+    for message in data["messages"]:
+        err.print(message, highlight=False, markup=False)
+    if data["locked"]:
         err.print(f"run {data['run_id']}: another controller is ticking; nothing done")
     else:
         err.print(f"run {data['run_id']}: submitted {data['submitted_tasks']} tasks in {data['submitted']} "

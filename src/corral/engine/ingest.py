@@ -169,6 +169,8 @@ def ingest_run(ledger: Ledger, source: SourceRun, now: float) -> Outcome:
             target = f"{row['id']}_{suffix}"
             suffix += 1
         selection = loads(row.get("selection")) or {}
+        # It holds only the items ingested: the next `corral run` compares them with the campaign's.
+        selection.pop("members", None)
         selection["ingested_from"] = {"id": row["id"], "created_at": row["created_at"], "host": row.get("host"),
                                       "origin": source.origin}
         create_row = {k: row.get(k) for k in ("name", "campaign", "created_at", "config", "config_hash",

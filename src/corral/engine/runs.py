@@ -15,7 +15,7 @@ from typing import Any
 from corral.errors import CorralError, NotFound, SpecError
 from corral.ledger import Ledger, dumps, loads, registry_queries
 from corral.spec import ItemSource, LoadedCampaign
-from corral.spec.loader import config_hash
+from corral.spec.identity import identity_hash, membership_fingerprint
 from corral.states import RunStatus
 
 
@@ -42,15 +42,31 @@ class Selection:
         return index, count
 
 
-def snapshot_hash(campaign: LoadedCampaign, selection: Selection) -> str:
-    return config_hash({"config": campaign.config, "selection": selection.as_dict()})
+def snapshot_hash(campaign: LoadedCampaign, selection: Selection, param_names: list[str] | None = None) -> str:
+    """The identity of the run this campaign and selection make (``corral.spec.identity``)."""
+    if param_names is None:
+        param_names = ItemSource(campaign.spec.items, campaign.root, campaign.path).param_names()
+    return identity_hash(campaign.config, selection.as_dict(), param_names)
 
 
-def find_resumable(ledger: Ledger, campaign: LoadedCampaign, selection: Selection) -> dict[str, Any] | None:
-    """The newest run of this campaign with the same resolved config and selection."""
-    wanted = snapshot_hash(campaign, selection)
+def run_identity(run: dict[str, Any]) -> str | None:
+    """A stored run's identity, computed again from its snapshot: runs made by an earlier release
+    hashed their whole config. None for a merged run, which is never continued."""
+    if str(run.get("config_hash") or "").startswith("merge:"):
+        return None
+    selection = loads(run["selection"]) or {}
+    if selection.get("merged_from"):
+        return None
+    return identity_hash(run_config(run), selection, selection.get("param_order") or [])
+
+
+def find_resumable(ledger: Ledger, campaign: LoadedCampaign, selection: Selection,
+                   param_names: list[str] | None = None) -> dict[str, Any] | None:
+    """The newest run of this campaign, not cancelled, whose defining configuration, selection and
+    item parameters are the campaign's: its steering settings and its items may differ."""
+    wanted = snapshot_hash(campaign, selection, param_names)
     for run in ledger.find_runs(name=campaign.spec.name):
-        if run["config_hash"] == wanted and run["status"] != RunStatus.CANCELLED:
+        if run["status"] != RunStatus.CANCELLED and run_identity(run) == wanted:
             return run
     return None
 
@@ -86,10 +102,11 @@ def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, n
     stages = [(name, spec.stages[name].per, bool(spec.stages[name].needs), spec.stages[name].backend)
               for name in campaign.stage_order()]
     wanted_id = run_id or _run_id(campaign, now)
+    identity = snapshot_hash(campaign, selection, source.param_names())
     with ledger.write() as conn:
         registry_queries.lock_run_creation(conn, spec.name)
         if reuse:
-            existing = registry_queries.newest_run_with_config(conn, spec.name, snapshot_hash(campaign, selection))
+            existing = registry_queries.newest_run_with_config(conn, spec.name, identity)
             if existing is not None:
                 return existing, False
         final_id = wanted_id
@@ -102,8 +119,9 @@ def create_run(ledger: Ledger, campaign: LoadedCampaign, selection: Selection, n
         row = {
             "id": final_id, "name": spec.name, "campaign": str(campaign.path), "created_at": now,
             "updated_at": now, "status": RunStatus.ACTIVE.value, "config": dumps(campaign.config),
-            "config_hash": snapshot_hash(campaign, selection), "selection": dumps(
-                {**selection.as_dict(), "overrides": campaign.overrides, "param_order": source.param_names()}),
+            "config_hash": identity, "selection": dumps(
+                {**selection.as_dict(), "overrides": campaign.overrides, "param_order": source.param_names(),
+                 "members": membership_fingerprint(campaign.config, campaign.root)}),
             "code_revision": code_revision(campaign.root), "host": socket.gethostname(),
             "versions": dumps(package_versions()), "tags": dumps([]), "notes": None, "item_count": 0,
         }
