@@ -128,6 +128,18 @@ class Run:
         finally:
             engine.close()
 
+    def reparse(self, stage: str | None = None) -> dict[str, Any]:
+        """The kept raw answers of LLM stages through ``parse`` again, nothing sent: parse failures
+        that the current ``parse`` reads become done and what waited on them is released."""
+        engine = self.engine()
+        try:
+            done = engine.reparse(stage=stage)
+        finally:
+            engine.close()
+        self.result_files().sync()
+        return {"run_id": self.id, "stages": done.stages, "answers": done.answers, "fixed": done.fixed,
+                "still_failing": done.still_failing, "released": done.released}
+
     def cancel(self, stage: str | None = None) -> int:
         """Cancel the unfinished tasks (of one stage); outputs and logs are kept."""
         engine = self.engine()

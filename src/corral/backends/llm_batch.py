@@ -30,6 +30,7 @@ from corral.backends.base import (
     TaskSpec,
     TransientError,
 )
+from corral.backends.llm_raw import RawWriter, raw_path, read_answers
 from corral.backends.llm_results import (
     ApiErrorKind,
     BatchStatus,
@@ -476,21 +477,29 @@ class LlmBatchBackend(Backend):
         prefix = sub.info.get("prefix") or self.prefix(stage)
         billed_in = billed_out = ok = unreadable = 0
         started, finished = sub.submitted_at or sub.created_at, self.now()
-        for line in self.result_lines(sub, status):
-            if line is None:
-                unreadable += 1
-                continue
-            task_id = task_of(line.custom_id, prefix)
-            if task_id is None:
-                continue
-            result = classify_line(line, parse, price)
-            result.task_id = task_id
-            result.started_at, result.finished_at = started, finished
-            poll.results.append(result)
-            if line.kind == "ok" and line.tokens_in is not None:
-                ok += 1
-                billed_in += line.tokens_in
-                billed_out += line.tokens_out or 0
+        raw = RawWriter(raw_path(stage.run_dir, stage.name, sub.id))
+        try:
+            for line in self.result_lines(sub, status):
+                if line is None:
+                    unreadable += 1
+                    continue
+                task_id = task_of(line.custom_id, prefix)
+                if task_id is None:
+                    continue
+                if line.kind == "ok":
+                    raw.add(task_id, line)
+                result = classify_line(line, parse, price)
+                result.task_id = task_id
+                result.started_at, result.finished_at = started, finished
+                poll.results.append(result)
+                if line.kind == "ok" and line.tokens_in is not None:
+                    ok += 1
+                    billed_in += line.tokens_in
+                    billed_out += line.tokens_out or 0
+        except BaseException:
+            raw.discard()
+            raise
+        raw.commit()
         if ok and sub.info.get("raw_tokens") and sub.info.get("requests"):
             raw_per_request = sub.info["raw_tokens"] / sub.info["requests"]
             state.calibration.add(raw_per_request * ok, billed_in)
@@ -506,6 +515,17 @@ class LlmBatchBackend(Backend):
                      "billed_tokens_out": usage.get("output_tokens", billed_out),
                      "unreadable_lines": unreadable}
         return poll
+
+    def reparse(self, stage: StageContext) -> dict[int, TaskResult]:
+        """The stage's kept answers run through its ``parse`` function as it is now, by task id
+        (for a task answered more than once, its latest answer). Nothing is sent."""
+        parse = self.parser(stage)
+        results: dict[int, TaskResult] = {}
+        for task_id, line in read_answers(stage.run_dir, stage.name):
+            result = classify_line(line, parse, None)
+            result.task_id = task_id
+            results[task_id] = result
+        return results
 
     def limit_refused(self, state: State, ceiling: float | None) -> None:
         configured = enqueued_capacity(self.settings, State())

@@ -211,6 +211,21 @@ def retry(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_
 
 
 @app.command()
+def reparse(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
+            stage: Optional[str] = typer.Option(None, "--stage", help="Only this LLM stage."),
+            as_json: bool = JSON) -> None:
+    """Run `parse` again over the kept raw answers of LLM stages, sending nothing."""
+    campaign, _ = _campaign(args, ledger)
+    done = campaign.reparse(run_id=run_id, stage=stage)
+    if as_json:
+        print_json(done)
+    else:
+        err.print(f"{done['answers']} kept answers of {', '.join(done['stages'])} parsed again: {done['fixed']} "
+                  f"parse failures now done, {done['still_failing']} still failing"
+                  + (f", {done['released']} waiting tasks released" if done["released"] else ""))
+
+
+@app.command()
 def cancel(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
            stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
            as_json: bool = JSON) -> None:
