@@ -82,9 +82,6 @@ class LlmBatchBackend(Backend):
         self._parsers: dict[str, Any] = {}
         self._estimators: dict[str | None, TokenEstimator] = {}
         self._last_poll: dict[int, float] = {}
-        #: per stage: everything left was sent (from then on the slowest batch decides its end)
-        self._tail: dict[str, bool] = {}
-        self._resent_since: dict[str, float] = {}
         self._said = ""
 
     # -- provider calls ---------------------------------------------------------------------
@@ -227,7 +224,7 @@ class LlmBatchBackend(Backend):
                               remaining=max(backlog.remaining, backlog.ready), in_flight=flying,
                               spent=backlog.cost_spent)
         # Everything left is being sent: from now on the stage ends when its slowest batch does.
-        self._tail[stage.name] = not backlog.more_coming and sum(decision.sizes) >= backlog.remaining
+        self._set_tail(stage.name, not backlog.more_coming and sum(decision.sizes) >= backlog.remaining)
         if decision.reason not in ("fill", "nothing ready"):
             self.say(f"stage {stage.name}: {decision.reason}")
         # Each batch of this round counts the ones before it as in flight, as the scheduler did.
@@ -239,6 +236,13 @@ class LlmBatchBackend(Backend):
             tokens += size * (state.tokens_per_request or 0.0)
             cost += size * (state.cost_per_request or 0.0)
         return plans
+
+    def _set_tail(self, stage: str, tail: bool) -> None:
+        """Per stage: everything left was sent (from then on the slowest batch decides its end).
+        Kept in the backend's memory, so a tick from cron cancels stragglers as `corral run` does."""
+        tails = self.memory.get("tail", {})
+        if tails.get(stage) != tail:
+            self.memory.set("tail", {**tails, stage: tail})
 
     def _in_flight_of(self, sub: SubmissionRecord, state: State) -> InFlight:
         if "tokens" in sub.info:
@@ -436,11 +440,11 @@ class LlmBatchBackend(Backend):
         factor = self.settings.straggler_after
         state = self.state(stage)
         if not factor or sub.info.get("straggler") or status.phase not in ("validating", "in_progress") or \
-                len(state.turnarounds) < 4 or not self._tail.get(stage.name):
+                len(state.turnarounds) < 4 or not self.memory.get("tail", {}).get(stage.name):
             return None
         # Requests sent again after a cancelled straggler are not cancelled again (each new batch
         # pays validation and queueing anew): only batches sent before the first one came back.
-        if (sub.submitted_at or sub.created_at) >= self._resent_since.get(stage.name, float("inf")):
+        if (sub.submitted_at or sub.created_at) >= self.memory.get("resent_since", {}).get(stage.name, float("inf")):
             return None
         typical = sorted(state.turnarounds)[len(state.turnarounds) // 2]
         elapsed = self.now() - (sub.submitted_at or sub.created_at)
@@ -451,7 +455,8 @@ class LlmBatchBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - it may have ended meanwhile
             self.log(f"{self.name}: cancelling straggler {sub.remote_id} failed: {exc}")
             return None
-        self.log(f"{self.name}: batch {sub.remote_id} has run {elapsed / 60:.0f} min, {elapsed / typical:.1f}x the "
+        ran = f"{elapsed / 60:.0f} min" if elapsed >= 120 else f"{elapsed:.0f} s"
+        self.log(f"{self.name}: batch {sub.remote_id} has run {ran}, {elapsed / typical:.1f}x the "
                  "median turnaround: cancelled; its finished requests are kept and the rest sent again")
         return {"straggler": True}
 
@@ -506,7 +511,9 @@ class LlmBatchBackend(Backend):
             state.output_per_request = billed_out / ok
         state.pilot_done = True
         if sub.info.get("straggler"):
-            self._resent_since.setdefault(stage.name, self.now())
+            resent = self.memory.get("resent_since", {})
+            if stage.name not in resent:
+                self.memory.set("resent_since", {**resent, stage.name: self.now()})
         if not sub.info.get("straggler") and sub.submitted_at:
             state.turnarounds = (state.turnarounds + [self.now() - sub.submitted_at])[-50:]
         self.save_state()

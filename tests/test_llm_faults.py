@@ -1,0 +1,86 @@
+"""Faults of LLM batch campaigns at the user's level: `corral run` and `corral tick` (cron) against
+the simulator in real time (batches of a second or two), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import corral_cli, query_ledger
+from test_llm_backends import ANSWER, campaign
+
+from corral.sim import Phase, SimConfig, SimServer, Turnaround
+
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
+
+ENV = {"OPENAI_API_KEY": "sim", "ANTHROPIC_API_KEY": "sim"}
+
+
+@pytest.fixture
+def sim_factory():
+    servers = []
+
+    def make(**config) -> SimServer:
+        config.setdefault("seed", 3)
+        config.setdefault("answer_template", ANSWER)
+        config.setdefault("turnaround", Turnaround(validating=Phase(0.2), in_progress=Phase(0.6),
+                                                   finalizing=Phase(0.1)))
+        config.setdefault("retry_after_s", 0.01)
+        server = SimServer(SimConfig(**config))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def labelling(folder: Path, sim: SimServer, items: int = 8, backend: dict | None = None,
+              stage: dict | None = None, **kwargs) -> Path:
+    return campaign(folder, sim, "openai", items=items,
+                    backend={"pilot": 0, "poll_interval": "0.2s", **(backend or {})}, stage=stage, **kwargs)
+
+
+def status(folder: Path, *args: str) -> dict:
+    return json.loads(corral_cli(folder, "status", "--json", *args, env=ENV, check=0).stdout)
+
+
+def states(folder: Path, stage: str = "label") -> dict[str, int]:
+    return {k: v for k, v in status(folder)["stages"][stage].items() if isinstance(v, int) and v}
+
+
+def tick_until_finished(folder: Path, deadline_s: float = 120.0, pause: float = 0.2) -> int:
+    """`corral tick` as cron would call it, until the run has ended; returns the number of ticks."""
+    deadline = time.monotonic() + deadline_s
+    ticks = 0
+    while True:
+        out = corral_cli(folder, "tick", "--json", env=ENV)
+        assert out.returncode in (0, 1), out.stderr
+        ticks += 1
+        if json.loads(out.stdout)["status"] != "active":
+            return ticks
+        assert time.monotonic() < deadline, f"the run did not finish in {deadline_s:.0f}s of ticks"
+        time.sleep(pause)
+
+
+def test_a_straggler_is_cancelled_under_cron_ticks_as_under_run(tmp_path, sim_factory):
+    # A heavy tail (sigma 1.5) over ten batches sent at once: once four came back, a batch past
+    # 1.5x their median is cancelled and its unfinished requests sent again. Each tick is a fresh
+    # process, so what says "everything was sent" must come from the ledger.
+    sim = sim_factory(turnaround=Turnaround(validating=Phase(0.1), in_progress=Phase(6.0, 1.5),
+                                            finalizing=Phase(0.1), cancelling=Phase(0.3)), seed=5)
+    folder = tmp_path / "labels"
+    labelling(folder, sim, items=30, backend={"max_requests_per_batch": 3, "batches_in_flight": 10,
+                                              "straggler_after": 1.5})
+    tick_until_finished(folder)
+    assert states(folder) == {"done": 30, "total": 30}
+    infos = [json.loads(info or "{}") for (info,) in query_ledger(folder, "SELECT info FROM submissions")]
+    stragglers = [i for i in infos if i.get("straggler")]
+    assert stragglers, "no batch was cancelled as a straggler under cron ticks"
+    cancels = sum(n for call, n in sim.state.http_requests.items() if call.endswith("/cancel"))
+    assert cancels == len(stragglers)
+    assert sim.state.requests_enqueued["openai"] > 30
