@@ -84,3 +84,53 @@ def test_a_straggler_is_cancelled_under_cron_ticks_as_under_run(tmp_path, sim_fa
     cancels = sum(n for call, n in sim.state.http_requests.items() if call.endswith("/cancel"))
     assert cancels == len(stragglers)
     assert sim.state.requests_enqueued["openai"] > 30
+
+
+def notes_request(model: str = "gpt-4o-mini") -> dict:
+    # Each request reads its trajectory's notes file: a missing file cannot be rendered.
+    return {"model": model, "max_tokens": 400, "response_format": {"type": "json_object"},
+            "messages": [{"role": "user", "content": "Label {{ item.note }}: "
+                                                     "{{ file_text('notes/' ~ item.trajectory ~ '.txt') }}"}]}
+
+
+def with_notes(folder: Path, trajectories: list[str]) -> None:
+    (folder / "notes").mkdir(parents=True, exist_ok=True)
+    for name in trajectories:
+        (folder / "notes" / f"{name}.txt").write_text(f"notes of {name}")
+
+
+BUDGET = {"budget": {"max_usd": 100}}
+
+
+def test_a_request_that_cannot_be_rendered_sent_alone_does_not_stall_a_budgeted_run(tmp_path, sim_factory):
+    sim = sim_factory()
+    folder = tmp_path / "labels"
+    # pair 2 is of traj2, whose notes file is missing; its retry goes out alone
+    labelling(folder, sim, items=4, backend=BUDGET,
+              stage={"request": notes_request(), "retries": {"max": 1, "backoff": "1s"}})
+    with_notes(folder, ["traj0", "traj1"])
+    out = corral_cli(folder, "run", "-q", env=ENV, timeout=120)
+    assert out.returncode == 1, out.stderr   # finished, with a failure
+    assert "no price" not in out.stderr and "Traceback" not in out.stderr
+    assert states(folder) == {"done": 3, "failed": 1, "total": 4}
+    (error_class, message), = query_ledger(folder, "SELECT error_class, error_message FROM tasks "
+                                                   "WHERE state = 'failed'")
+    assert error_class == "template" and "traj2.txt" in message
+    out = corral_cli(folder, "tick", env=ENV)
+    assert out.returncode in (0, 1) and "no price" not in out.stderr
+
+
+def test_a_model_without_a_price_under_a_budget_fails_its_requests_with_a_clear_message(tmp_path, sim_factory):
+    sim = sim_factory()
+    folder = tmp_path / "labels"
+    labelling(folder, sim, items=4, backend=BUDGET, stage={"request": notes_request("gpt-unpriced")})
+    with_notes(folder, ["traj0", "traj1", "traj2"])
+    out = corral_cli(folder, "run", "-q", env=ENV, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert states(folder) == {"failed": 4, "total": 4}
+    rows = query_ledger(folder, "SELECT error_class, error_message, attempts FROM tasks")
+    assert {r[0] for r in rows} == {"budget"}
+    message = rows[0][1]
+    assert "model 'gpt-unpriced' has no price" in message and "backends.llm.prices" in message
+    assert sim.state.requests_enqueued["openai"] == 0

@@ -276,8 +276,15 @@ class LlmBatchBackend(Backend):
         for entry, message in packed.oversized:
             rejected[str(entry.task_id)] = ["invalid_request", f"too large for any batch: {message}"]
         price = self.price(model)
+        taken = packed.taken
+        if taken and price is None and self.settings.budget is not None:
+            message = (f"not sent: backends.{self.name}.budget is set but model {model!r} has no price, so its cost "
+                       f"cannot be counted; add it under backends.{self.name}.prices as {model}: {{input: USD per "
+                       "1M tokens, output: USD per 1M tokens}, then `corral retry --error-class budget`")
+            rejected.update({str(e.task_id): [ErrorClass.BUDGET.value, message] for e in taken})
+            taken = []
         out_tokens = self._expected_output(stage, state, entries)
-        taken, over = self._within_budget(packed.taken, price, out_tokens, plan)
+        taken, over = self._within_budget(taken, price, out_tokens, plan)
         deferred = [e.task_id for e in packed.deferred + over]
         info: dict[str, Any] = {**base_info, "rejected": rejected, "deferred": deferred, "model": model}
         if not taken:
@@ -355,11 +362,8 @@ class LlmBatchBackend(Backend):
     def _within_budget(self, entries: list[Entry], price: ModelPrice | None, out_tokens: float,
                        plan: LlmPlan) -> tuple[list[Entry], list[Entry]]:
         budget = self.settings.budget
-        if budget is None:
+        if budget is None or price is None or not entries:   # without a price, the caller refused them
             return entries, []
-        if price is None:
-            raise CorralError(f"backend {self.name!r} has a budget but no price for this model; add it under "
-                              f"backends.{self.name}.prices")
         room = budget.max_usd - plan.spent - plan.in_flight_cost
         taken: list[Entry] = []
         for index, entry in enumerate(entries):
