@@ -134,3 +134,35 @@ def test_a_model_without_a_price_under_a_budget_fails_its_requests_with_a_clear_
     message = rows[0][1]
     assert "model 'gpt-unpriced' has no price" in message and "backends.llm.prices" in message
     assert sim.state.requests_enqueued["openai"] == 0
+
+
+def test_a_batch_the_provider_forgot_is_given_up_after_a_few_polls_and_sent_again(tmp_path, sim_factory):
+    slow = Turnaround(validating=Phase(0.2), in_progress=Phase(600.0), finalizing=Phase(0.1))
+    sim = sim_factory(turnaround=slow)
+    folder = tmp_path / "labels"
+    labelling(folder, sim, items=6)
+    corral_cli(folder, "tick", env=ENV, check=0)
+    assert sim.state.batches_created["openai"] == 1
+    # The provider loses every batch (a fresh simulator on the same address: a key or project change).
+    port = int(sim.base_url.rsplit(":", 1)[1])
+    sim.stop()
+    fresh = SimServer(SimConfig(seed=4, answer_template=ANSWER, retry_after_s=0.01,
+                                turnaround=Turnaround(validating=Phase(0.2), in_progress=Phase(0.5),
+                                                      finalizing=Phase(0.1))), port=port)
+    fresh.start()
+    try:
+        for poll in (1, 2):
+            corral_cli(folder, "tick", env=ENV, check=0)
+            shown = corral_cli(folder, "status", env=ENV, check=0).stdout
+            assert f"the provider does not know batch_" in shown and f"({poll} polls so far)" in shown, shown
+            assert fresh.state.batches_created["openai"] == 0
+        out = corral_cli(folder, "tick", env=ENV, check=0)
+        assert "after 3 polls" in out.stderr and "given up, its requests are sent again" in out.stderr
+        tick_until_finished(folder)
+        assert states(folder) == {"done": 6, "total": 6}
+        assert fresh.state.batches_created["openai"] == 1
+        assert {r[0] for r in query_ledger(folder, "SELECT attempts FROM tasks")} == {1}
+        shown = corral_cli(folder, "status", env=ENV, check=0).stdout
+        assert "submissions failed as a whole: 1" in shown and "after 3 polls" in shown
+    finally:
+        fresh.stop()

@@ -176,9 +176,27 @@ class Run:
             "stages": stages, "totals": totals,
             "progress": (finished / totals["total"]) if totals["total"] else 1.0,
             "submissions_open": len(open_subs),
+            **self._submission_troubles(open_subs),
             **self.usage(stages),
             **self.job_efficiency(),
         }
+
+    def _submission_troubles(self, open_subs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Open submissions the provider does not know (polls answered 404 so far), and the
+        submissions that failed as a whole (the latest few, with why)."""
+        from corral.backends.llm_batch import GONE_AFTER_POLLS
+        from corral.ledger import loads
+        from corral.ledger.reads import failed_submissions
+
+        unknown = []
+        for sub in open_subs:
+            info = loads(sub["info"]) or {}
+            if info.get("not_found"):
+                unknown.append({"id": sub["id"], "stage": sub["stage"], "remote_id": sub["remote_id"],
+                                "polls": info["not_found"], "give_up_after": GONE_AFTER_POLLS,
+                                "error": info.get("not_found_error")})
+        count, latest = failed_submissions(self.ledger, self.id)
+        return {"submissions_unknown": unknown, "submissions_failed": count, "submissions_failed_latest": latest}
 
     def job_efficiency(self) -> dict[str, Any]:
         """Per stage, what cluster jobs used (from sacct, as ``seff`` shows): elements, their end

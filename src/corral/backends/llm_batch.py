@@ -55,6 +55,10 @@ from corral.llm.tokens import TokenEstimator
 from corral.states import ErrorClass, Outcome
 
 
+#: polls in a row answered 404 (or 401/403) after which a batch is given up and its requests sent again
+GONE_AFTER_POLLS = 3
+
+
 @dataclass(frozen=True)
 class LlmPlan(SubmissionPlan):
     """One batch as planned: what was in flight before it (the open batches, and the batches
@@ -409,32 +413,52 @@ class LlmBatchBackend(Backend):
             self._last_poll[sub.id] = now
             try:
                 status = self.batch_status(sub)
+                self._forget_not_found(sub)
                 if not status.ended:
-                    out[sub.id] = PollResult(running=status.running,
-                                             info=self._cancel_if_straggler(stage, sub, status))
+                    info = self._cancel_if_straggler(stage, sub, status) or {}
+                    if sub.info.get("not_found"):
+                        info["not_found"] = 0   # known again
+                    out[sub.id] = PollResult(running=status.running, info=info or None)
                     continue
                 out[sub.id] = self._collect(stage, sub, status, submissions)
             except Exception as exc:
                 gone = self._poll_failed(sub, exc)
                 if gone is not None:
                     out[sub.id] = gone
-                    self._last_poll.pop(sub.id, None)
+                    if gone.finished:
+                        self._last_poll.pop(sub.id, None)
                 continue
             self._last_poll.pop(sub.id, None)
         return out
 
     def _poll_failed(self, sub: SubmissionRecord, exc: Exception) -> PollResult | None:
         """An outage is logged and the batch asked about again at its next poll (None); a batch the
-        provider does not know ends, its requests to be sent again; anything else is a bug."""
+        provider does not know at ``GONE_AFTER_POLLS`` polls in a row ends, its requests to be sent
+        again (the count is kept in the ledger, so it holds across cron ticks); anything else is a bug."""
         kind = self.error_kind(exc)
         what = f"{type(exc).__name__}: {exc}"
         if kind == ApiErrorKind.TRANSIENT:
             self.log(f"{self.name}: reading batch {sub.remote_id} failed ({what}); asking again at the next poll")
             return None
         if kind == ApiErrorKind.GONE:
-            message = f"the provider does not know batch {sub.remote_id} ({what})"
+            counts = self.memory.get("not_found", {})
+            seen = counts.get(str(sub.id), 0) + 1
+            if seen < GONE_AFTER_POLLS:
+                self.memory.set("not_found", {**counts, str(sub.id): seen})
+                self.log(f"{self.name}: the provider does not know batch {sub.remote_id} ({what}): poll {seen} of "
+                         f"{GONE_AFTER_POLLS}; asking again at the next poll")
+                return PollResult(info={"not_found": seen, "not_found_error": what})
+            self._forget_not_found(sub)
+            message = (f"the provider does not know batch {sub.remote_id} after {seen} polls ({what}); "
+                       "given up, its requests are sent again")
             return PollResult(finished=True, gone=message, lost_error_class=ErrorClass.GONE, lost_message=message)
         raise exc
+
+    def _forget_not_found(self, sub: SubmissionRecord) -> None:
+        counts = self.memory.get("not_found", {})
+        if str(sub.id) in counts:
+            counts.pop(str(sub.id))
+            self.memory.set("not_found", counts)
 
     def _cancel_if_straggler(self, stage: StageContext, sub: SubmissionRecord,
                              status: BatchStatus) -> dict[str, Any] | None:

@@ -146,6 +146,8 @@ def tick(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_i
         err.print(f"run {data['run_id']}: submitted {data['submitted_tasks']} tasks in {data['submitted']} "
                   f"submissions, recorded {data['completed']} done and {data['failed']} failed; {data['status']}",
                   highlight=False)
+        for message in data["errors"]:
+            err.print(f"  {message}", highlight=False)
 
 
 @app.command()
@@ -184,6 +186,15 @@ def _print_summary(data, to=None) -> None:
 
     for line in usage_lines(data):
         console.print(line, highlight=False)
+    for sub in data.get("submissions_unknown") or []:
+        console.print(f"submission {sub['id']} ({sub['stage']}): the provider does not know {sub['remote_id']} "
+                      f"({sub['polls']} polls so far); given up and sent again after {sub['give_up_after']}",
+                      highlight=False)
+    if data.get("submissions_failed"):
+        console.print(f"submissions failed as a whole: {data['submissions_failed']}; latest:", highlight=False)
+        for sub in data["submissions_failed_latest"]:
+            console.print(f"  {sub['id']} ({sub['stage']}, {sub['remote_id']}, {sub['task_count']} tasks): "
+                          f"{sub['error']}", highlight=False)
     for stage, jobs in (data.get("jobs") or {}).items():
         states = ", ".join(f"{k} {v}" for k, v in sorted(jobs["states"].items()))
         mean = jobs["elapsed_total_s"] / max(1, jobs["elements"])
