@@ -166,3 +166,33 @@ def test_a_batch_the_provider_forgot_is_given_up_after_a_few_polls_and_sent_agai
         assert "submissions failed as a whole: 1" in shown and "after 3 polls" in shown
     finally:
         fresh.stop()
+
+
+def test_a_validation_failure_naming_no_request_is_sent_again_once_as_a_whole(tmp_path, sim_factory):
+    sim = sim_factory()
+    sim.set_faults(validation=1.0)   # the next batch fails validation, with no line numbers
+    folder = tmp_path / "labels"
+    labelling(folder, sim, items=6)
+    corral_cli(folder, "tick", env=ENV, check=0)
+    assert sim.state.batches_created["openai"] == 1
+    sim.set_faults(validation=0.0)
+    tick_until_finished(folder)
+    assert states(folder) == {"done": 6, "total": 6}
+    assert sim.state.batches_created["openai"] == 2
+    assert sim.state.requests_enqueued["openai"] == 12, "the six requests went out again in one batch"
+    assert {r[0] for r in query_ledger(folder, "SELECT attempts FROM tasks")} == {1}
+    assert "failed validation naming no request" in (folder / ".corral" / "corral.log").read_text()
+
+
+def test_a_batch_failing_validation_twice_fails_its_requests(tmp_path, sim_factory):
+    sim = sim_factory()
+    sim.set_faults(validation=1.0)
+    folder = tmp_path / "labels"
+    labelling(folder, sim, items=6)
+    out = corral_cli(folder, "run", "-q", env=ENV, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert states(folder) == {"failed": 6, "total": 6}
+    assert sim.state.batches_created["openai"] == 2
+    rows = query_ledger(folder, "SELECT error_class, error_message, attempts FROM tasks")
+    assert {r[0] for r in rows} == {"invalid_request"} and {r[2] for r in rows} == {1}
+    assert all("failed validation twice" in r[1] for r in rows)

@@ -32,6 +32,7 @@ from corral.backends.base import (
 )
 from corral.backends.llm_raw import RawWriter, raw_path, read_answers
 from corral.backends.llm_results import (
+    SENT_AGAIN_WHOLE,
     ApiErrorKind,
     BatchStatus,
     ResultLine,
@@ -577,7 +578,14 @@ class LlmBatchBackend(Backend):
             return [TaskResult(t, Outcome.CAPACITY, error_class=ErrorClass.TOKEN_LIMIT,
                                error_message="the batch was refused: enqueued token limit exceeded",
                                info={"retry_after": state.backoff}) for t in task_ids]
-        return validation_failure(task_ids, status)
+        sent_again = set(self.memory.get("validation_sent_again", []))
+        results = validation_failure(task_ids, status, sent_again)
+        again = [r.task_id for r in results if (r.info or {}).get(SENT_AGAIN_WHOLE)]
+        if again:
+            self.memory.set("validation_sent_again", sorted(sent_again | set(again)))
+            self.log(f"{self.name}: a batch failed validation naming no request; its {len(again)} requests are "
+                     "sent again once as a whole")
+        return results
 
     # -- cancel ----------------------------------------------------------------------------------
 
