@@ -196,3 +196,67 @@ def test_a_batch_failing_validation_twice_fails_its_requests(tmp_path, sim_facto
     rows = query_ledger(folder, "SELECT error_class, error_message, attempts FROM tasks")
     assert {r[0] for r in rows} == {"invalid_request"} and {r[2] for r in rows} == {1}
     assert all("failed validation twice" in r[1] for r in rows)
+
+
+def run_prefix(folder: Path) -> str:
+    import hashlib
+
+    (run_id,) = query_ledger(folder, "SELECT id FROM runs")[0]
+    return "c" + hashlib.sha1(run_id.encode()).hexdigest()[:10]
+
+
+def input_files(sim: SimServer) -> dict[str, str]:
+    """The simulator's uploaded batch input files, id -> name."""
+    return {f.id: f.filename for f in list(sim.openai.files.values()) if f.purpose == "batch"}
+
+
+def test_input_files_are_deleted_once_their_batch_ended(tmp_path, sim_factory):
+    sim = sim_factory()
+    folder = tmp_path / "labels"
+    labelling(folder, sim, items=9, backend={"max_requests_per_batch": 3})
+    corral_cli(folder, "tick", env=ENV, check=0)
+    uploaded = input_files(sim)
+    assert uploaded and all(name.startswith(run_prefix(folder) + "-corral-") for name in uploaded.values())
+    tick_until_finished(folder)
+    assert states(folder) == {"done": 9, "total": 9}
+    batches = sim.state.batches_created["openai"]
+    assert batches >= 3
+    assert sim.state.files_uploaded == batches
+    assert input_files(sim) == {}, "an input file was left after its batch ended"
+
+
+def test_an_input_file_left_by_a_stop_during_upload_is_found_by_name_and_deleted(tmp_path, sim_factory):
+    import openai
+
+    sim = sim_factory()
+    folder = tmp_path / "labels"
+    labelling(folder, sim, items=3)
+    corral_cli(folder, "tick", env=ENV, check=0)   # one batch in flight
+    prefix = run_prefix(folder)
+    client = openai.OpenAI(base_url=sim.base_url + "/v1", api_key="sim")
+    # What a stop between the upload and the batch's creation leaves, an hour ago; a fresh one
+    # (its batch may be being created now); and one of another run.
+    left = client.files.create(file=(f"{prefix}-corral-0123456789abcdef0123.jsonl", b"{}\n"), purpose="batch")
+    fresh = client.files.create(file=(f"{prefix}-corral-fedcba98765432100123.jsonl", b"{}\n"), purpose="batch")
+    other = client.files.create(file=("c0000000000-corral-00000000000000000000.jsonl", b"{}\n"), purpose="batch")
+    for file_id in (left.id, other.id):
+        sim.openai.files[file_id].created_at -= 3600
+    client.close()
+    tick_until_finished(folder)
+    assert states(folder) == {"done": 3, "total": 3}
+    remaining = input_files(sim)
+    assert left.id not in remaining, "the file left behind was not deleted"
+    assert fresh.id in remaining and other.id in remaining
+    assert sim.state.http_requests["GET /v1/files"] == 1, "files were listed more than once an hour"
+    assert "deleted 1 input files left behind" in (folder / ".corral" / "corral.log").read_text()
+
+
+def test_a_failed_batch_creation_leaves_no_input_file(tmp_path, sim_factory):
+    sim = sim_factory()
+    sim.fail_next("POST /v1/batches", times=1, how="disconnect")
+    folder = tmp_path / "labels"
+    labelling(folder, sim, items=4, backend={"max_retries": 0})
+    corral_cli(folder, "tick", env=ENV, check=0)
+    assert sim.state.files_uploaded == 1 and sim.state.batches_created["openai"] == 0
+    assert input_files(sim) == {}, "the failed creation left its input file"
+    assert {r[0] for r in query_ledger(folder, "SELECT attempts FROM tasks")} == {0}

@@ -31,6 +31,8 @@ class BatchStatus:
     errors: list[tuple[str, str, int | None]] = field(default_factory=list)  # (code, message, line)
     usage: dict[str, int] | None = None
     raw: Any = None
+    #: the provider's own request counts: total, done (succeeded) and failed so far
+    counts: dict[str, int] | None = None
 
 
 @dataclass
