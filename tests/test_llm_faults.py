@@ -260,3 +260,32 @@ def test_a_failed_batch_creation_leaves_no_input_file(tmp_path, sim_factory):
     assert sim.state.files_uploaded == 1 and sim.state.batches_created["openai"] == 0
     assert input_files(sim) == {}, "the failed creation left its input file"
     assert {r[0] for r in query_ledger(folder, "SELECT attempts FROM tasks")} == {0}
+
+
+def test_status_shows_provider_progress_and_an_eta_of_running_batches(tmp_path, sim_factory):
+    # Batches of 4 whose requests finish evenly over 40 s: a few seconds in, the provider reports
+    # some of them done.
+    sim = sim_factory(turnaround=Turnaround(validating=Phase(0.1), in_progress=Phase(40.0), finalizing=Phase(0.1)))
+    folder = tmp_path / "labels"
+    labelling(folder, sim, items=12, backend={"max_requests_per_batch": 4, "batches_in_flight": 2,
+                                              "expected_turnaround": "10m"})
+    corral_cli(folder, "tick", env=ENV, check=0)
+    deadline = time.monotonic() + 60
+    while True:
+        time.sleep(2)
+        corral_cli(folder, "tick", env=ENV, check=0)
+        llm = status(folder)["llm"]["label"]
+        if llm["provider_done"]:
+            break
+        assert time.monotonic() < deadline, llm
+    assert llm["batches_in_flight"] >= 1 and llm["requests_in_flight"] == 4 * llm["batches_in_flight"]
+    assert llm["not_sent"] == 12 - llm["requests_in_flight"]
+    assert 0 < llm["provider_done"] < llm["requests_in_flight"]
+    # no batch finished yet: a batch without progress is expected to take expected_turnaround, one
+    # with progress what its rate implies (under a minute here)
+    assert llm["turnaround_basis"] == "expected_turnaround" and llm["median_turnaround_s"] == 600
+    assert 0 < llm["eta_s"] <= 600 * (2 if llm["not_sent"] else 1), llm
+    shown = corral_cli(folder, "status", env=ENV, check=0).stdout
+    assert (f"label: {llm['batches_in_flight']} batches in flight, the provider reports {llm['provider_done']} of "
+            f"{llm['requests_in_flight']} requests done") in shown or "requests done" in shown, shown
+    assert "ETA ~" in shown and "expected_turnaround 10m00s per batch" in shown, shown

@@ -177,9 +177,20 @@ class Run:
             "progress": (finished / totals["total"]) if totals["total"] else 1.0,
             "submissions_open": len(open_subs),
             **self._submission_troubles(open_subs),
+            **self._llm_progress(open_subs, stages),
             **self.usage(stages),
             **self.job_efficiency(),
         }
+
+    def _llm_progress(self, open_subs: list[dict[str, Any]], stages: dict[str, dict[str, int]]) -> dict[str, Any]:
+        """LLM stages: the provider's request counts of the batches in flight and an ETA."""
+        import time
+
+        from corral.engine.learning import Learning
+        from corral.engine.llm_status import llm_progress
+
+        progress = llm_progress(self.campaign.loaded, Learning(self.ledger, self.id), open_subs, stages, time.time())
+        return {"llm": progress} if progress else {}
 
     def _submission_troubles(self, open_subs: list[dict[str, Any]]) -> dict[str, Any]:
         """Open submissions the provider does not know (polls answered 404 so far), and the

@@ -182,9 +182,9 @@ def _print_summary(data, to=None) -> None:
     for stage, states in data["stages"].items():
         rows.append({"stage": stage, **{k: v for k, v in states.items()}})
     console.print(output.table(rows, STATUS_COLUMNS))
-    from corral.cli.llm_output import usage_lines
+    from corral.cli.llm_output import progress_lines, usage_lines
 
-    for line in usage_lines(data):
+    for line in usage_lines(data) + progress_lines(data):
         console.print(line, highlight=False)
     for sub in data.get("submissions_unknown") or []:
         console.print(f"submission {sub['id']} ({sub['stage']}): the provider does not know {sub['remote_id']} "
