@@ -289,3 +289,19 @@ def test_status_shows_provider_progress_and_an_eta_of_running_batches(tmp_path, 
     assert (f"label: {llm['batches_in_flight']} batches in flight, the provider reports {llm['provider_done']} of "
             f"{llm['requests_in_flight']} requests done") in shown or "requests done" in shown, shown
     assert "ETA ~" in shown and "expected_turnaround 10m00s per batch" in shown, shown
+
+
+def test_an_llm_tasks_log_names_its_batch_custom_id_and_files(tmp_path, sim_factory):
+    sim = sim_factory()
+    folder = tmp_path / "labels"
+    labelling(folder, sim, items=3)
+    corral_cli(folder, "run", "-q", env=ENV, check=0, timeout=120)
+    (batch,) = [b.id for b in sim.state.batch_list("openai")]
+    shown = corral_cli(folder, "logs", "t2", env=ENV, check=0).stdout
+    assert f"batch={batch}" in shown and f"custom_id={run_prefix(folder)}-t2" in shown, shown
+    files = {f.id for f in sim.openai.files.values()}
+    output_file = sim.state.batches[batch].files["output"]
+    assert f"output_file={output_file}" in shown and output_file in files
+    assert "input_file=file-" in shown and "batch_state=completed" in shown
+    raw = shown.split("raw_answers=", 1)[1].split()[0]
+    assert raw.endswith("/llm/raw/label/1.jsonl.gz") and Path(raw).exists()

@@ -31,6 +31,7 @@ from corral.backends.base import (
     TransientError,
 )
 from corral.backends.llm_collect import BatchCollection
+from corral.backends.llm_raw import raw_path
 from corral.backends.llm_results import (
     ApiErrorKind,
     BatchStatus,
@@ -388,6 +389,25 @@ class LlmBatchBackend(BatchCollection, Backend):
             return None
         remote_id, info = found
         return Handle(remote_id, {"prefix": self.prefix(stage), "adopted": True, **info})
+
+    def describe_task(self, stage: StageContext, submission: SubmissionRecord, task_id: int) -> dict[str, Any] | None:
+        """For ``corral logs``: the task's batch, its ``custom_id`` in it, and the files that hold
+        its request and answer (at the provider, and the raw answers kept in the run folder)."""
+        remote = submission.remote_id if submission.remote_id and not submission.remote_id.startswith("none:") \
+            else None
+        info = submission.info
+        out: dict[str, Any] = {"submission": submission.id, "batch": remote or "(never sent)",
+                               "custom_id": f"{info.get('prefix') or self.prefix(stage)}-t{task_id}",
+                               "batch_state": (info.get("provider") or {}).get("phase") or submission.state}
+        for key in ("input_file_id", "output_file_id", "error_file_id"):
+            if info.get(key):
+                out[key.removesuffix("_id")] = info[key]
+        raw = raw_path(stage.run_dir, stage.name, submission.id)
+        if raw.exists():
+            out["raw_answers"] = str(raw)
+        if info.get("error"):
+            out["batch_error"] = info["error"]
+        return out
 
     # -- poll and collect ------------------------------------------------------------------------
 

@@ -76,7 +76,8 @@ class BatchCollection:
         usage = status.usage or {}
         poll.info = {"billed_tokens_in": usage.get("input_tokens", billed_in),
                      "billed_tokens_out": usage.get("output_tokens", billed_out),
-                     "unreadable_lines": unreadable}
+                     "unreadable_lines": unreadable, "provider": {"phase": status.phase, **(status.counts or {})},
+                     **status.files}
         return poll
 
     def reparse(self, stage: StageContext) -> dict[int, TaskResult]:

@@ -33,6 +33,8 @@ class BatchStatus:
     raw: Any = None
     #: the provider's own request counts: total, done (succeeded) and failed so far
     counts: dict[str, int] | None = None
+    #: the provider's files of an ended batch (``output_file_id``, ``error_file_id``), if any
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -187,8 +187,10 @@ class OpenAIBatchBackend(LlmBatchBackend):
         if batch.request_counts is not None:
             counts = {"total": batch.request_counts.total, "done": batch.request_counts.completed,
                       "failed": batch.request_counts.failed}
+        files = {key: value for key, value in (("output_file_id", batch.output_file_id),
+                                                ("error_file_id", batch.error_file_id)) if value}
         return BatchStatus(ended=status in _ENDED, running=status in _RUNNING, phase=status, usage=usage, raw=batch,
-                           counts=counts)
+                           counts=counts, files=files)
 
     def result_lines(self, sub: SubmissionRecord, status: BatchStatus) -> Iterator[ResultLine | None]:
         batch = status.raw
