@@ -93,6 +93,9 @@ def test_a_batch_unknown_after_the_provider_restarted_is_sent_again(tmp_path, cl
     fresh = SimServer(SimConfig(**{**sim.config.__dict__}), clock=clock, port=port)
     fresh.start()
     try:
+        for _ in range(2):   # asked again before it is given up
+            clock.advance(60)
+            assert not engine.tick().errors
         clock.advance(60)
         report = engine.tick()
         assert any("is gone: the provider does not know batch" in e for e in report.errors), report.errors

@@ -253,6 +253,16 @@ class Campaign:
         check_stage(self.loaded, stage)
         return {"run_id": run.id, "tasks": run.retry(stage=stage, error_class=error_class, cancelled=cancelled)}
 
+    def reparse(self, run_id: str | None = None, stage: str | None = None) -> dict[str, Any]:
+        """``corral reparse``: the kept raw answers of LLM stages (of ``stage``) through ``parse``
+        again, nothing sent. Returns ``{"run_id", "stages", "answers", "fixed", "still_failing",
+        "released"}``."""
+        from corral.api.checks import check_stage
+
+        run = self.run(run_id)
+        check_stage(self.loaded, stage)
+        return run.reparse(stage=stage)
+
     def cancel(self, run_id: str | None = None, stage: str | None = None) -> dict[str, Any]:
         """``corral cancel``: the unfinished tasks cancelled. Returns ``{"run_id", "tasks"}``."""
         from corral.api.checks import check_stage

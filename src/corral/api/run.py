@@ -137,6 +137,18 @@ class Run:
         finally:
             engine.close()
 
+    def reparse(self, stage: str | None = None) -> dict[str, Any]:
+        """The kept raw answers of LLM stages through ``parse`` again, nothing sent: parse failures
+        that the current ``parse`` reads become done and what waited on them is released."""
+        engine = self.engine()
+        try:
+            done = engine.reparse(stage=stage)
+        finally:
+            engine.close()
+        self.result_files().sync()
+        return {"run_id": self.id, "stages": done.stages, "answers": done.answers, "fixed": done.fixed,
+                "still_failing": done.still_failing, "released": done.released}
+
     def cancel(self, stage: str | None = None) -> int:
         """Cancel the unfinished tasks (of one stage); outputs and logs are kept."""
         engine = self.engine()
@@ -175,9 +187,38 @@ class Run:
             "progress": (finished / totals["total"]) if totals["total"] else 1.0,
             "submissions_open": len(open_subs),
             "errors": self.common_errors(order=list(stages)),
+            **self._submission_troubles(open_subs),
+            **self._llm_progress(open_subs, stages),
             **self.usage(stages),
             **self.job_efficiency(),
         }
+
+    def _llm_progress(self, open_subs: list[dict[str, Any]], stages: dict[str, dict[str, int]]) -> dict[str, Any]:
+        """LLM stages: the provider's request counts of the batches in flight and an ETA."""
+        import time
+
+        from corral.engine.learning import Learning
+        from corral.engine.llm_status import llm_progress
+
+        progress = llm_progress(self.campaign.loaded, Learning(self.ledger, self.id), open_subs, stages, time.time())
+        return {"llm": progress} if progress else {}
+
+    def _submission_troubles(self, open_subs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Open submissions the provider does not know (polls answered 404 so far), and the
+        submissions that failed as a whole (the latest few, with why)."""
+        from corral.backends.llm_batch import GONE_AFTER_POLLS
+        from corral.ledger import loads
+        from corral.ledger.reads import failed_submissions
+
+        unknown = []
+        for sub in open_subs:
+            info = loads(sub["info"]) or {}
+            if info.get("not_found"):
+                unknown.append({"id": sub["id"], "stage": sub["stage"], "remote_id": sub["remote_id"],
+                                "polls": info["not_found"], "give_up_after": GONE_AFTER_POLLS,
+                                "error": info.get("not_found_error")})
+        count, latest = failed_submissions(self.ledger, self.id)
+        return {"submissions_unknown": unknown, "submissions_failed": count, "submissions_failed_latest": latest}
 
     def job_efficiency(self) -> dict[str, Any]:
         """Per stage, what cluster jobs used (from sacct, as ``seff`` shows): elements, their end

@@ -97,8 +97,11 @@ class AnthropicBatchBackend(LlmBatchBackend):
     def batch_status(self, sub: SubmissionRecord) -> BatchStatus:
         batch = self.client.messages.batches.retrieve(sub.remote_id)
         status = batch.processing_status
+        c = batch.request_counts
+        counts = {"total": c.processing + c.succeeded + c.errored + c.canceled + c.expired, "done": c.succeeded,
+                  "failed": c.errored + c.canceled + c.expired}
         return BatchStatus(ended=status == "ended", running=status in ("in_progress", "canceling"), phase=status,
-                           raw=batch)
+                           raw=batch, counts=counts)
 
     def result_lines(self, sub: SubmissionRecord, status: BatchStatus) -> Iterator[ResultLine | None]:
         if not status.raw.results_url:

@@ -30,15 +30,14 @@ from corral.backends.base import (
     TaskSpec,
     TransientError,
 )
+from corral.backends.llm_collect import BatchCollection
+from corral.backends.llm_raw import raw_path
 from corral.backends.llm_results import (
     ApiErrorKind,
     BatchStatus,
     ResultLine,
-    classify_line,
     early_results,
     max_output,
-    task_of,
-    validation_failure,
 )
 from corral.errors import CorralError
 from corral.llm.packing import Entry, pack
@@ -51,7 +50,11 @@ from corral.llm.requests import (
 )
 from corral.llm.scheduler import InFlight, State, enqueued_capacity, plan_sizes
 from corral.llm.tokens import TokenEstimator
-from corral.states import ErrorClass, Outcome
+from corral.states import ErrorClass
+
+
+#: polls in a row answered 404 (or 401/403) after which a batch is given up and its requests sent again
+GONE_AFTER_POLLS = 3
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class LlmPlan(SubmissionPlan):
     over_budget: bool = False
 
 
-class LlmBatchBackend(Backend):
+class LlmBatchBackend(BatchCollection, Backend):
     provider = "openai"
 
     @property
@@ -81,9 +84,6 @@ class LlmBatchBackend(Backend):
         self._parsers: dict[str, Any] = {}
         self._estimators: dict[str | None, TokenEstimator] = {}
         self._last_poll: dict[int, float] = {}
-        #: per stage: everything left was sent (from then on the slowest batch decides its end)
-        self._tail: dict[str, bool] = {}
-        self._resent_since: dict[str, float] = {}
         self._said = ""
 
     # -- provider calls ---------------------------------------------------------------------
@@ -226,7 +226,7 @@ class LlmBatchBackend(Backend):
                               remaining=max(backlog.remaining, backlog.ready), in_flight=flying,
                               spent=backlog.cost_spent)
         # Everything left is being sent: from now on the stage ends when its slowest batch does.
-        self._tail[stage.name] = not backlog.more_coming and sum(decision.sizes) >= backlog.remaining
+        self._set_tail(stage.name, not backlog.more_coming and sum(decision.sizes) >= backlog.remaining)
         if decision.reason not in ("fill", "nothing ready"):
             self.say(f"stage {stage.name}: {decision.reason}")
         # Each batch of this round counts the ones before it as in flight, as the scheduler did.
@@ -238,6 +238,13 @@ class LlmBatchBackend(Backend):
             tokens += size * (state.tokens_per_request or 0.0)
             cost += size * (state.cost_per_request or 0.0)
         return plans
+
+    def _set_tail(self, stage: str, tail: bool) -> None:
+        """Per stage: everything left was sent (from then on the slowest batch decides its end).
+        Kept in the backend's memory, so a tick from cron cancels stragglers as `corral run` does."""
+        tails = self.memory.get("tail", {})
+        if tails.get(stage) != tail:
+            self.memory.set("tail", {**tails, stage: tail})
 
     def _in_flight_of(self, sub: SubmissionRecord, state: State) -> InFlight:
         if "tokens" in sub.info:
@@ -271,8 +278,15 @@ class LlmBatchBackend(Backend):
         for entry, message in packed.oversized:
             rejected[str(entry.task_id)] = ["invalid_request", f"too large for any batch: {message}"]
         price = self.price(model)
+        taken = packed.taken
+        if taken and price is None and self.settings.budget is not None:
+            message = (f"not sent: backends.{self.name}.budget is set but model {model!r} has no price, so its cost "
+                       f"cannot be counted; add it under backends.{self.name}.prices as {model}: {{input: USD per "
+                       "1M tokens, output: USD per 1M tokens}, then `corral retry --error-class budget`")
+            rejected.update({str(e.task_id): [ErrorClass.BUDGET.value, message] for e in taken})
+            taken = []
         out_tokens = self._expected_output(stage, state, entries)
-        taken, over = self._within_budget(packed.taken, price, out_tokens, plan)
+        taken, over = self._within_budget(taken, price, out_tokens, plan)
         deferred = [e.task_id for e in packed.deferred + over]
         info: dict[str, Any] = {**base_info, "rejected": rejected, "deferred": deferred, "model": model}
         if not taken:
@@ -350,11 +364,8 @@ class LlmBatchBackend(Backend):
     def _within_budget(self, entries: list[Entry], price: ModelPrice | None, out_tokens: float,
                        plan: LlmPlan) -> tuple[list[Entry], list[Entry]]:
         budget = self.settings.budget
-        if budget is None:
+        if budget is None or price is None or not entries:   # without a price, the caller refused them
             return entries, []
-        if price is None:
-            raise CorralError(f"backend {self.name!r} has a budget but no price for this model; add it under "
-                              f"backends.{self.name}.prices")
         room = budget.max_usd - plan.spent - plan.in_flight_cost
         taken: list[Entry] = []
         for index, entry in enumerate(entries):
@@ -379,11 +390,38 @@ class LlmBatchBackend(Backend):
         remote_id, info = found
         return Handle(remote_id, {"prefix": self.prefix(stage), "adopted": True, **info})
 
+    def describe_task(self, stage: StageContext, submission: SubmissionRecord, task_id: int) -> dict[str, Any] | None:
+        """For ``corral logs``: the task's batch, its ``custom_id`` in it, and the files that hold
+        its request and answer (at the provider, and the raw answers kept in the run folder)."""
+        remote = submission.remote_id if submission.remote_id and not submission.remote_id.startswith("none:") \
+            else None
+        info = submission.info
+        out: dict[str, Any] = {"submission": submission.id, "batch": remote or "(never sent)",
+                               "custom_id": f"{info.get('prefix') or self.prefix(stage)}-t{task_id}",
+                               "batch_state": (info.get("provider") or {}).get("phase") or submission.state}
+        for key in ("input_file_id", "output_file_id", "error_file_id"):
+            if info.get(key):
+                out[key.removesuffix("_id")] = info[key]
+        raw = raw_path(stage.run_dir, stage.name, submission.id)
+        if raw.exists():
+            out["raw_answers"] = str(raw)
+        if info.get("error"):
+            out["batch_error"] = info["error"]
+        return out
+
     # -- poll and collect ------------------------------------------------------------------------
+
+    def batch_ended(self, sub: SubmissionRecord) -> None:
+        """A batch was collected: what it left at the provider (its input file) may go."""
+
+    def sweep(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> None:
+        """Once in a while, what earlier controllers of the run left at the provider (an input file
+        uploaded just before a stop) is found and deleted."""
 
     def poll(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> dict[int, PollResult]:
         out: dict[int, PollResult] = {}
         now = self.now()
+        self.sweep(stages, submissions)
         for sub in submissions:
             stage = stages.get(sub.stage)
             if stage is None:
@@ -400,32 +438,56 @@ class LlmBatchBackend(Backend):
             self._last_poll[sub.id] = now
             try:
                 status = self.batch_status(sub)
+                self._forget_not_found(sub)
                 if not status.ended:
-                    out[sub.id] = PollResult(running=status.running,
-                                             info=self._cancel_if_straggler(stage, sub, status))
+                    info = self._cancel_if_straggler(stage, sub, status) or {}
+                    if sub.info.get("not_found"):
+                        info["not_found"] = 0   # known again
+                    progress = {"phase": status.phase, **(status.counts or {})}
+                    if sub.info.get("provider") != progress:   # for `corral status`, written when it changes
+                        info["provider"] = progress
+                    out[sub.id] = PollResult(running=status.running, info=info or None)
                     continue
                 out[sub.id] = self._collect(stage, sub, status, submissions)
+                self.batch_ended(sub)
             except Exception as exc:
                 gone = self._poll_failed(sub, exc)
                 if gone is not None:
                     out[sub.id] = gone
-                    self._last_poll.pop(sub.id, None)
+                    if gone.finished:
+                        self._last_poll.pop(sub.id, None)
                 continue
             self._last_poll.pop(sub.id, None)
         return out
 
     def _poll_failed(self, sub: SubmissionRecord, exc: Exception) -> PollResult | None:
         """An outage is logged and the batch asked about again at its next poll (None); a batch the
-        provider does not know ends, its requests to be sent again; anything else is a bug."""
+        provider does not know at ``GONE_AFTER_POLLS`` polls in a row ends, its requests to be sent
+        again (the count is kept in the ledger, so it holds across cron ticks); anything else is a bug."""
         kind = self.error_kind(exc)
         what = f"{type(exc).__name__}: {exc}"
         if kind == ApiErrorKind.TRANSIENT:
             self.log(f"{self.name}: reading batch {sub.remote_id} failed ({what}); asking again at the next poll")
             return None
         if kind == ApiErrorKind.GONE:
-            message = f"the provider does not know batch {sub.remote_id} ({what})"
+            counts = self.memory.get("not_found", {})
+            seen = counts.get(str(sub.id), 0) + 1
+            if seen < GONE_AFTER_POLLS:
+                self.memory.set("not_found", {**counts, str(sub.id): seen})
+                self.log(f"{self.name}: the provider does not know batch {sub.remote_id} ({what}): poll {seen} of "
+                         f"{GONE_AFTER_POLLS}; asking again at the next poll")
+                return PollResult(info={"not_found": seen, "not_found_error": what})
+            self._forget_not_found(sub)
+            message = (f"the provider does not know batch {sub.remote_id} after {seen} polls ({what}); "
+                       "given up, its requests are sent again")
             return PollResult(finished=True, gone=message, lost_error_class=ErrorClass.GONE, lost_message=message)
         raise exc
+
+    def _forget_not_found(self, sub: SubmissionRecord) -> None:
+        counts = self.memory.get("not_found", {})
+        if str(sub.id) in counts:
+            counts.pop(str(sub.id))
+            self.memory.set("not_found", counts)
 
     def _cancel_if_straggler(self, stage: StageContext, sub: SubmissionRecord,
                              status: BatchStatus) -> dict[str, Any] | None:
@@ -435,11 +497,11 @@ class LlmBatchBackend(Backend):
         factor = self.settings.straggler_after
         state = self.state(stage)
         if not factor or sub.info.get("straggler") or status.phase not in ("validating", "in_progress") or \
-                len(state.turnarounds) < 4 or not self._tail.get(stage.name):
+                len(state.turnarounds) < 4 or not self.memory.get("tail", {}).get(stage.name):
             return None
         # Requests sent again after a cancelled straggler are not cancelled again (each new batch
         # pays validation and queueing anew): only batches sent before the first one came back.
-        if (sub.submitted_at or sub.created_at) >= self._resent_since.get(stage.name, float("inf")):
+        if (sub.submitted_at or sub.created_at) >= self.memory.get("resent_since", {}).get(stage.name, float("inf")):
             return None
         typical = sorted(state.turnarounds)[len(state.turnarounds) // 2]
         elapsed = self.now() - (sub.submitted_at or sub.created_at)
@@ -450,7 +512,8 @@ class LlmBatchBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - it may have ended meanwhile
             self.log(f"{self.name}: cancelling straggler {sub.remote_id} failed: {exc}")
             return None
-        self.log(f"{self.name}: batch {sub.remote_id} has run {elapsed / 60:.0f} min, {elapsed / typical:.1f}x the "
+        ran = f"{elapsed / 60:.0f} min" if elapsed >= 120 else f"{elapsed:.0f} s"
+        self.log(f"{self.name}: batch {sub.remote_id} has run {ran}, {elapsed / typical:.1f}x the "
                  "median turnaround: cancelled; its finished requests are kept and the rest sent again")
         return {"straggler": True}
 
@@ -458,71 +521,10 @@ class LlmBatchBackend(Backend):
         """Requests never sent (rejected alone, or deferred to a later batch), reported at once."""
         return [] if sub.info.get("early_reported") else early_results(sub.info)
 
-    def _collect(self, stage: StageContext, sub: SubmissionRecord, status: BatchStatus,
-                 open_subs: list[SubmissionRecord]) -> PollResult:
-        state = self.state(stage)
-        task_ids = [int(t) for t in sub.info.get("tasks") or []]
-        poll = PollResult(finished=True, lost_message="the batch ended without a result for this request")
-        if status.failed:
-            in_flight = sum(self._in_flight_of(s, state).tokens for s in open_subs)
-            poll.results = self._whole_batch_failed(state, task_ids, status, in_flight)
-            poll.info = {"failed": [list(e) for e in status.errors[:20]]}
-            self.save_state()
-            return poll
-        state.batch_accepted()
-        parse = self.parser(stage)
-        model = sub.info.get("model")
-        price = self.price(model)
-        prefix = sub.info.get("prefix") or self.prefix(stage)
-        billed_in = billed_out = ok = unreadable = 0
-        started, finished = sub.submitted_at or sub.created_at, self.now()
-        for line in self.result_lines(sub, status):
-            if line is None:
-                unreadable += 1
-                continue
-            task_id = task_of(line.custom_id, prefix)
-            if task_id is None:
-                continue
-            result = classify_line(line, parse, price)
-            result.task_id = task_id
-            result.started_at, result.finished_at = started, finished
-            poll.results.append(result)
-            if line.kind == "ok" and line.tokens_in is not None:
-                ok += 1
-                billed_in += line.tokens_in
-                billed_out += line.tokens_out or 0
-        if ok and sub.info.get("raw_tokens") and sub.info.get("requests"):
-            raw_per_request = sub.info["raw_tokens"] / sub.info["requests"]
-            state.calibration.add(raw_per_request * ok, billed_in)
-            state.output_per_request = billed_out / ok
-        state.pilot_done = True
-        if sub.info.get("straggler"):
-            self._resent_since.setdefault(stage.name, self.now())
-        if not sub.info.get("straggler") and sub.submitted_at:
-            state.turnarounds = (state.turnarounds + [self.now() - sub.submitted_at])[-50:]
-        self.save_state()
-        usage = status.usage or {}
-        poll.info = {"billed_tokens_in": usage.get("input_tokens", billed_in),
-                     "billed_tokens_out": usage.get("output_tokens", billed_out),
-                     "unreadable_lines": unreadable}
-        return poll
-
     def limit_refused(self, state: State, ceiling: float | None) -> None:
         configured = enqueued_capacity(self.settings, State())
         state.token_limit_hit(self.now(), self.settings.token_limit_backoff, ceiling, configured)
         self.save_state()
-
-    def _whole_batch_failed(self, state: State, task_ids: list[int], status: BatchStatus,
-                            in_flight_tokens: float) -> list[TaskResult]:
-        codes = {code for code, _, _ in status.errors}
-        if "token_limit_exceeded" in codes:
-            self.limit_refused(state, in_flight_tokens)
-            self.log(f"{self.name}: batch refused with token_limit_exceeded; backing off {state.backoff:.0f}s "
-                     f"and aiming at {state.limit_factor:.0%} of the configured limit")
-            return [TaskResult(t, Outcome.CAPACITY, error_class=ErrorClass.TOKEN_LIMIT,
-                               error_message="the batch was refused: enqueued token limit exceeded",
-                               info={"retry_after": state.backoff}) for t in task_ids]
-        return validation_failure(task_ids, status)
 
     # -- cancel ----------------------------------------------------------------------------------
 

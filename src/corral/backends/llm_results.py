@@ -14,6 +14,8 @@ from corral.backends.base import TaskResult
 from corral.llm.pricing import ModelPrice
 from corral.states import ErrorClass, Outcome
 
+#: in a TaskResult's info: sent again as a whole after a validation failure that named no request
+SENT_AGAIN_WHOLE = "sent_again_whole"
 #: retry-after for requests refused inside a batch for rate limits (seconds)
 RATE_LIMIT_RETRY = 60.0
 
@@ -29,6 +31,10 @@ class BatchStatus:
     errors: list[tuple[str, str, int | None]] = field(default_factory=list)  # (code, message, line)
     usage: dict[str, int] | None = None
     raw: Any = None
+    #: the provider's own request counts: total, done (succeeded) and failed so far
+    counts: dict[str, int] | None = None
+    #: the provider's files of an ended batch (``output_file_id``, ``error_file_id``), if any
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,9 +102,12 @@ def classify_line(line: ResultLine, parse: Any, price: ModelPrice | None) -> Tas
                       **usage)
 
 
-def validation_failure(task_ids: list[int], status: BatchStatus) -> list[TaskResult]:
+def validation_failure(task_ids: list[int], status: BatchStatus, sent_again: set[int] | frozenset[int] = frozenset()
+                       ) -> list[TaskResult]:
     """A batch that failed validation as a whole: the requests its errors name fail; with such
-    errors the others run again (attempt kept), without them every request fails."""
+    errors the others run again (attempt kept). Errors that name no request may be a passing fault
+    of the provider: the requests run again once (attempt kept), and fail if their batch fails so
+    again; ``sent_again`` are the tasks already sent again for that reason."""
     by_line: dict[int, str] = {}
     general = []
     for code, message, line in status.errors:
@@ -117,8 +126,14 @@ def validation_failure(task_ids: list[int], status: BatchStatus) -> list[TaskRes
                                       error_message="another request of its batch failed validation"))
         else:
             message = "; ".join(general) or "the batch failed without saying why"
-            results.append(TaskResult(task_id, Outcome.FAILED, error_class=ErrorClass.INVALID_REQUEST,
-                                      error_message=f"the batch failed validation: {message}"))
+            if task_id in sent_again:
+                results.append(TaskResult(task_id, Outcome.FAILED, error_class=ErrorClass.INVALID_REQUEST,
+                                          error_message=f"the batch failed validation twice: {message}"))
+            else:
+                results.append(TaskResult(task_id, Outcome.INTERRUPTED, error_class=ErrorClass.INVALID_REQUEST,
+                                          error_message="the batch failed validation naming no request "
+                                                        f"({message}): sent again once",
+                                          info={SENT_AGAIN_WHOLE: True}))
     return results
 
 

@@ -29,6 +29,10 @@ from corral.spec.llm import OpenAIBatchSettings
 
 #: how far back (seconds, by creation time) to look for a batch to adopt after a crash
 FIND_WINDOW = 6 * 3600.0
+#: an input file of the run no unfinished batch uses is left behind once this old (seconds)
+ORPHAN_AGE = 15 * 60.0
+#: how often (seconds) the provider's files are searched for ones left behind
+SWEEP_EVERY = 3600.0
 _RUNNING = ("in_progress", "finalizing", "cancelling")
 _ENDED = ("completed", "expired", "cancelled", "failed")
 
@@ -61,15 +65,19 @@ class OpenAIBatchBackend(LlmBatchBackend):
 
         key = submission.idempotency_key
         data = b"".join(entry.line for entry in entries)
-        upload = self.client.files.create(file=(f"{key}.jsonl", data, "application/jsonl"), purpose="batch")
+        upload = self.client.files.create(file=(input_file_name(self.prefix(stage), key), data, "application/jsonl"),
+                                          purpose="batch")
         try:
             batch = self.client.batches.create(
                 input_file_id=upload.id, endpoint=self.settings.endpoint, completion_window="24h",
                 metadata={"corral_key": key, "corral_run": stage.run_id[:512], "corral_stage": stage.name[:512]})
         except (openai.APITimeoutError, openai.APIConnectionError):
             # Every try went unanswered, but one may have created the batch: adopt it if so.
+            # If this lookup fails too, whether the batch exists is unknown: its file stays (the
+            # sweep deletes it later unless an open batch of the run uses it).
             found = self.find_batch(stage, submission)
             if found is None:
+                self._forget_file(upload.id)
                 raise
             self._cancel_duplicates(key, found[0], submission.created_at)
             return found[0], {"input_file_id": upload.id}
@@ -81,6 +89,9 @@ class OpenAIBatchBackend(LlmBatchBackend):
                 self.limit_refused(state, in_flight_tokens + sum(e.tokens for e in entries))
                 raise CapacityError(f"batch refused at creation ({code or exc.status_code}): {_message(exc)}",
                                     retry_after=state.backoff) from None
+            raise
+        except Exception:
+            self._forget_file(upload.id)
             raise
         if self.settings.max_retries:
             self._cancel_duplicates(key, batch.id, submission.created_at)
@@ -101,6 +112,51 @@ class OpenAIBatchBackend(LlmBatchBackend):
                              f"(kept {kept})")
         except Exception as exc:  # noqa: BLE001 - best effort; the kept batch is recorded either way
             self.log(f"{self.name}: could not check for duplicate batches of {key}: {exc}")
+
+    def batch_ended(self, sub: SubmissionRecord) -> None:
+        file_id = sub.info.get("input_file_id")
+        if not file_id:
+            return
+        try:
+            self.client.files.delete(file_id)
+        except Exception as exc:  # noqa: BLE001 - left for the sweep
+            if self.error_kind(exc) != ApiErrorKind.GONE:
+                self.log(f"{self.name}: deleting input file {file_id} of batch {sub.remote_id} failed ({exc}); "
+                         "the next sweep deletes it")
+
+    def sweep(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> None:
+        """Input files of this run (named ``<run prefix>-<key>.jsonl``) older than ``ORPHAN_AGE``
+        that no unfinished batch uses are deleted: left by a stop between the upload and the
+        batch's creation, or by a delete that did not get through. At most every ``SWEEP_EVERY``."""
+        now = self.now()
+        last = self.memory.get("swept_at")
+        if not stages or (last is not None and now - last < SWEEP_EVERY):
+            return
+        self.memory.set("swept_at", now)
+        prefixes = tuple(f"{self.prefix(stage)}-" for stage in stages.values())
+        try:
+            candidates = [f for f in self.client.files.list(purpose="batch")
+                          if (f.filename or "").startswith(prefixes) and (f.filename or "").endswith(".jsonl")
+                          and now - f.created_at >= ORPHAN_AGE]
+            if not candidates:
+                return
+            oldest = min(f.created_at for f in candidates)
+            in_use = {s.info.get("input_file_id") for s in submissions}
+            for batch in self.client.batches.list(limit=100):
+                if batch.created_at < oldest - 60:
+                    break
+                if batch.status not in _ENDED:
+                    in_use.add(batch.input_file_id)
+            deleted = 0
+            for orphan in candidates:
+                if orphan.id not in in_use:
+                    self.client.files.delete(orphan.id)
+                    deleted += 1
+        except Exception as exc:  # noqa: BLE001 - housekeeping: tried again at the next sweep
+            self.log(f"{self.name}: looking for input files left behind failed ({type(exc).__name__}: {exc})")
+            return
+        if deleted:
+            self.log(f"{self.name}: deleted {deleted} input files left behind by an earlier stop")
 
     def _forget_file(self, file_id: str) -> None:
         try:
@@ -127,7 +183,14 @@ class OpenAIBatchBackend(LlmBatchBackend):
         if status == "failed":
             errors = [(e.code or "", e.message or "", e.line) for e in ((batch.errors and batch.errors.data) or [])]
             return BatchStatus(ended=True, failed=True, errors=errors, phase=status, raw=batch)
-        return BatchStatus(ended=status in _ENDED, running=status in _RUNNING, phase=status, usage=usage, raw=batch)
+        counts = None
+        if batch.request_counts is not None:
+            counts = {"total": batch.request_counts.total, "done": batch.request_counts.completed,
+                      "failed": batch.request_counts.failed}
+        files = {key: value for key, value in (("output_file_id", batch.output_file_id),
+                                                ("error_file_id", batch.error_file_id)) if value}
+        return BatchStatus(ended=status in _ENDED, running=status in _RUNNING, phase=status, usage=usage, raw=batch,
+                           counts=counts, files=files)
 
     def result_lines(self, sub: SubmissionRecord, status: BatchStatus) -> Iterator[ResultLine | None]:
         batch = status.raw
@@ -140,6 +203,12 @@ class OpenAIBatchBackend(LlmBatchBackend):
 
     def cancel_batch(self, remote_id: str) -> None:
         self.client.batches.cancel(remote_id)
+
+
+def input_file_name(prefix: str, key: str) -> str:
+    """The name of a batch's uploaded input file: the run's prefix and the submission's key, so
+    that files left behind are found by name."""
+    return f"{prefix}-{key}.jsonl"
 
 
 def _result_line(record: dict[str, Any] | None) -> ResultLine | None:

@@ -60,3 +60,22 @@ def usage_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"{stage}: {usage['tokens_in']:,} input + {usage['tokens_out']:,} output tokens, "
                      f"{_usd(usage['cost'])} spent{projected}")
     return lines
+
+
+def progress_lines(data: dict[str, Any]) -> list[str]:
+    """Per LLM stage still running: the provider's counts of its batches in flight and the ETA."""
+    lines = []
+    for stage, llm in (data.get("llm") or {}).items():
+        if not llm["batches_in_flight"] and not llm["not_sent"]:
+            continue
+        text = (f"{stage}: {llm['batches_in_flight']} batches in flight, the provider reports "
+                f"{llm['provider_done']:,} of {llm['requests_in_flight']:,} requests done")
+        if llm["provider_failed"]:
+            text += f", {llm['provider_failed']:,} failed"
+        if llm["not_sent"]:
+            text += f"; {llm['not_sent']:,} not sent yet"
+        basis = "median turnaround" if llm["turnaround_basis"] == "learned" else "expected_turnaround"
+        text += (f"; ETA ~{format_duration(llm['eta_s'])} ({basis} "
+                 f"{format_duration(llm['median_turnaround_s'])} per batch)")
+        lines.append(text)
+    return lines

@@ -163,6 +163,8 @@ def tick(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_i
         err.print(f"run {data['run_id']}: submitted {data['submitted_tasks']} tasks in {data['submitted']} "
                   f"submissions, recorded {data['completed']} done and {data['failed']} failed; {data['status']}",
                   highlight=False)
+        for message in data["errors"]:
+            err.print(f"  {message}", highlight=False)
 
 
 @app.command()
@@ -203,10 +205,19 @@ def _print_summary(data, to=None, quiet: bool = False) -> None:
     for stage, states in data["stages"].items():
         rows.append({"stage": stage, **{k: v for k, v in states.items()}})
     console.print(output.table(rows, STATUS_COLUMNS))
-    from corral.cli.llm_output import usage_lines
+    from corral.cli.llm_output import progress_lines, usage_lines
 
-    for line in usage_lines(data):
+    for line in usage_lines(data) + progress_lines(data):
         console.print(line, highlight=False)
+    for sub in data.get("submissions_unknown") or []:
+        console.print(f"submission {sub['id']} ({sub['stage']}): the provider does not know {sub['remote_id']} "
+                      f"({sub['polls']} polls so far); given up and sent again after {sub['give_up_after']}",
+                      highlight=False)
+    if data.get("submissions_failed"):
+        console.print(f"submissions failed as a whole: {data['submissions_failed']}; latest:", highlight=False)
+        for sub in data["submissions_failed_latest"]:
+            console.print(f"  {sub['id']} ({sub['stage']}, {sub['remote_id']}, {sub['task_count']} tasks): "
+                          f"{sub['error']}", highlight=False)
     for line in output.error_lines(data.get("errors") or []):
         console.print(line, highlight=False)
     for stage, jobs in (data.get("jobs") or {}).items():
@@ -233,6 +244,21 @@ def retry(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_
         print_json(done)
     else:
         err.print(f"{done['tasks']} tasks of run {done['run_id']} will run again")
+
+
+@app.command()
+def reparse(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
+            stage: Optional[str] = typer.Option(None, "--stage", help="Only this LLM stage."),
+            as_json: bool = JSON) -> None:
+    """Run `parse` again over the kept raw answers of LLM stages, sending nothing."""
+    campaign, _ = _campaign(args, ledger)
+    done = campaign.reparse(run_id=run_id, stage=stage)
+    if as_json:
+        print_json(done)
+    else:
+        err.print(f"{done['answers']} kept answers of {', '.join(done['stages'])} parsed again: {done['fixed']} "
+                  f"parse failures now done, {done['still_failing']} still failing"
+                  + (f", {done['released']} waiting tasks released" if done["released"] else ""))
 
 
 @app.command()

@@ -37,6 +37,8 @@ class RunProgress:
             self._progress.stop()
 
     def update(self, report=None, force: bool = False) -> None:
+        for message in (report.errors if report is not None else []):
+            err.print(f"[{time.strftime('%H:%M:%S')}] {message}", highlight=False)
         now = time.monotonic()
         if self._progress is None and not force and now - self._last_line < self.every and \
                 not (report and report.finished):

@@ -499,6 +499,12 @@ class Engine(Sending):
         self.log(f"retry: {len(ids)} tasks of run {self.run_id} back to pending")
         return len(ids)
 
+    def reparse(self, stage: str | None = None):
+        """Kept raw answers of LLM stages through ``parse`` again (see corral.engine.reparse)."""
+        from corral.engine.reparse import reparse
+
+        return reparse(self, stage)
+
     def _reopen_dependents(self, conn, by_stage: dict[str, list[int]]) -> int:
         total = 0
         for name in self.order:

@@ -294,3 +294,27 @@ def forget_idle_controller(conn: Connection, controller: str) -> None:
 def submission_row(conn: Connection, submission_id: int) -> dict[str, Any] | None:
     row = conn.execute(S.select().where(S.c.id == submission_id)).mappings().first()
     return dict(row) if row is not None else None
+
+
+# -- reparse ----------------------------------------------------------------------------------------
+
+#: task states from which a parse failure may be turned done by ``corral reparse``: failed for good,
+#: or waiting for its retry (not yet sent again)
+REPARSABLE = (TaskState.FAILED, TaskState.PENDING)
+
+
+def write_reparsed(conn: Connection, run_id: str, results: Sequence[tuple[int, str]]) -> list[int]:
+    """Tasks (id, result as JSON) whose last attempt failed to parse become done with that result,
+    attempts and billed usage kept. Only tasks still failed or pending with a parse error are
+    changed; returns the ids that were."""
+    changed: list[int] = []
+    for part in chunks(list(results)):
+        ids = [tid for tid, _ in part]
+        still = {r[0] for r in conn.execute(select(T.c.id).where(
+            T.c.run_id == run_id, T.c.id.in_(ids), T.c.state.in_(REPARSABLE), T.c.error_class == ErrorClass.PARSE))}
+        rows = [(value, tid) for tid, value in part if tid in still]
+        executemany(conn, f"UPDATE tasks SET state = '{TaskState.DONE}', result = ?, error_class = NULL, "
+                          "error_message = NULL, not_before = NULL, info = NULL WHERE id = ?",
+                    rows)
+        changed.extend(tid for _, tid in rows)
+    return changed

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from corral.ledger import schema
 from corral.ledger.store import Ledger, loads
-from corral.states import OPEN_SUBMISSIONS, TaskState
+from corral.states import OPEN_SUBMISSIONS, SubmissionState, TaskState
 
 #: the item key of the one task of a ``per: all`` stage (it has no item)
 ONCE_PER_RUN_KEY = "all"
@@ -45,6 +45,19 @@ def stage_usage(ledger: Ledger, run_id: str) -> list[tuple[str, int | None, int 
              .group_by(t.c.stage))
     with ledger.read() as conn:
         return [tuple(r) for r in conn.execute(query).all()]
+
+
+def failed_submissions(ledger: Ledger, run_id: str, limit: int = 5) -> tuple[int, list[dict[str, Any]]]:
+    """How many of the run's submissions failed as a whole, and the latest ``limit`` of them."""
+    s = schema.submissions
+    where = (s.c.run_id == run_id, s.c.state == SubmissionState.FAILED)
+    with ledger.read() as conn:
+        count = conn.execute(select(func.count()).select_from(s).where(*where)).scalar() or 0
+        rows = [dict(r) for r in conn.execute(select(s.c.id, s.c.stage, s.c.remote_id, s.c.task_count, s.c.info)
+                                              .where(*where).order_by(s.c.id.desc()).limit(limit)).mappings()]
+    for row in rows:
+        row["error"] = (loads(row.pop("info")) or {}).get("error")
+    return count, rows[::-1]
 
 
 def submissions(ledger: Ledger, run_id: str, open_only: bool = True) -> list[dict[str, Any]]:
