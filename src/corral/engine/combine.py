@@ -15,6 +15,7 @@ from corral.errors import ConfigsDiffer, CorralError
 from corral.engine import registry
 from corral.ledger import Ledger, dumps, loads
 from corral.ledger import registry_queries as queries
+from corral.spec.identity import KeyKind, UnclassifiedKey, kind_of
 from corral.states import ACTIVE, ENDED_BADLY, TERMINAL, RunStatus, TaskState
 
 ONCE = "(all)"  # the identity of a once-per-run task (item_idx -1)
@@ -207,13 +208,22 @@ def config_differences(configs: dict[str, dict[str, Any]]) -> list[dict[str, Any
     ``[{"key", "values": {run id: value, or None where absent}}]``, sorted by key. Every check of
     whether runs did the same work (``runs merge``) asks this one function."""
     flat = {run_id: registry.flatten(config or {}) for run_id, config in configs.items()}
-    keys = sorted({key for values in flat.values() for key in values})
+    # Limits, intervals, budgets and report sections only steered the work: runs that differ in
+    # those alone did the same work.
+    keys = sorted({key for values in flat.values() for key in values if not _steering(key)})
     out = []
     for key in keys:
         texts = {registry.as_text(values[key]) if key in values else None for values in flat.values()}
         if len(texts) > 1:
             out.append({"key": key, "values": {run_id: values.get(key) for run_id, values in flat.items()}})
     return out
+
+
+def _steering(key: str) -> bool:
+    try:
+        return kind_of(key) == KeyKind.STEERING
+    except UnclassifiedKey:
+        return False
 
 
 def shared_config(configs: list[dict[str, Any]], differing: set[str]) -> dict[str, Any]:
