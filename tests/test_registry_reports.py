@@ -156,11 +156,11 @@ def test_merge_refuses_from_python_too(policies):
 
 
 def test_shards_that_differ_only_in_steering_merge_without_force(tmp_path):
-    # Two machines ran their shard with different worker counts and retry budgets: the same work.
+    # Two machines ran their shard with different worker counts and timeouts: the same work.
     write_module(tmp_path, "m", MODULE)
     write_campaign(tmp_path, BENCH)
     corral_cli(tmp_path, "run", "-q", "--shard", "0/2", "backends.local.workers=1", check=0)
-    corral_cli(tmp_path, "run", "-q", "--shard", "1/2", "stages.episode.retries.max=3", check=0)
+    corral_cli(tmp_path, "run", "-q", "--shard", "1/2", "+stages.episode.timeout=10m", check=0)
     first, second = reversed(run_ids(tmp_path))
     merged = json.loads(corral_cli(tmp_path, "runs", "merge", first, second, "--into", "steered", "--json",
                                    check=0).stdout)

@@ -229,7 +229,7 @@ def test_adding_a_report_section_does_not_rerun_a_finished_benchmark(tmp_path):
     run_id = runs_of(tmp_path)[0]["id"]
     edit(path, lambda c: c.update(report={"by_setting": {"by": ["setting"]}}))
     again = corral_cli(tmp_path, "run", "-q", check=0)
-    assert f"continuing run {run_id}" in again.stderr
+    assert f"run {run_id}: finished" in again.stderr
     assert "config changed: report.by_setting.by: (unset) -> [\"setting\"]" in again.stderr
     assert len(calls(tmp_path)) == 4 and (tmp_path / "merges.jsonl").read_text().split() == ["4"]
     assert [r["id"] for r in runs_of(tmp_path)] == [run_id]
@@ -265,7 +265,7 @@ def test_a_grid_gaining_a_setting_adds_its_items_and_a_finished_merge_runs_again
     run_id = runs_of(tmp_path)[0]["id"]
     edit(path, lambda c: c["items"]["grid"]["setting"].append("c"))
     again = corral_cli(tmp_path, "run", "-q", check=0)
-    assert f"continuing run {run_id}" in again.stderr
+    assert f"run {run_id}: finished" in again.stderr
     assert f"adding 2 new items to run {run_id} (merge will run again)" in again.stderr
     assert len(calls(tmp_path)) == 6 and sorted({c["setting"] for c in calls(tmp_path)}) == ["a", "b", "c"]
     assert (tmp_path / "merges.jsonl").read_text().split() == ["4", "6"]
@@ -319,7 +319,7 @@ def test_a_new_item_parameter_is_a_new_run(tmp_path):
     refused = corral_cli(tmp_path, "run", "-q", "--run-id", run_id, check=2)
     assert "item parameters: setting, task -> seed, setting, task" in refused.stderr
     started = corral_cli(tmp_path, "run", "-q", check=0)
-    assert "started run" in started.stderr and len(runs_of(tmp_path)) == 2
+    assert len(runs_of(tmp_path)) == 2 and runs_of(tmp_path)[0]["id"] in started.stderr
 
 
 @ledger_tests
@@ -394,7 +394,7 @@ def test_raising_max_usd_then_retrying_the_budget_failures_continues_the_same_ru
     retried = corral_cli(tmp_path, "retry", "--error-class", "budget", env=env, check=0)
     assert str(len(failed)) in retried.stderr + retried.stdout
     again = corral_cli(tmp_path, "run", "-q", env=env, check=0)
-    assert f"continuing run {run_id}" in again.stderr
+    assert f"run {run_id}: finished" in again.stderr
     assert "config changed: backends.llm.budget.max_usd: 0.05 -> 10" in again.stderr
     assert [r["id"] for r in runs_of(tmp_path)] == [run_id]
     status = json.loads(corral_cli(tmp_path, "status", "--json", env=env, check=0).stdout)
@@ -411,9 +411,9 @@ def test_items_missing_from_an_ingested_results_folder_run_when_the_run_is_conti
     (machine_a / "results" / "b" / "2.json").unlink()  # one result never reached the other machine
     corral_cli(machine_b, "ingest", str(machine_a / "results"), check=0)
     run_id = runs_of(machine_b)[0]["id"]
-    assert f"would continue run {run_id} and add 1 items" in corral_cli(machine_b, "check", check=0).stdout
-    again = corral_cli(machine_b, "run", "-q", check=0)
-    assert f"adding 1 new items to run {run_id}" in again.stderr
+    # ingest itself adds the campaign's items that had no file (ready to run), so nothing is left to add
+    assert f"would continue run {run_id}" in corral_cli(machine_b, "check", check=0).stdout
+    corral_cli(machine_b, "run", "-q", check=0)
     assert calls(machine_b) == [{"setting": "b", "task": 2}]
     status = json.loads(corral_cli(machine_b, "status", "--json", check=0).stdout)
     assert status["stages"]["work"]["done"] == 4 and status["run"]["id"] == run_id

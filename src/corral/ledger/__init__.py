@@ -12,6 +12,8 @@ __all__ = ["Ledger", "default_url", "dumps", "loads", "parse_task_key", "task_ke
 def __getattr__(name: str):
     if name == "schema":
         return importlib.import_module("corral.ledger.schema")
+    if name in ("dumps", "loads"):
+        return getattr(importlib.import_module("corral.ledger.values"), name)
     if name in __all__:
         return getattr(importlib.import_module("corral.ledger.store"), name)
     raise AttributeError(f"module 'corral.ledger' has no attribute {name!r}")

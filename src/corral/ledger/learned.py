@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from corral.ledger import schema
-from corral.ledger.store import loads
+from corral.ledger.values import loads
 
 
 def load(conn: Connection, run_id: str) -> dict[str, dict[str, Any]]:

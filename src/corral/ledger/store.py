@@ -23,25 +23,10 @@ from corral.errors import LedgerError
 from corral.ledger import schema
 from corral.ledger.location import VALID_LEDGERS, default_url, normalise_url, url_problem  # noqa: F401
 from corral.ledger.migrations import migrate
+from corral.ledger.values import dumps, loads  # noqa: F401 - part of this module
 from corral.states import OPEN_SUBMISSIONS, RunStatus, TaskState
 
 INSERT_CHUNK = 20_000
-
-
-def dumps(value: Any) -> str | None:
-    if value is None:
-        return None
-    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
-
-
-def loads(value: str | None) -> Any:
-    if value is None:
-        return None
-    try:
-        return json.loads(value)
-    except (ValueError, RecursionError) as exc:
-        raise LedgerError(f"the ledger is damaged: a stored value is not valid JSON ({exc}: {value[:60]!r}); "
-                          "restore the ledger from a backup, or start a new one with --ledger") from None
 
 
 class Ledger:

@@ -26,7 +26,7 @@ from corral.report.ranking import best_and_worst
 from corral.report.selection import leave_out_merged_sources
 from corral.report.stats import Stats
 from corral.states import CORRAL_RESULT_FIELDS, DEFAULT_METRIC, IN_FLIGHT, TaskState
-from corral.ledger import loads
+from corral.ledger.values import loads
 
 #: Dimensions the database groups by; config and run dimensions are placed per run afterwards.
 SQL_KINDS = ("param", "stage", "result")

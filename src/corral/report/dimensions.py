@@ -9,7 +9,7 @@ from types import ModuleType
 from typing import Any, Sequence
 
 from corral.errors import CorralError
-from corral.ledger import loads
+from corral.ledger.values import loads
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -62,6 +62,7 @@ KEY_KINDS: dict[str, KeyKind] = {
     "stages.*.needs": D,
     "stages.*.skip_if": D,
     "stages.*.verify": D,
+    "stages.*.verify.run": D,
     "stages.*.outputs": D,
     "stages.*.env": D,
     "stages.*.backend": D,       # in-flight submissions are polled through the backend that sent them
@@ -111,7 +112,7 @@ KEY_KINDS: dict[str, KeyKind] = {
     "backends.*.prices.*.batch_discount": S,
     "backends.*.budget.max_usd": S,
     # named reports
-    **{f"report.*.{name}": S for name in ("by", "metric", "stage", "runs", "compare", "formats", "output", "plot")},
+    **{f"report.*.{name}": S for name in ("by", "metric", "stage", "runs", "compare", "formats", "output", "plot", "top")},
 }
 
 _PATTERNS = [(tuple(pattern.split(".")), kind) for pattern, kind in KEY_KINDS.items()]
