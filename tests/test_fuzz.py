@@ -37,10 +37,6 @@ KNOWN_ELSEWHERE = {
 # Internal errors the fuzz suite found that are not closed yet, by signature (exception type and innermost
 # corral frame, see bench/fuzz.py): listed so that a new signature fails the suite. Remove a line with its fix.
 NOT_YET_FIXED = {
-    "OSError at corral/api/starter.py:init",
-    "OSError at corral/cli/args.py:split_args",
-    "ValueError at corral/spec/loader.py:_compose_with_hydra",
-    "exit 2 but a ledger was created",
 }
 
 

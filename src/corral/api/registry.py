@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from corral.engine import registry
 from corral.engine.combine import Outcome, merge_runs
-from corral.engine.ingest import ingest_path
+from corral.engine.ingest import ingest_run, read_sources
 from corral.engine.runs import resolve_run
 from corral.errors import CorralError
 from corral.states import TERMINAL, TaskState
@@ -92,8 +92,6 @@ class Registry:
 
     def ingest(self, paths: Sequence[str | Path]) -> list[Outcome]:
         """``corral ingest PATH...``: runs from another ledger file or a results folder, into this ledger."""
+        sources = [source for path in paths for source in read_sources(Path(path))]
         ledger = self.campaign.ledger()
-        out: list[Outcome] = []
-        for path in paths:
-            out.extend(ingest_path(ledger, Path(path), time.time()))
-        return out
+        return [ingest_run(ledger, source, time.time()) for source in sources]
