@@ -52,3 +52,12 @@ def test_ingest_of_a_source_without_runs_creates_no_ledger(tmp_path: Path, sourc
     proc = corral_cli(tmp_path, "ingest", source, check=2)
     assert "internal error" not in proc.stderr
     assert_no_ledger(tmp_path)
+
+
+@pytest.mark.parametrize("args", [["runs", "tag", "nope", "k=v"], ["runs", "note", "nope", "a note"],
+                                  ["runs", "tag", "r1", "k=v"]])
+def test_tagging_a_run_where_nothing_has_run_creates_no_ledger(tmp_path: Path, args: list[str]) -> None:
+    write_campaign(tmp_path, campaign_dict(STAGES))
+    proc = corral_cli(tmp_path, *args, check=2)
+    assert "no ledger" in proc.stderr
+    assert_no_ledger(tmp_path)

@@ -76,10 +76,12 @@ class Registry:
             tags = registry.parse_tags(tags, what="tag")
         if not tags and not remove:
             raise CorralError("usage: corral runs tag ID key=value [key=value...] [--remove KEY]")
-        return registry.add_tags(self.campaign.ledger(), self.resolve(ref)["id"], dict(tags), time.time(), remove)
+        run_id = self.resolve(ref)["id"]  # before the ledger is opened for writing: an unknown run creates nothing
+        return registry.add_tags(self.campaign.ledger(), run_id, dict(tags), time.time(), remove)
 
     def note(self, ref: str, text: str) -> list[dict[str, Any]]:
-        return registry.add_note(self.campaign.ledger(), self.resolve(ref)["id"], text, time.time())
+        run_id = self.resolve(ref)["id"]
+        return registry.add_note(self.campaign.ledger(), run_id, text, time.time())
 
     def merge(self, refs: Sequence[str], into: str | None, prefer: str | None = None) -> Outcome:
         """``corral runs merge A B... --into NAME [--prefer RUN|newest]``."""
