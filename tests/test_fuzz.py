@@ -63,7 +63,9 @@ def test_hostile_input_never_ends_in_an_internal_error(cases, tmp_path) -> None:
 
 
 def test_a_real_process_exits_as_the_in_process_command_does(cases, tmp_path) -> None:
-    sample = random.Random(SEED).sample([c for c in cases if c.category != "run"], min(PROCESS_SAMPLE, len(cases)))
+    # A NUL cannot reach a real process's argv; those cases run in process only.
+    eligible = [c for c in cases if c.category != "run" and not any("\x00" in a for a in c.argv)]
+    sample = random.Random(SEED).sample(eligible, min(PROCESS_SAMPLE, len(eligible)))
     sandboxes = Sandboxes(tmp_path)
     pairs = [(run_in_process(case, sandboxes), run_as_process(case, sandboxes)) for case in sample]
     differ = [f"{inner.case.replay()}\n  in process: {inner.code}, as a process: {outer.code}\n"
