@@ -128,6 +128,7 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, P
         file = _setup(folder, text)
         return case_id, (corral_cli(folder, command, file, *args, timeout=120), folder)
 
+    tmp_path_factory.getbasetemp()  # made once here: two threads making it at once collide
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(pool.map(one, jobs))
 

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from corral.engine import registry
 from corral.engine.combine import Outcome, merge_runs
-from corral.engine.ingest import ingest_path
+from corral.engine.ingest import ingest_sources, read_sources
 from corral.engine.runs import resolve_run
 from corral.errors import CorralError
 from corral.states import TERMINAL, TaskState
@@ -80,10 +80,12 @@ class Registry:
             tags = registry.parse_tags(tags, what="tag")
         if not tags and not remove:
             raise CorralError("usage: corral runs tag ID key=value [key=value...] [--remove KEY]")
-        return registry.add_tags(self.campaign.ledger(), self.resolve(ref)["id"], dict(tags), time.time(), remove)
+        run_id = self.resolve(ref)["id"]  # before the ledger is opened for writing: an unknown run creates nothing
+        return registry.add_tags(self.campaign.ledger(), run_id, dict(tags), time.time(), remove)
 
     def note(self, ref: str, text: str) -> list[dict[str, Any]]:
-        return registry.add_note(self.campaign.ledger(), self.resolve(ref)["id"], text, time.time())
+        run_id = self.resolve(ref)["id"]
+        return registry.add_note(self.campaign.ledger(), run_id, text, time.time())
 
     def merge(self, refs: Sequence[str], into: str | None, prefer: str | None = None, force: bool = False) -> Outcome:
         """``corral runs merge A B... --into NAME [--prefer RUN|newest] [--force]``. Runs whose
@@ -100,8 +102,6 @@ class Registry:
 
     def ingest(self, paths: Sequence[str | Path]) -> list[Outcome]:
         """``corral ingest PATH...``: runs from another ledger file or a results folder, into this ledger."""
+        sources = [source for path in paths for source in read_sources(Path(path))]
         ledger = self.campaign.ledger()
-        out: list[Outcome] = []
-        for path in paths:
-            out.extend(ingest_path(ledger, Path(path), time.time(), campaign=self.campaign.loaded))
-        return out
+        return ingest_sources(ledger, sources, time.time(), campaign=self.campaign.loaded)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from corral.errors import CorralError
@@ -47,12 +48,20 @@ def evaluate(item, ctx):
 def init(directory: str | Path = ".", force: bool = False) -> list[Path]:
     """Write a starter corral.yaml and tasks.py into ``directory``; returns the files written."""
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
+    try:
+        is_file = directory.exists() and not directory.is_dir()
+    except OSError as exc:
+        raise CorralError(f"cannot create the folder {str(directory)[:200]}: {exc.strerror}") from None
+    if is_file:
         raise CorralError(f"{directory} is a file; `corral init` writes a campaign into a folder")
+    missing = _missing_parents(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CorralError(f"cannot create the folder {directory}: {exc.strerror}") from None
+        for parent in missing:  # undo a creation that failed part way
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise CorralError(f"cannot create the folder {str(directory)[:200]}: {exc.strerror}") from None
     files = {directory / "corral.yaml": CAMPAIGN, directory / "tasks.py": TASKS}
     existing = [p for p in files if p.exists()]
     if existing and not force:
@@ -60,3 +69,16 @@ def init(directory: str | Path = ".", force: bool = False) -> list[Path]:
     for path, text in files.items():
         path.write_text(text)
     return list(files)
+
+
+def _missing_parents(directory: Path) -> list[Path]:
+    """The folders above ``directory`` that do not exist yet, deepest first."""
+    missing = []
+    for parent in directory.parents:
+        try:
+            if parent.exists():
+                break
+        except OSError:
+            pass
+        missing.append(parent)
+    return missing

@@ -9,6 +9,14 @@ def looks_like_override(arg: str) -> bool:
     return "=" in arg or arg.startswith("~")
 
 
+def _names(path: str, test: str) -> bool:
+    """``Path(path).is_dir()`` or ``is_file()``, False for a name the system refuses (too long, NUL)."""
+    try:
+        return getattr(Path(path), test)()
+    except (OSError, ValueError):
+        return False
+
+
 def split_args(args: list[str] | None, *, positional: int = 0) -> tuple[str, list[str], list[str]]:
     """Return (campaign file, overrides, other positionals).
 
@@ -19,7 +27,7 @@ def split_args(args: list[str] | None, *, positional: int = 0) -> tuple[str, lis
     campaign = "corral.yaml"
     if args and not looks_like_override(args[0]):
         first = args[0]
-        if first.endswith((".yaml", ".yml")) or Path(first).is_dir() or (Path(first).is_file() and positional == 0):
+        if first.endswith((".yaml", ".yml")) or _names(first, "is_dir") or (_names(first, "is_file") and positional == 0):
             campaign = args.pop(0)
     overrides = [a for a in args if looks_like_override(a)]
     others = [a for a in args if not looks_like_override(a)]

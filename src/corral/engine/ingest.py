@@ -22,16 +22,22 @@ from corral.states import TERMINAL, RunStatus, TaskState
 RUNS_FOLDER = Path(".corral") / "runs"  # beside the result files: one JSON file per run
 
 
-def ingest_path(ledger: Ledger, path: Path, now: float, campaign: LoadedCampaign | None = None) -> list[Outcome]:
-    """Ingest the runs at ``path``. A run of ``campaign`` (the same work and selection) gets every
-    item of the campaign it lacks, to run later: a results folder holds only the items that ended."""
-    path = path.expanduser()
-    if not path.exists():
+def read_sources(path: Path) -> list[SourceRun]:
+    """The runs a ledger file or a results folder holds; a path that holds none is refused."""
+    try:
+        path = path.expanduser()
+        exists, is_dir = path.exists(), path.is_dir()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise CorralError(f"nothing to ingest at {str(path)[:200]!r}: {exc}") from None
+    if not exists:
         raise CorralError(f"nothing to ingest at {path}: no such file or folder")
-    if path.is_dir():
-        sources = read_results_folder(path)
-    else:
-        sources = read_ledger_file(path)
+    return read_results_folder(path) if is_dir else read_ledger_file(path)
+
+
+def ingest_sources(ledger: Ledger, sources: list[SourceRun], now: float,
+                   campaign: LoadedCampaign | None = None) -> list[Outcome]:
+    """Ingest runs read by ``read_sources``. A run of ``campaign`` (the same work and selection) gets
+    every item of the campaign it lacks, to run later: a results folder holds only the items that ended."""
     outcomes = []
     for source in sources:
         outcome = ingest_run(ledger, source, now)

@@ -62,17 +62,22 @@ def config_hash(config: dict[str, Any]) -> str:
 
 def load_campaign(path: str | Path, overrides: list[str] | None = None) -> LoadedCampaign:
     overrides = list(overrides or [])
-    file = Path(path).expanduser()
-    if file.is_dir():
-        file = file / "corral.yaml"
-    if not file.exists():
+    try:
+        file = Path(path).expanduser()
+        if file.is_dir():
+            file = file / "corral.yaml"
+        exists = file.exists()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise SpecError(f"cannot read the campaign file: {exc}", file=str(path)[:200],
+                        expected="the path of a YAML campaign file") from None
+    if not exists:
         raise SpecError("no such campaign file", file=str(path),
                         expected="a YAML campaign file (create one with `corral init`)")
     file = file.resolve()
     raw = _read_yaml(file)
     defaults = raw.get("defaults")
-    if defaults is not None and not isinstance(defaults, list):
-        raise SpecError(f"is a list of config groups, got {defaults!r}", file=str(file), key="defaults",
+    if defaults is not None and not (isinstance(defaults, list) and all(map(_is_defaults_entry, defaults))):
+        raise SpecError(f"is a list of config groups, got {defaults!r:.200}", file=str(file), key="defaults",
                         expected="a list such as [_self_, {experiment: baseline}]")
     check_overrides(overrides, file)
     if defaults is None and not overrides:
@@ -84,6 +89,17 @@ def load_campaign(path: str | Path, overrides: list[str] | None = None) -> Loade
         raise composed.blame(exc) from None
     loaded.composed = composed
     return loaded
+
+
+def _is_defaults_entry(entry: Any) -> bool:
+    """Hydra's entries: a name (``_self_``) or one ``group: option`` (option a name, a list of names or null)."""
+    if isinstance(entry, str):
+        return True
+    if not (isinstance(entry, dict) and len(entry) == 1):
+        return False
+    (group, option), = entry.items()
+    return isinstance(group, str) and (option is None or isinstance(option, str)
+                                       or (isinstance(option, list) and all(isinstance(o, str) for o in option)))
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
