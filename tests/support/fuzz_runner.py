@@ -84,10 +84,16 @@ def _named_paths(argv: list[str], files: dict[str, bytes], cwd: Path) -> list[st
     return named
 
 
+#: what libraries keep in the user's home (matplotlib's font list when a plot is drawn): not corral's writes
+LIBRARY_CACHES = ("home/.cache", "home/.config")
+
+
 def _outside_writes(before: dict, after: dict, sandbox: Path, named: list[str]) -> list[str]:
     changed = [p for p in after if before.get(p) != after[p]] + [p for p in before if p not in after]
     bad = []
     for relative in changed:
+        if relative.startswith(LIBRARY_CACHES):
+            continue
         path = os.path.normpath(os.path.join(sandbox, relative))
         if any(path == n or path.startswith(n + os.sep) or path.startswith(n + "-") or n.startswith(path + os.sep)
                for n in named):

@@ -37,6 +37,11 @@ def normalise_url(url: str) -> str:
 def campaign_ledger_url(root: Path, workdir: str, configured: str | None, explicit: str | None = None) -> str:
     """An explicit ledger (``--ledger``, the API): a URL, or a SQLite file path relative to here;
     else ``default_url``."""
+    for given in (explicit, configured):
+        if given and "\x00" in given:
+            from corral.errors import LedgerError
+
+            raise LedgerError(f"the ledger {given!r} holds a NUL character; give a file path or a URL without one")
     if explicit:
         return normalise_url(explicit) if "://" in explicit else f"sqlite:///{Path(explicit).expanduser().resolve()}"
     return default_url(root, workdir, configured)

@@ -35,7 +35,10 @@ class SqliteReader:
     @classmethod
     def open(cls, path: Path | None) -> "SqliteReader | None":
         """A reader, or None when the file is missing or not at this corral's schema version."""
-        if path is None or not path.is_file():
+        try:
+            if path is None or not path.is_file():
+                return None
+        except (OSError, ValueError):  # a name too long: the full way says what
             return None
         reader = cls(path)
         try:

@@ -229,6 +229,14 @@ def _check_overrides(file: Path, overrides: list[str], groups: ConfigGroups) -> 
     return result, keys
 
 
+def _sweep_values(parsed) -> list[str] | None:
+    """The values of a choice sweep, or None where Hydra cannot list them (a sweep inside a sweep)."""
+    try:
+        return [str(v) for v in parsed.sweep_string_iterator()]
+    except Exception:  # noqa: BLE001 - OmegaConf's ValidationError and others: the message goes without them
+        return None
+
+
 def _sweep_as_grid(text: str, parsed, key: str, groups: ConfigGroups, file: Path) -> str:
     from hydra.core.override_parser.types import ValueType
 
@@ -238,7 +246,7 @@ def _sweep_as_grid(text: str, parsed, key: str, groups: ConfigGroups, file: Path
         if parsed.value_type == ValueType.CHOICE_SWEEP:
             value_text = value_text[value_text.index("(") + 1:value_text.rindex(")")]
         return f"{prefix}=[{value_text}]"
-    values = [str(v) for v in parsed.sweep_string_iterator()] if parsed.value_type in (
+    values = _sweep_values(parsed) if parsed.value_type in (
         ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP) else None
     if key in groups:
         runs = " and ".join(f"`corral run {prefix}={v}`" for v in values) if values else \
