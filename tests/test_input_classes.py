@@ -217,6 +217,13 @@ DAMAGE = {
 }
 
 
+def test_the_tables_a_damaged_ledger_is_checked_for_are_the_schemas():
+    from corral.ledger import schema
+    from corral.ledger.location import TABLES
+
+    assert set(TABLES) == set(schema.metadata.tables)
+
+
 @pytest.mark.parametrize("variant", list(DAMAGE))
 def test_a_logically_damaged_ledger_is_reported_not_crashed_on(tmp_path: Path, variant: str):
     # Damaged by hand through SQLite; a PostgreSQL ledger's rows take the same path in the ledger layer.

@@ -29,5 +29,5 @@ def test_the_examples_run(tmp_path, monkeypatch, capsys):
         exec(compile(block, f"{DOC.name}, python block {index + 1}", "exec"), namespace)  # noqa: S102
     printed = capsys.readouterr().out
     assert "finished" in printed and "| policy |" in printed
-    assert (folder / "episodes.csv").is_file() and (folder / "reports" / "by-policy.tex").is_file()
+    assert (folder / "episodes.csv").is_file() and (folder / "by-policy.tex").is_file()
     assert (folder / "starter" / "corral.yaml").is_file()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import types
 import typing
 
 from pydantic import BaseModel
@@ -32,8 +33,10 @@ def _schema_keys(model: type[BaseModel], prefix: str) -> list[str]:
     for name, field in model.model_fields.items():
         path = f"{prefix}{field.alias or name}"
         inner, nested = _models_in(field.annotation)
-        if not inner:
-            keys.append(path)
+        plain = [a for a in typing.get_args(field.annotation)
+                 if a is not type(None) and not (isinstance(a, type) and issubclass(a, BaseModel))]
+        if not inner or (typing.get_origin(field.annotation) in (typing.Union, types.UnionType) and plain):
+            keys.append(path)  # also a plain value where a model may stand (verify: [paths] or {run: ...})
         for sub in inner:
             keys += _schema_keys(sub, f"{path}.*." if nested else f"{path}.")
     return keys

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from corral.paths import file_problem
 
 SCHEMA_VERSION = 5
+#: the tables of a ledger at this version (ledger/schema.py defines them; readers without SQLAlchemy check these)
+TABLES = ("controllers", "corral_meta", "events", "items", "learned", "runs", "submissions", "tasks")
 
 #: the ledgers corral can keep, as a message lists them
 VALID_LEDGERS = ("a SQLite file (a path, or sqlite:///ABSOLUTE/PATH) or a PostgreSQL database "

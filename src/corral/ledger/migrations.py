@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from corral.errors import LedgerError
 from corral.ledger import schema
+from corral.ledger.location import TABLES
 
 
 def _v2_controllers(conn: Connection) -> None:
@@ -86,7 +87,7 @@ def _check_tables(conn: Connection) -> None:
     """A ledger of the current version missing a table was damaged by hand: say so at once, not at
     the first query that needs the table."""
     present = set(inspect(conn).get_table_names())
-    missing = sorted(set(schema.metadata.tables) - present)
+    missing = sorted(set(TABLES) - present)
     if missing:
         raise LedgerError(f"the ledger is damaged: its table(s) {', '.join(missing)} are missing; restore it "
                           "from a backup, or start a new one with --ledger")

@@ -15,8 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from corral.ledger import schema
-from corral.ledger.location import SCHEMA_VERSION
+from corral.ledger.location import SCHEMA_VERSION, TABLES
 from corral.ledger.report_source import CellQuery, CellRow, ErrorRow, cell_row, json_path
 from corral.states import IN_FLIGHT, TaskState
 
@@ -49,7 +48,7 @@ class SqliteReader:
             reader.close()
             return None
         # Anything unusual (another version, a table dropped by hand) goes the full way, which says what.
-        if row is None or row[0] != str(SCHEMA_VERSION) or not set(schema.metadata.tables) <= tables:
+        if row is None or row[0] != str(SCHEMA_VERSION) or not set(TABLES) <= tables:
             reader.close()
             return None
         return reader
