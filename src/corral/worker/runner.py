@@ -252,20 +252,10 @@ class Worker:
                    CORRAL_CHECKPOINT_DIR=str(self.run_dir / "checkpoints" / self.stage_name / task["item_id"]))
         log_file = protocol.log_path(self.run_dir, self.stage_name, task["key"], task["attempt"])
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "ab") as out:
-            try:
-                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, env=env,
-                                        start_new_session=True)
-            except OSError as exc:
-                raise CommandFailed(ErrorClass.EXIT_CODE, f"cannot start {argv[0]!r}: {exc.strerror}") from None
-            try:
-                code = proc.wait(timeout=self.stage.timeout)
-            except subprocess.TimeoutExpired:
-                _terminate(proc)
-                raise TaskTimeout() from None
-            except Interrupted:
-                _terminate(proc)
-                raise
+        try:
+            code = self._run_logged(argv, env, log_file)
+        except OSError as exc:
+            raise CommandFailed(ErrorClass.EXIT_CODE, f"cannot start {argv[0]!r}: {exc.strerror}") from None
         if code != 0:
             tail = _tail(log_file)
             if code < 0:
@@ -352,24 +342,30 @@ class Worker:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, CORRAL_ITEM=json.dumps(task["params"]), CORRAL_ITEM_KEY=task["item_key"],
                    CORRAL_RUN_ID=self.run_id, CORRAL_STAGE=self.stage_name, CORRAL_ATTEMPT=str(task["attempt"]))
+        try:
+            code = self._run_logged(argv, env, log_file, header=f"verify: {' '.join(argv)}\n")
+        except OSError as exc:
+            raise VerifyFailed(f"cannot start the verify command {argv[0]!r}: {exc.strerror}") from None
+        if code != 0:
+            raise VerifyFailed(f"verify command {' '.join(argv)!r} exited {code}{_tail(log_file)}")
+
+    def _run_logged(self, argv: list[str], env: dict[str, str], log_file: Path, header: str = "") -> int:
+        """Run a command in the campaign folder with its output appended to the task's log, within the
+        stage's timeout; returns its exit code (OSError when it cannot start)."""
         with open(log_file, "ab") as out:
-            out.write(f"verify: {' '.join(argv)}\n".encode())
-            out.flush()
+            if header:
+                out.write(header.encode())
+                out.flush()
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, env=env,
+                                    start_new_session=True)
             try:
-                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, env=env,
-                                        start_new_session=True)
-            except OSError as exc:
-                raise VerifyFailed(f"cannot start the verify command {argv[0]!r}: {exc.strerror}") from None
-            try:
-                code = proc.wait(timeout=self.stage.timeout)
+                return proc.wait(timeout=self.stage.timeout)
             except subprocess.TimeoutExpired:
                 _terminate(proc)
                 raise TaskTimeout() from None
             except Interrupted:
                 _terminate(proc)
                 raise
-        if code != 0:
-            raise VerifyFailed(f"verify command {' '.join(argv)!r} exited {code}{_tail(log_file)}")
 
     # -- batches and once-per-run stages ------------------------------------------------
 
