@@ -168,7 +168,14 @@ ACCEPTED_THEN_FAILING = {
     "mem of -5": ("stages: {s: {run: ['true'], resources: {mem: -5}}}", "stages.s.resources.mem"),
     "GPU -1": ("stages: {s: {run: ['true']}}\nbackends: {local: {gpus: [-1]}}", "backends.local.gpus"),
     "a run_id template naming no field": ("run_id: '{nope}'\nstages: {s: {run: ['true']}}", "run_id"),
+    "a run id of 300 characters": ("run_id: '" + "r" * 300 + "_{timestamp}'\nstages: {s: {run: ['true']}}",
+                                   "characters long"),
 }
+
+
+def test_a_campaign_name_too_long_for_a_folder_name_is_refused_at_check(tmp_path: Path):
+    write_campaign(tmp_path, "name: " + "n" * 300 + "\nitems: {list: [{x: 1}]}\n" + VALID_TAIL)
+    check_refused(tmp_path, expect="at most 100 characters")
 
 
 @pytest.mark.parametrize("variant", list(ACCEPTED_THEN_FAILING))

@@ -141,7 +141,10 @@ def check_selection(campaign: LoadedCampaign, selection: Selection, count: int, 
         raise SpecError(f"the selection {selection.as_dict()} holds none of the campaign's "
                         f"{source.count():,} items", file=str(campaign.path), key="items",
                         expected="a selection that holds at least one item (fewer shards)")
-    _run_id(campaign, 0.0)  # a run_id template that cannot be filled is found before any run
+    run_id = _run_id(campaign, 0.0)  # a run_id template that cannot be filled is found before any run
+    if len(run_id) > 200:
+        raise SpecError(f"the run id {run_id[:40]!r}... is {len(run_id)} characters long; it names the run's folder",
+                        file=str(campaign.path), key="run_id", expected="a template giving at most 200 characters")
 
 
 def _run_id(campaign: LoadedCampaign, now: float) -> str:

@@ -285,7 +285,7 @@ class Items(Strict):
 class Campaign(Strict):
     """A whole campaign file after composition and overrides."""
 
-    name: str
+    name: str = Field(min_length=1, max_length=100)  # it names run folders: kept well under 255 bytes
     description: str = ""
     ledger: str | None = None
     workdir: str = ".corral"
