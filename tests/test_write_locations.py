@@ -61,3 +61,31 @@ def test_runs_merge_into_a_name_that_is_not_a_run_id_is_refused(tmp_path: Path):
     assert not (tmp_path / "x").exists() and not (folder / ".corral" / "runs" / "a").exists()
     corral_cli(folder, "runs", "merge", runs[0]["id"], "--into", "merged-1", check=0)
     assert "merged-1" in [r["id"] for r in json.loads(corral_cli(folder, "runs", "--json", check=0).stdout)]
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("workdir", "a\x00b", "workdir: a path without NUL or control characters"),
+    ("workdir", "state\nx", "workdir: a path without NUL or control characters"),
+    ("workdir", "  ", "workdir: a path, not an empty string"),
+    ("ledger", "~nouser-of-this-machine/x.db", "ledger: a path whose home folder exists"),
+    ("ledger", "led\x00ger.db", "ledger: a path without NUL or control characters"),
+])
+def test_a_workdir_or_ledger_that_names_no_usable_path_is_refused(tmp_path: Path, key: str, value: str, says: str):
+    folder = _folder(tmp_path, **{key: value})
+    before = sorted(os.listdir(folder))
+    for command in (["check"], ["check", "--json"], ["run", "-q"]):
+        proc = corral_cli(folder, *command, check=2)
+        assert says in proc.stderr and "corral.yaml" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert sorted(os.listdir(folder)) == before
+
+
+@pytest.mark.parametrize("where", ["--ledger", "CORRAL_LEDGER"])
+def test_a_ledger_given_with_an_unknown_home_folder_is_refused(tmp_path: Path, where: str):
+    folder = _folder(tmp_path)
+    given = "~nouser-of-this-machine/x.db"
+    if where == "--ledger":
+        proc = corral_cli(folder, "check", "--ledger", given, check=2)
+    else:
+        proc = corral_cli(folder, "check", check=2, env={"CORRAL_LEDGER": given})
+    assert "names no user of this machine" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

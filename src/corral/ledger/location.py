@@ -25,9 +25,19 @@ def default_url(root: Path, workdir: str = ".corral", configured: str | None = N
     if chosen:
         if "://" in chosen:
             return normalise_url(chosen)
-        path = Path(chosen).expanduser()
+        path = _expanded(chosen)
         return f"sqlite:///{(root / path) if not path.is_absolute() else path}"
     return f"sqlite:///{root / workdir / 'ledger.db'}"
+
+
+def _expanded(path: str) -> Path:
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # ~user of no such user
+        from corral.errors import LedgerError
+
+        raise LedgerError(f"the ledger {path!r} starts with {path.split('/', 1)[0]!r}, which names no user of "
+                          f"this machine; give a file path or a URL") from None
 
 
 def normalise_url(url: str) -> str:
@@ -45,7 +55,7 @@ def campaign_ledger_url(root: Path, workdir: str, configured: str | None, explic
 
             raise LedgerError(f"the ledger {given!r} holds a NUL character; give a file path or a URL without one")
     if explicit:
-        return normalise_url(explicit) if "://" in explicit else f"sqlite:///{Path(explicit).expanduser().resolve()}"
+        return normalise_url(explicit) if "://" in explicit else f"sqlite:///{_expanded(explicit).resolve()}"
     return default_url(root, workdir, configured)
 
 

@@ -306,6 +306,25 @@ class Campaign(Strict):
 
     _check_reports = field_validator("report")(check_report_names)
 
+    @field_validator("workdir", "ledger")
+    @classmethod
+    def _where_corral_writes(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip():
+            raise ValueError("a path, not an empty string")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("a path without NUL or control characters")
+        if value.startswith("~") and "://" not in value:
+            from pathlib import Path
+
+            try:
+                Path(value).expanduser()
+            except RuntimeError:  # ~user of no such user
+                raise ValueError(f"a path whose home folder exists; {value.split('/', 1)[0]!r} names no user "
+                                 f"of this machine") from None
+        return value
+
     @field_validator("stages")
     @classmethod
     def _stages(cls, value: dict[str, Stage]) -> dict[str, Stage]:
