@@ -213,3 +213,11 @@ def test_a_run_with_a_failing_command_ends_with_failures(tmp_path):
         "finished_with_failures", "cancelled")
     assert corral_cli(tmp_path, "retry", check=0)
     corral_cli(tmp_path, "run", "-q", check=1)  # the command still fails for x=2
+
+
+def test_version_prints_the_installed_version_and_writes_nothing(tmp_path: Path):
+    import corral
+
+    proc = corral_cli(tmp_path, "--version", check=0)
+    assert proc.stdout.strip() == f"corral {corral.__version__}"
+    assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Run research campaigns from one campaign file, with one durable ledger.",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
+def _print_version(value: bool) -> None:
+    if value:
+        from corral import __version__
+
+        typer.echo(f"corral {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print corral's version and exit.")) -> None:
+    """Run research campaigns from one campaign file, with one durable ledger."""
+
+
 ARGS = typer.Argument(None, help="[CAMPAIGN.yaml] [key=value overrides...]", show_default=False)
 LEDGER = typer.Option(None, "--ledger", help="Ledger URL or SQLite path (default: CORRAL_LEDGER, the file's "
                       "ledger:, or .corral/ledger.db beside the campaign file).")
