@@ -1,0 +1,153 @@
+"""examples/episodes: the per-episode GPU pipeline, run as its README says, with two made-up GPUs.
+
+No GPU exists on the test machine: the README's smoke block names two through
+CUDA_VISIBLE_DEVICES, and the stand-in episode records which one it was given. What is checked
+here, from the files the example wrote and not from corral's numbers: every episode's output
+passes the pipeline's own verify script, each try saw exactly one GPU and no GPU ran more than
+workers_per_gpu episodes at once, the hub folder holds every episode exactly once over several
+upload batches, the retry re-ran only the failed episodes and a new run processed nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import corral_cli
+from support.readme import EXAMPLES, copy_example, run_readme_block
+
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
+
+README = EXAMPLES / "episodes" / "README.md"
+SMOKE_EPISODES = 12
+FAIL_ONCE = {2, 5, 9}
+WORKERS_PER_GPU = 2
+FAKE_GPUS = {"0", "1"}
+
+
+def _index(folder: Path) -> list[dict]:
+    lines = (folder / "episodes.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines[:SMOKE_EPISODES]]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, module_ledger) -> tuple[Path, list]:
+    folder = copy_example("episodes", tmp_path_factory.mktemp("episodes"))
+    results = run_readme_block(folder, README, "smoke", expect_ok=False, timeout=300)
+    return folder, results
+
+
+def test_the_readme_smoke_block_runs_with_the_exit_codes_it_describes(smoke):
+    _, results = smoke
+    codes = [result.returncode for result in results]
+    # check, run (3 episodes fail), retry, run, run --new, status
+    assert codes == [0, 1, 0, 0, 0, 0], [(r.command, r.returncode, r.stderr[-2000:]) for r in results]
+    assert "finished_with_failures" in results[1].stderr + results[1].stdout
+    assert "3 tasks of run" in results[2].stderr
+
+
+def test_every_episode_output_passes_the_pipelines_own_verify_script(smoke):
+    folder, _ = smoke
+    for episode in _index(folder):
+        out = folder / "staging" / episode["path"]
+        proc = subprocess.run(["bash", str(folder / "verify_pipeline_outputs.sh"), str(out)],
+                              capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"({episode['frames']} frames)" in proc.stdout
+        import numpy as np
+
+        with np.load(out / "tracks.npz") as tracks:
+            assert tracks["tracks_3d"].shape == (episode["frames"], 3, 3)
+
+
+def _tries(folder: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted((folder / ".stand-in" / "timings").iterdir())]
+
+
+def test_each_try_saw_one_gpu_and_no_gpu_ran_more_than_workers_per_gpu_episodes_at_once(smoke):
+    folder, _ = smoke
+    tries = _tries(folder)
+    assert tries and all(t["gpu"] in FAKE_GPUS for t in tries), {t["gpu"] for t in tries}
+    for gpu in FAKE_GPUS:
+        spans = [(t["start"], t["end"]) for t in tries if t["gpu"] == gpu]
+        for start, _ in spans:
+            at_once = sum(1 for s, e in spans if s <= start < e)
+            assert at_once <= WORKERS_PER_GPU, (gpu, start, at_once)
+    assert {t["gpu"] for t in tries} == FAKE_GPUS
+
+
+def test_the_retry_reran_only_the_failures_and_the_new_run_processed_nothing(smoke):
+    folder, _ = smoke
+    tries = _tries(folder)
+    per_episode = Counter(t["index"] for t in tries)
+    assert per_episode == Counter({i: 2 if i in FAIL_ONCE else 1 for i in range(SMOKE_EPISODES)})
+    for index in FAIL_ONCE:
+        statuses = [t["status"] for t in sorted(tries, key=lambda t: t["start"]) if t["index"] == index]
+        assert statuses == ["failed", "done"]
+    newest = json.loads(corral_cli(folder, "export", "+preset=smoke", "--stage", "episode", "-f", "json",
+                                   check=0).stdout)
+    assert len(newest) == SMOKE_EPISODES
+    assert all(row["state"] == "done" and row["skipped"] is True for row in newest)
+
+
+def test_the_hub_holds_every_episode_exactly_once_over_several_upload_batches(smoke):
+    folder, _ = smoke
+    hub = folder / "local_hub"
+    batches = [json.loads(path.read_text())["episodes"] for path in sorted((hub / "batches").glob("*.json"))]
+    uploaded = Counter(episode for batch in batches for episode in batch)
+    index = _index(folder)
+    assert uploaded == Counter(episode["path"] for episode in index)
+    assert len(batches) >= 3, batches            # >= 2 in the first run, then the retried episodes
+    retried = {episode["path"] for episode in index if episode["index"] in FAIL_ONCE}
+    assert retried in [set(batch) for batch in batches]
+    for episode in index:
+        for name in ("tracks.npz", "intrinsics.json", "extrinsics.json", "robot_state.npz"):
+            assert (hub / episode["path"] / name).read_bytes() == (folder / "staging" / episode["path"] / name).read_bytes()
+
+
+@pytest.mark.sqlite_only
+def test_without_a_gpu_the_episode_stage_is_refused_before_anything_runs(tmp_path):
+    folder = copy_example("episodes", tmp_path)
+    proc = corral_cli(folder, "run", "+preset=smoke", "backends.local.gpus=none", check=2)
+    assert "stages.episode.resources.gpus" in proc.stderr and "no GPU" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (folder / ".corral" / "ledger.db").exists() and not (folder / "staging").exists()
+
+
+@pytest.mark.sqlite_only
+def test_the_hugging_face_target_takes_hf_token_by_name_from_dotenv(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    folder = copy_example("episodes", tmp_path)
+    target = ["hub=huggingface", "params.hf_repo=me/droid_metadata_only", "+preset=smoke"]
+    environment = {"CUDA_VISIBLE_DEVICES": "0,1"}
+    missing = corral_cli(folder, "check", *target, check=2, env=environment)
+    assert "stages.upload.secrets" in missing.stderr and "HF_TOKEN" in missing.stderr and ".env" in missing.stderr
+    (folder / ".env").write_text('HF_TOKEN="hf_from_dotenv_file"\n')
+    found = corral_cli(folder, "check", *target, check=0, env=environment)
+    assert "HF_TOKEN set (.env)" in found.stdout + found.stderr
+    assert "hf_from_dotenv_file" not in found.stdout + found.stderr
+
+
+@pytest.mark.sqlite_only
+def test_an_upload_to_the_hub_without_huggingface_hub_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    try:
+        import huggingface_hub  # noqa: F401
+        pytest.skip("huggingface_hub is installed here")
+    except ImportError:
+        pass
+    folder = copy_example("episodes", tmp_path)
+    (folder / ".env").write_text("HF_TOKEN=hf_from_dotenv_file\n")
+    args = ["hub=huggingface", "params.hf_repo=me/droid_metadata_only", "+preset=smoke",
+            "params.num_episodes=2", "stages.upload.retries.max=0"]
+    env = {"CUDA_VISIBLE_DEVICES": "0,1"}
+    corral_cli(folder, "run", "-q", *args, check=1, env=env, timeout=120)
+    rows = json.loads(corral_cli(folder, "export", *args, "--stage", "upload", "-f", "json", check=0, env=env).stdout)
+    assert [row["state"] for row in rows] == ["failed", "failed"]
+    assert all("pip install 'huggingface_hub" in row["error_message"] for row in rows), rows
+    assert "hf_from_dotenv_file" not in (folder / ".corral" / "corral.log").read_text()
