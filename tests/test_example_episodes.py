@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import corral_cli
+from conftest import cli_env, corral_cli
 from support.readme import EXAMPLES, copy_example, run_readme_block
 
 pytestmark = pytest.mark.usefixtures("campaign_ledger")
@@ -151,3 +151,47 @@ def test_an_upload_to_the_hub_without_huggingface_hub_says_how_to_install_it(tmp
     assert [row["state"] for row in rows] == ["failed", "failed"]
     assert all("pip install 'huggingface_hub" in row["error_message"] for row in rows), rows
     assert "hf_from_dotenv_file" not in (folder / ".corral" / "corral.log").read_text()
+
+
+BENCH = EXAMPLES.parent / "bench" / "gpu_pinning.py"
+
+
+@pytest.mark.sqlite_only
+def test_the_gpu_pinning_bench_says_there_is_no_gpu_and_exits_0(tmp_path):
+    env = {k: v for k, v in cli_env().items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PATH"] = "/usr/bin:/bin"                 # no nvidia-smi
+    proc = subprocess.run([sys.executable, str(BENCH)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and "no GPU on this machine" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.sqlite_only
+def test_the_gpu_pinning_bench_checks_each_task_on_made_up_gpus(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--seconds", "0.2", "--tasks-per-slot", "2"], cwd=tmp_path,
+                          env=cli_env({"CUDA_VISIBLE_DEVICES": "0,1"}), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("task-")]
+    assert len(rows) == 8 and {row.split()[1] for row in rows} == {"0", "1"}
+    assert "pinning ok" in proc.stdout
+
+
+@pytest.mark.sqlite_only
+def test_the_gpu_pinning_bench_reports_a_gpu_shared_beyond_workers_per_gpu_or_a_task_seeing_two():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_pinning", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def row(key, visible, start, end, **extra):
+        return {"item_key": key, "state": "done", "visible": visible, "ctx_gpus": [int(v) for v in visible.split(",")],
+                "device_count": len(visible.split(",")), "start": start, "end": end, **extra}
+
+    fine = [row("a", "0", 0, 1), row("b", "0", 0.5, 1.5), row("c", "1", 0, 1)]
+    assert bench.problems_of(fine, workers_per_gpu=2) == []
+    crowded = fine + [row("d", "0", 0.6, 0.9)]
+    assert any("3 tasks at once on GPU 0" in p for p in bench.problems_of(crowded, workers_per_gpu=2))
+    two = fine + [row("e", "0,1", 2, 3)]
+    assert any("task e" in p for p in bench.problems_of(two, workers_per_gpu=2))
+    moved = fine + [row("f", "1", 2, 3, uuid="GPU-x"), row("g", "1", 3, 4, uuid="GPU-y")]
+    assert any("several GPUs" in p for p in bench.problems_of(moved, workers_per_gpu=2))
