@@ -11,6 +11,7 @@ upload batches, the retry re-ran only the failed episodes and a new run processe
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -195,3 +196,65 @@ def test_the_gpu_pinning_bench_reports_a_gpu_shared_beyond_workers_per_gpu_or_a_
     assert any("task e" in p for p in bench.problems_of(two, workers_per_gpu=2))
     moved = fine + [row("f", "1", 2, 3, uuid="GPU-x"), row("g", "1", 3, 4, uuid="GPU-y")]
     assert any("several GPUs" in p for p in bench.problems_of(moved, workers_per_gpu=2))
+
+
+STAND_IN_HUB = '''\
+"""A stand-in for huggingface_hub's HfApi (the real Hub cannot be reached from a test): a dataset
+repo is a folder under $STAND_IN_HUB_ROOT, each upload_folder call one commit logged in commits.jsonl."""
+import json, os, shutil
+from pathlib import Path
+
+ROOT = Path(os.environ["STAND_IN_HUB_ROOT"])
+
+
+class HfApi:
+    def __init__(self, token=None):
+        self.token = token
+
+    def _repo(self, repo_id, repo_type):
+        assert repo_type == "dataset", repo_type
+        return ROOT / repo_id
+
+    def create_repo(self, repo_id, repo_type=None, private=False, exist_ok=False):
+        self._repo(repo_id, repo_type).mkdir(parents=True, exist_ok=exist_ok)
+
+    def list_repo_files(self, repo_id, repo_type=None):
+        repo = self._repo(repo_id, repo_type)
+        return sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+
+    def upload_folder(self, folder_path, repo_id, repo_type=None, commit_message=None):
+        repo = self._repo(repo_id, repo_type)
+        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        shutil.copytree(folder_path, repo, dirs_exist_ok=True)
+        with open(ROOT / "commits.jsonl", "a") as log:
+            log.write(json.dumps({"repo": repo_id, "token": self.token, "message": commit_message, "files": files}) + "\\n")
+'''
+
+
+@pytest.mark.sqlite_only
+def test_the_hugging_face_target_uploads_each_batch_as_one_commit_with_the_token_from_dotenv(tmp_path, monkeypatch):
+    # The Hub cannot be reached from a test: a stand-in huggingface_hub module takes its place.
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    stand_in = tmp_path / "stand-in" / "huggingface_hub"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(STAND_IN_HUB)
+    remote = tmp_path / "remote"
+    folder = copy_example("episodes", tmp_path)
+    (folder / ".env").write_text('HF_TOKEN="hf_from_dotenv_file"\n')
+    env = {"CUDA_VISIBLE_DEVICES": "0,1", "STAND_IN_HUB_ROOT": str(remote),
+           "PYTHONPATH": os.pathsep.join([str(stand_in.parent), os.environ.get("PYTHONPATH", "")])}
+    args = ["hub=huggingface", "params.hf_repo=me/droid_metadata_only", "+preset=smoke", "params.num_episodes=6",
+            "params.fail_once=''"]
+    corral_cli(folder, "run", "-q", *args, check=0, env=env, timeout=120)
+    corral_cli(folder, "run", "-q", "--new", *args, check=0, env=env, timeout=120)
+    commits = [json.loads(line) for line in (remote / "commits.jsonl").read_text().splitlines()]
+    assert commits and all(c["token"] == "hf_from_dotenv_file" and c["repo"] == "me/droid_metadata_only"
+                           for c in commits)
+    uploaded = Counter(f[: -len("/tracks.npz")] for c in commits for f in c["files"] if f.endswith("/tracks.npz"))
+    assert uploaded == Counter(episode["path"] for episode in _index(folder)[:6])
+    for commit in commits:                    # each commit lists its own batch
+        listed = [f for f in commit["files"] if f.startswith("batches/")]
+        assert len(listed) == 1
+    assert not (folder / "local_hub").exists()
+    assert b"hf_from_dotenv_file" not in (folder / ".corral" / "ledger.db").read_bytes()
+    assert "hf_from_dotenv_file" not in (folder / ".corral" / "corral.log").read_text()
