@@ -189,6 +189,18 @@ def test_the_environment_wins_over_dotenv(tmp_path):
     assert json.loads(result[0])["same"] is True
 
 
+def test_an_empty_value_in_the_environment_does_not_hide_the_one_in_dotenv(tmp_path):
+    write_module(tmp_path, "probe", SECRET_PROBE)
+    write_campaign(tmp_path, campaign_dict({"probe": {"call": "probe:probe", "secrets": ["HF_TOKEN"]}},
+                                           items={"list": [{"want": _digest("hf_from_the_dotenv_file")}]}))
+    proc = corral_cli(tmp_path, "check", check=2, env={"HF_TOKEN": ""})
+    assert "the secret 'HF_TOKEN' is set but empty" in proc.stderr, proc.stderr
+    (tmp_path / ".env").write_text("HF_TOKEN=hf_from_the_dotenv_file\n")
+    corral_cli(tmp_path, "run", "--quiet", check=0, env={"HF_TOKEN": ""})
+    (result,) = query_ledger(tmp_path, "SELECT result FROM tasks")
+    assert json.loads(result[0])["same"] is True
+
+
 # -- 4. a secret given by value ---------------------------------------------------------------------
 
 def test_a_secret_given_by_value_in_env_is_warned_about(tmp_path):

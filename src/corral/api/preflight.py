@@ -134,7 +134,7 @@ def needed_secrets(loaded: LoadedCampaign, stages: list[str]) -> list[tuple[str,
 def _resolve_secret(name: str, dotenv: dict[str, str]) -> SecretSource:
     if os.environ.get(name):
         return SecretSource.ENVIRONMENT
-    if dotenv.get(name) and name not in os.environ:
+    if dotenv.get(name):  # an empty value in the environment does not hide the one in .env
         return SecretSource.DOTENV
     return SecretSource.MISSING
 
@@ -145,7 +145,8 @@ def _missing_secret(loaded: LoadedCampaign, name: str, key: str) -> SpecError:
         backend = key.split(".")[1]
         return SpecError(f"backend {backend!r} needs an API key in {name}, which is not set", file=str(loaded.path),
                          key=key, expected=f"{where}, or name another variable in {key}")
-    return SpecError(f"the secret {name!r} is not set", file=str(loaded.path), key=key, expected=where)
+    state = "is set but empty" if name in os.environ else "is not set"
+    return SpecError(f"the secret {name!r} {state}", file=str(loaded.path), key=key, expected=where)
 
 
 def load_dotenv(loaded: LoadedCampaign) -> None:
@@ -156,7 +157,7 @@ def load_dotenv(loaded: LoadedCampaign) -> None:
 
 def _load_passed_names(loaded: LoadedCampaign, stages: list[str], dotenv: dict[str, str]) -> None:
     """Secrets, API keys and a cluster's ``env:`` names found only in ``.env`` go into the environment
-    (the environment wins: a name already set is left as it is)."""
+    (the environment wins: a name already set to a value is left as it is)."""
     if not dotenv:
         return
     names = {name for name, _ in needed_secrets(loaded, stages)}
@@ -165,7 +166,7 @@ def _load_passed_names(loaded: LoadedCampaign, stages: list[str], dotenv: dict[s
         if isinstance(settings, SlurmBackend):
             names.update(settings.env)
     for name in sorted(names):
-        if name not in os.environ and dotenv.get(name):
+        if not os.environ.get(name) and dotenv.get(name):
             os.environ[name] = dotenv[name]
 
 
