@@ -135,3 +135,19 @@ def test_a_shared_postgresql_ledger_gives_the_same_numbers_without_sharing_files
     assert len(report["runs"]) == 1
     assert _report_counts(report, "policy") == _rates(sqlite_episodes, 0)
     assert _rates(_episode_files(shared / "results"), 0) == _rates(sqlite_episodes, 0)
+
+
+@pytest.mark.parametrize("preset, spec, repeats", [(None, "benchmark_spec.json", 50),
+                                                    ("lm20", "benchmark_spec_lm20.json", 20)])
+def test_the_full_and_compact_specs_plan_every_episode_of_their_spec_file(tmp_path, preset, spec, repeats):
+    from conftest import corral_cli
+
+    folder = copy_example("benchmark", tmp_path)
+    settings = json.loads((folder / "benchmark" / spec).read_text())["items"]
+    assert len(settings) == (20 if preset is None else 10)
+    assert all(set(s) == {"setting", "perturb_type", "severity", "timing"} for s in settings)
+    args = ["check"] + ([f"+preset={preset}"] if preset else [])
+    proc = corral_cli(folder, *args, env={"CUDA_VISIBLE_DEVICES": "0,1"}, check=0)
+    episodes = len(settings) * 50 * repeats * len(POLICIES)
+    assert f"items: {episodes}   tasks: {episodes}" in proc.stdout
+    assert "GPUs of local: 0, 1" in proc.stdout and "4 workers, 1 GPU each" in proc.stdout
