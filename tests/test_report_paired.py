@@ -163,3 +163,62 @@ def test_a_paired_dimension_that_does_not_exist_is_exit_2(campaign):
     assert "--baseline 'nope' is not a value of policy; values: base, tuned" in proc.stderr
     proc = corral_cli(folder, "report", "--paired-by", "policy", "--pair-on", "task", check=2)
     assert "two done tasks share" in proc.stderr and "--pair-on" in proc.stderr
+
+
+RUN_PER_POLICY = """
+name: perpolicy
+params:
+  policy: base
+items:
+  grid:
+    task: [pick, push, stack]
+    seed: {range: [0, 12]}
+  key: "{task}/{seed}"
+stages:
+  episode:
+    call: tasks:run_episode
+backends:
+  local:
+    workers: 2
+    gpus: none
+"""
+
+CONFIG_TASKS = TASKS + """
+
+def run_policy_episode(item, ctx):
+    import json
+
+    import corral
+
+    campaign = corral.open(str(ctx.root / "corral.yaml"), ledger=ctx.ledger_url)
+    try:
+        policy = json.loads(campaign.run(ctx.run_id).row["config"])["params"]["policy"]
+    finally:
+        campaign.close()
+    return outcome(policy, item["task"], item["seed"])
+"""
+
+
+def test_runs_one_per_policy_pair_up_on_their_shared_items(module_ledger, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("perpolicy")
+    write_module(folder, "tasks", CONFIG_TASKS)
+    write_campaign(folder, RUN_PER_POLICY.replace("tasks:run_episode", "tasks:run_policy_episode"))
+    for policy in ("base", "tuned"):
+        corral_cli(folder, "run", f"params.policy={policy}", check=0, timeout=300)
+    namespace: dict = {}
+    exec(TASKS, namespace)
+    outcome = namespace["outcome"]
+    units = [(task, seed) for task in ("pick", "push", "stack") for seed in range(12)]
+    data = json.loads(corral_cli(folder, "report", "--where", "status=done", "--paired-by", "policy", "-f", "json",
+                                 check=0).stdout)
+    assert data["pair_on"] == ["task", "seed"] and len(data["runs"]) == 2
+    row = next(r for r in data["comparisons"] if r["metric"] == "steps")
+    diffs = [outcome("tuned", *u)["steps"] - outcome("base", *u)["steps"] for u in units]
+    assert row["n"] == len(units) and row["diff"] == pytest.approx(sum(diffs) / len(diffs))
+    pivot = list(csv.DictReader(io.StringIO(corral_cli(
+        folder, "report", "--where", "status=done", "--by", "task", "--columns", "policy", "-f", "csv",
+        check=0).stdout)))
+    for line in pivot:
+        for policy in ("base", "tuned"):
+            wins = sum(outcome(policy, line["task"], s)["success"] for s in range(12))
+            assert float(line[f"{policy}_success_rate"]) == pytest.approx(wins / 12)
