@@ -95,7 +95,6 @@ class Section:
                                             stage=self.stage, compare=self.compare, top=self.top,
                                             leave_out_merged=True if self.from_where else None,
                                             columns=layout.columns, lower_is_better=layout.lower_is_better)
-                    self._table.lower_is_better = tuple(layout.lower_is_better)
             except CorralError as exc:
                 raise self._wrapped(exc) from None
             self._table.caption, self._table.label = layout.caption, layout.label
