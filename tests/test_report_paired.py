@@ -226,3 +226,46 @@ def test_runs_one_per_policy_pair_up_on_their_shared_items(module_ledger, tmp_pa
         for policy in ("base", "tuned"):
             wins = sum(outcome(policy, line["task"], s)["success"] for s in range(12))
             assert float(line[f"{policy}_success_rate"]) == pytest.approx(wins / 12)
+
+
+def test_wilcoxons_signed_rank_test_for_paired_means(campaign):
+    folder, truth = campaign
+    data = json.loads(corral_cli(folder, "report", "--paired-by", "policy", "--paired-test", "wilcoxon", "-f", "json",
+                                 check=0).stdout)
+    row = next(r for r in data["comparisons"] if r["metric"] == "steps")
+    diffs = [u["tuned"]["steps"] - u["base"]["steps"] for u in truth.values()]
+    nonzero = [d for d in diffs if d != 0]
+    sizes = sorted(abs(d) for d in nonzero)
+    rank = {size: sum(i + 1 for i, s in enumerate(sizes) if s == size) / sizes.count(size) for size in set(sizes)}
+    w_plus = sum(rank[abs(d)] for d in nonzero if d > 0)
+    m = len(nonzero)
+    ties = sum(sizes.count(s) ** 3 - sizes.count(s) for s in set(sizes))
+    sd = math.sqrt(m * (m + 1) * (2 * m + 1) / 24 - ties / 48)
+    z = (abs(w_plus - m * (m + 1) / 4) - 0.5) / sd
+    walsh = sorted((a + b) / 2 for i, a in enumerate(diffs) for b in diffs[i:])
+    assert row["test"] == "wilcoxon" and row["n"] == len(diffs)
+    assert row["statistic"] == pytest.approx(w_plus)
+    assert row["p_value"] == pytest.approx(math.erfc(z / math.sqrt(2)), rel=1e-9)
+    assert row["diff"] == pytest.approx(walsh[len(walsh) // 2] if len(walsh) % 2 else
+                                        (walsh[len(walsh) // 2 - 1] + walsh[len(walsh) // 2]) / 2)
+    assert row["ci_low"] in walsh and row["ci_high"] in walsh and row["ci_low"] <= row["diff"] <= row["ci_high"]
+    success = next(r for r in data["comparisons"] if r["metric"] == "success")
+    assert success["test"] == "mcnemar-exact"
+    proc = corral_cli(folder, "report", "--paired-by", "policy", "--paired-test", "sign", check=2)
+    assert "--paired-test 'sign' is not one of t, wilcoxon" in proc.stderr
+
+
+def test_wilcoxon_exact_p_value_and_interval_match_a_published_example():
+    # Hollander & Wolfe (1973), p. 29: depression scores before (x) and after (y); no ties, n = 9.
+    from corral.report.paired_stats import wilcoxon
+
+    x = [1.83, 0.50, 1.62, 2.48, 1.68, 1.88, 1.55, 3.06, 1.30]
+    y = [0.878, 0.647, 0.598, 2.05, 1.06, 1.29, 1.06, 3.14, 1.29]
+    result = wilcoxon(y, x)  # x - y
+    assert result["statistic"] == 40.0
+    assert result["p_value"] == pytest.approx(20 / 512)  # 2 * P(W+ <= 5), 10 of 512 sign patterns
+    assert result["diff"] == pytest.approx(0.46)
+    d = [p - q for p, q in zip(x, y)]
+    walsh = sorted((a + b) / 2 for i, a in enumerate(d) for b in d[i:])
+    # the interval: the 6th smallest and 6th largest of the 45 Walsh averages (P(W+ <= 5) = 10/512 <= 0.025)
+    assert (result["ci_low"], result["ci_high"]) == (pytest.approx(walsh[5]), pytest.approx(walsh[39]))

@@ -35,6 +35,8 @@ class Layout:
     pair_on: Sequence[str] = ()
     #: the value the others are compared with (default: the first in sort order)
     baseline: str | None = None
+    #: the paired test of numbers: ``t`` (default) or ``wilcoxon``
+    paired_test: str | None = None
     #: this dimension's values as the columns
     columns: str | None = None
     #: result fields where lower is better (the best value, bold in LaTeX, is the lowest)
@@ -44,13 +46,14 @@ class Layout:
 
     @property
     def given(self) -> bool:
-        return any((self.paired_by, self.pair_on, self.baseline, self.columns, self.lower_is_better,
+        return any((self.paired_by, self.pair_on, self.baseline, self.paired_test, self.columns, self.lower_is_better,
                     self.caption, self.label))
 
     def over(self, spec: "NamedReport") -> "Layout":
         """These options, each one not given taken from a named report."""
         return Layout(paired_by=self.paired_by or spec.paired_by, pair_on=self.pair_on or spec.pair_on,
                       baseline=self.baseline if self.baseline is not None else spec.baseline,
+                      paired_test=self.paired_test or spec.paired_test,
                       columns=self.columns or spec.columns,
                       lower_is_better=self.lower_is_better or spec.lower_is_better,
                       caption=self.caption if self.caption is not None else spec.caption,
@@ -89,7 +92,7 @@ class Section:
                 if layout.paired_by is not None:
                     self._table = compare_paired(self.report.source, self.rows, layout.paired_by,
                                                  pair_on=layout.pair_on, baseline=layout.baseline,
-                                                 metric=self.metric, stage=self.stage)
+                                                 metric=self.metric, stage=self.stage, test=layout.paired_test)
                 else:
                     self._table = aggregate(self.report.source, self.rows, by=self.by, metric=self.metric,
                                             stage=self.stage, compare=self.compare, top=self.top,
@@ -242,13 +245,19 @@ def build(campaign: "Campaign", name: str | None = None, *, run_id: str | Sequen
           stage: str | None = None, compare: bool | None = None, format: str | None = None,
           output: str | Path | None = None, plot: str | Path | None = None, top: int | None = None,
           paired_by: str | None = None, pair_on: Sequence[str] | str | None = None, baseline: Any = None,
-          columns: str | None = None, lower_is_better: Sequence[str] | str | None = None,
-          caption: str | None = None, label: str | None = None) -> Report:
+          paired_test: str | None = None, columns: str | None = None,
+          lower_is_better: Sequence[str] | str | None = None, caption: str | None = None,
+          label: str | None = None) -> Report:
     """The Report of ``corral report [NAME]`` with these options (see ``Campaign.report``)."""
-    layout = Layout(paired_by=paired_by, pair_on=_names(pair_on), baseline=None if baseline is None else str(baseline),
-                    columns=columns, lower_is_better=_names(lower_is_better), caption=caption, label=label)
+    layout = Layout(paired_by=paired_by, pair_on=_names(pair_on),
+                    baseline=None if baseline is None else str(baseline), paired_test=paired_test, columns=columns,
+                    lower_is_better=_names(lower_is_better), caption=caption, label=label)
     if format is not None:
         check_format(format)
+    if paired_test is not None:
+        from corral.report.paired import numeric_test
+
+        numeric_test(paired_test)
     run_ids = [run_id] if isinstance(run_id, str) else list(run_id or [])
     where = list(where or [])
     by = [by] if isinstance(by, str) else list(by or [])

@@ -48,6 +48,9 @@ def report(args: Optional[List[str]] = ARGS,
                                        "parameter but the --paired-by one)."),
            baseline: Optional[str] = typer.Option(
                None, "--baseline", help="The --paired-by value the others are compared with (default: the first)."),
+           paired_test: Optional[str] = typer.Option(
+               None, "--paired-test", help="The paired test of numbers: t (the paired t-test, default) or wilcoxon "
+                                           "(the signed-rank test, with the Hodges-Lehmann difference)."),
            columns: Optional[str] = typer.Option(
                None, "--columns", help="This dimension's values as the columns (e.g. --by setting --columns policy)."),
            lower_is_better: Optional[List[str]] = typer.Option(
@@ -65,8 +68,9 @@ def report(args: Optional[List[str]] = ARGS,
     try:
         report = campaign.report(names[0] if names else None, run_id=run_ids, where=where, by=by, metric=metric,
                                  stage=stage, compare=compare, format=fmt, output=out_file, plot=plot_file,
-                                 top=top, paired_by=paired_by, pair_on=pair_on, baseline=baseline, columns=columns,
-                                 lower_is_better=lower_is_better, caption=caption, label=label)
+                                 top=top, paired_by=paired_by, pair_on=pair_on, baseline=baseline,
+                                 paired_test=paired_test, columns=columns, lower_is_better=lower_is_better,
+                                 caption=caption, label=label)
         try:
             written = report.write(echo=_echo)
         finally:

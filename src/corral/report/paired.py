@@ -12,6 +12,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Sequence
 
 from corral.errors import CorralError
@@ -19,12 +20,27 @@ from corral.ledger.report_source import report_queries
 from corral.ledger.values import loads
 from corral.report.dimensions import (default_stage, discover_param_names, discover_result_kinds, flatten,
                                       resolve_dimensions)
-from corral.report.paired_stats import mcnemar, paired_t
+from corral.report.paired_stats import mcnemar, paired_t, wilcoxon
 from corral.report.selection import leave_out_merged_sources
 from corral.states import CORRAL_RESULT_FIELDS, DEFAULT_METRIC, TaskState
 
 COLUMNS = ("baseline", "other", "metric", "test", "n", "unpaired", "baseline_mean", "other_mean", "diff",
            "ci_low", "ci_high", "statistic", "p_value")
+
+
+class NumericTest(str, Enum):
+    """The paired test of numeric result fields (``--paired-test``)."""
+
+    T = "t"
+    WILCOXON = "wilcoxon"
+
+
+def numeric_test(name: str | None) -> NumericTest:
+    try:
+        return NumericTest(name or NumericTest.T.value)
+    except ValueError:
+        raise CorralError(f"--paired-test {name!r} is not one of {', '.join(t.value for t in NumericTest)} "
+                          "(the paired t-test, or Wilcoxon's signed-rank test)") from None
 
 
 @dataclass
@@ -40,6 +56,7 @@ class PairedTable:
     rows: list[dict[str, Any]]
     caption: str | None = None
     label: str | None = None
+    numeric_test: NumericTest = NumericTest.T
     excluded_runs: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,7 +64,10 @@ class PairedTable:
                 "baseline": self.baseline, "values": self.values, "stage": self.stage, "runs": self.runs,
                 "excluded_runs": self.excluded_runs,
                 "tests": {"bool": "McNemar exact (binomial on discordant pairs); diff: Wald 95% for paired "
-                                  "proportions", "numeric": "paired t-test; diff: t 95% interval"},
+                                  "proportions",
+                          "numeric": "paired t-test; diff: t 95% interval" if self.numeric_test == NumericTest.T
+                          else "Wilcoxon signed-rank; diff: Hodges-Lehmann estimate, 95% interval from the "
+                               "Walsh averages"},
                 "comparisons": self.rows}
 
 
@@ -64,8 +84,11 @@ def _scalar(value: Any) -> Any:
 
 
 def compare_paired(ledger, run_rows: list[dict[str, Any]], paired_by: str, pair_on: Sequence[str] = (),
-                   baseline: Any = None, metric: str | None = None, stage: str | None = None) -> PairedTable:
-    """The paired comparisons of ``paired_by``'s values over the done tasks of ``run_rows``."""
+                   baseline: Any = None, metric: str | None = None, stage: str | None = None,
+                   test: str | None = None) -> PairedTable:
+    """The paired comparisons of ``paired_by``'s values over the done tasks of ``run_rows``; numbers
+    with ``test`` (``t``: the paired t-test, the default; ``wilcoxon``: the signed-rank test)."""
+    chosen_test = numeric_test(test)
     if not run_rows:
         raise CorralError("no runs to report on")
     run_rows, excluded = leave_out_merged_sources(run_rows)
@@ -75,7 +98,8 @@ def compare_paired(ledger, run_rows: list[dict[str, Any]], paired_by: str, pair_
     with ledger.read() as conn:
         stage_counts = queries.stage_counts(conn, run_ids)
         if stage is not None and stage not in stage_counts:
-            raise CorralError(f"no stage {stage!r} in the runs reported on; stages: {', '.join(stage_counts) or '(none)'}")
+            raise CorralError(f"no stage {stage!r} in the runs reported on; stages: "
+                              f"{', '.join(stage_counts) or '(none)'}")
         stage = stage or default_stage(run_rows, stage_counts)
         kinds = discover_result_kinds(queries, conn, run_ids, stage)
         params = discover_param_names(queries, conn, run_rows)
@@ -144,11 +168,15 @@ def compare_paired(ledger, run_rows: list[dict[str, Any]], paired_by: str, pair_
                 else:
                     pairs.append((a, b))
             xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
-            stats = mcnemar(xs, ys) if wanted is bool else paired_t(xs, ys)
+            if wanted is bool:
+                stats = mcnemar(xs, ys)
+            else:
+                stats = paired_t(xs, ys) if chosen_test == NumericTest.T else wilcoxon(xs, ys)
             stats.pop("discordant", None)
             rows.append({"baseline": baseline, "other": other, "metric": name, "unpaired": unpaired, **stats})
     return PairedTable(dimension=paired_by, pair_on=keys, baseline=baseline, values=values, stage=stage,
-                       runs=run_ids, rows=[{c: row.get(c) for c in COLUMNS} for row in rows], excluded_runs=excluded)
+                       runs=run_ids, rows=[{c: row.get(c) for c in COLUMNS} for row in rows], excluded_runs=excluded,
+                       numeric_test=chosen_test)
 
 
 def _typed(value: Any, wanted: type) -> Any:

@@ -33,6 +33,7 @@ class NamedReport(BaseModel):
     paired_by: Optional[str] = None
     pair_on: List[str] = Field(default_factory=list)
     baseline: Optional[str] = None
+    paired_test: Optional[Literal["t", "wilcoxon"]] = None
     #: this dimension's values as the columns
     columns: Optional[str] = None
     lower_is_better: List[str] = Field(default_factory=list)
