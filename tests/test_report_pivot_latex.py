@@ -156,3 +156,53 @@ def test_columns_with_runs_as_columns_is_exit_2(campaign):
     assert "--columns policy" in proc.stderr and "Traceback" not in proc.stderr
     proc = corral_cli(folder, "report", "--by", "setting", "--lower-is-better", "stepz", check=2)
     assert "--lower-is-better stepz: not a result field" in proc.stderr and "steps" in proc.stderr
+
+
+PER_RUN_TASKS = TASKS + """
+
+def run_policy_episode(item, ctx):
+    import json
+
+    import corral
+
+    campaign = corral.open(str(ctx.root / "corral.yaml"), ledger=ctx.ledger_url)
+    try:
+        policy = json.loads(campaign.run(ctx.run_id).row["config"])["params"]["policy"]
+    finally:
+        campaign.close()
+    return run_episode({**item, "policy": policy}, ctx)
+"""
+
+PER_RUN = """
+name: perrun
+params:
+  policy: a
+items:
+  grid:
+    setting: [clean, noisy]
+    seed: {range: [0, 4]}
+  key: "{setting}/{seed}"
+stages:
+  episode:
+    call: tasks:run_policy_episode
+backends:
+  local:
+    workers: 2
+    gpus: none
+"""
+
+
+def test_runs_as_columns_bold_the_best_run_per_row(module_ledger, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("perrun")
+    write_module(folder, "tasks", PER_RUN_TASKS)
+    write_campaign(folder, PER_RUN)
+    ids = []
+    for policy in ("a", "b"):
+        corral_cli(folder, "run", f"params.policy={policy}", check=0, timeout=300)
+        ids.append(json.loads(corral_cli(folder, "report", "-f", "json", check=0).stdout)["runs"][0]["id"])
+    tex = corral_cli(folder, "report", "--run-id", ids[0], "--run-id", ids[1], "--by", "setting", "-f", "latex",
+                     check=0).stdout
+    lines = {line.split(" & ")[0]: line for line in tex.splitlines() if " & " in line}
+    assert lines["clean"].startswith(r"clean & 0.500 & [0.150, 0.850] & 4/4 & \textbf{0.750} & ")
+    assert lines["noisy"].startswith(r"noisy & \textbf{0.250} & [0.046, 0.699] & 4/4 & \textbf{0.250} & ")
+    assert r"\textbf" not in lines["(all)"]
