@@ -308,17 +308,26 @@ class Campaign:
                where: Sequence[str] | None = None, by: Sequence[str] | str | None = None, metric: str | None = None,
                stage: str | None = None, compare: bool | None = None, format: str | None = None,
                output: str | Path | None = None, plot: str | Path | None = None,
-               top: int | None = None) -> "Report":
+               top: int | None = None, paired_by: str | None = None, pair_on: Sequence[str] | str | None = None,
+               baseline: Any = None, paired_test: str | None = None, columns: str | None = None,
+               lower_is_better: Sequence[str] | str | None = None,
+               caption: str | None = None, label: str | None = None) -> "Report":
         """``corral report [NAME]``: a Report (``render(format)``, ``write(path)``, ``to_dict()``) of the
         named report ``name``; with no option at all, of every named report of the campaign; else of
         the table asked for: runs ``run_id`` (several: compared as columns) or those ``where``
         conditions select (default: the newest run), grouped ``by`` dimensions, rating ``metric``;
         ``top`` lists the N best and worst groups. ``format``, ``output`` and ``plot`` are the
-        defaults of ``write()``."""
+        defaults of ``write()``. ``paired_by`` compares that dimension's values on the units they share
+        (``pair_on``: the item parameters making a unit; ``baseline``: the value compared with;
+        ``paired_test``: ``t`` or ``wilcoxon`` for numbers);
+        ``columns`` puts a dimension's values in the columns; ``lower_is_better`` names result fields
+        whose lowest value is best; ``caption`` and ``label`` wrap LaTeX in a table (docs/reports.md)."""
         from corral.api.report import build
 
         return build(self, name, run_id=run_id, where=where, by=by, metric=metric, stage=stage, compare=compare,
-                     format=format, output=output, plot=plot, top=top)
+                     format=format, output=output, plot=plot, top=top, paired_by=paired_by, pair_on=pair_on,
+                     baseline=baseline, paired_test=paired_test, columns=columns,
+                     lower_is_better=lower_is_better, caption=caption, label=label)
 
     # -- corral runs / ingest ------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -24,15 +25,52 @@ if TYPE_CHECKING:
 Echo = Callable[["Section", str], None]
 
 
+@dataclass
+class Layout:
+    """How a section's table is laid out (``corral report`` options of the same names)."""
+
+    #: compare this dimension's values on the units they share (a paired comparison, not a grouped table)
+    paired_by: str | None = None
+    #: the item parameters that make a unit (default: every item parameter but ``paired_by``)
+    pair_on: Sequence[str] = ()
+    #: the value the others are compared with (default: the first in sort order)
+    baseline: str | None = None
+    #: the paired test of numbers: ``t`` (default) or ``wilcoxon``
+    paired_test: str | None = None
+    #: this dimension's values as the columns
+    columns: str | None = None
+    #: result fields where lower is better (the best value, bold in LaTeX, is the lowest)
+    lower_is_better: Sequence[str] = ()
+    caption: str | None = None
+    label: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return any((self.paired_by, self.pair_on, self.baseline, self.paired_test, self.columns, self.lower_is_better,
+                    self.caption, self.label))
+
+    def over(self, spec: "NamedReport") -> "Layout":
+        """These options, each one not given taken from a named report."""
+        return Layout(paired_by=self.paired_by or spec.paired_by, pair_on=self.pair_on or spec.pair_on,
+                      baseline=self.baseline if self.baseline is not None else spec.baseline,
+                      paired_test=self.paired_test or spec.paired_test,
+                      columns=self.columns or spec.columns,
+                      lower_is_better=self.lower_is_better or spec.lower_is_better,
+                      caption=self.caption if self.caption is not None else spec.caption,
+                      label=self.label if self.label is not None else spec.label)
+
+
 class Section:
     """One table: a named report of the campaign, or the one asked for (``name`` None)."""
 
     def __init__(self, report: "Report", rows: list[dict[str, Any]], *, name: str | None,
                  spec: "NamedReport | None", by: Sequence[str], metric: str | None, stage: str | None,
-                 compare: bool | None, top: int | None = None, from_where: bool = False):
+                 compare: bool | None, top: int | None = None, from_where: bool = False,
+                 layout: "Layout | None" = None):
         self.report, self.rows, self.name, self.spec = report, rows, name, spec
         self.by = [part for value in by for part in value.split(",")]
         self.metric, self.stage, self.compare, self.top = metric, stage, compare, top
+        self.layout = layout or Layout()
         #: runs found by --where conditions: a run merged into another of them is left out
         self.from_where = from_where
         self._table = None
@@ -47,14 +85,28 @@ class Section:
         """The aggregated table (``corral.report.Report``) every format is rendered from."""
         if self._table is None:
             from corral.report import aggregate
+            from corral.report.paired import compare_paired
 
+            layout = self.layout
             try:
-                self._table = aggregate(self.report.source, self.rows, by=self.by, metric=self.metric,
-                                        stage=self.stage, compare=self.compare, top=self.top,
-                                        leave_out_merged=True if self.from_where else None)
+                if layout.paired_by is not None:
+                    self._table = compare_paired(self.report.source, self.rows, layout.paired_by,
+                                                 pair_on=layout.pair_on, baseline=layout.baseline,
+                                                 metric=self.metric, stage=self.stage, test=layout.paired_test)
+                else:
+                    self._table = aggregate(self.report.source, self.rows, by=self.by, metric=self.metric,
+                                            stage=self.stage, compare=self.compare, top=self.top,
+                                            leave_out_merged=True if self.from_where else None,
+                                            columns=layout.columns, lower_is_better=layout.lower_is_better)
             except CorralError as exc:
                 raise self._wrapped(exc) from None
+            self._table.caption, self._table.label = layout.caption, layout.label
         return self._table
+
+    @property
+    def paired(self) -> bool:
+        """Whether the table is a paired comparison (``paired_by``)."""
+        return self.layout.paired_by is not None
 
     @property
     def formats(self) -> list[str]:
@@ -75,9 +127,10 @@ class Section:
 
     def render(self, fmt: str = "table") -> str:
         from corral.report import render
+        from corral.report.paired import render_paired
 
         try:
-            return render(self.table, fmt)
+            return render_paired(self.table, fmt) if self.paired else render(self.table, fmt)
         except CorralError as exc:
             raise self._wrapped(exc) from None
 
@@ -85,6 +138,9 @@ class Section:
         """A PNG: the metric by the first dimension, and tasks done over time (``corral[plot]``)."""
         from corral.report import plot, progress_over_time
 
+        if self.paired:
+            raise self._wrapped(CorralError("--plot draws a grouped report; a paired comparison has no plot "
+                                            "(leave out --plot or --paired-by)"))
         table = self.table
         try:
             series = progress_over_time(self.report.source, [r["id"] for r in self.rows], table.stage)
@@ -187,10 +243,21 @@ def check_format(fmt: str) -> None:
 def build(campaign: "Campaign", name: str | None = None, *, run_id: str | Sequence[str] | None = None,
           where: Sequence[str] | None = None, by: Sequence[str] | str | None = None, metric: str | None = None,
           stage: str | None = None, compare: bool | None = None, format: str | None = None,
-          output: str | Path | None = None, plot: str | Path | None = None, top: int | None = None) -> Report:
+          output: str | Path | None = None, plot: str | Path | None = None, top: int | None = None,
+          paired_by: str | None = None, pair_on: Sequence[str] | str | None = None, baseline: Any = None,
+          paired_test: str | None = None, columns: str | None = None,
+          lower_is_better: Sequence[str] | str | None = None, caption: str | None = None,
+          label: str | None = None) -> Report:
     """The Report of ``corral report [NAME]`` with these options (see ``Campaign.report``)."""
+    layout = Layout(paired_by=paired_by, pair_on=_names(pair_on),
+                    baseline=None if baseline is None else str(baseline), paired_test=paired_test, columns=columns,
+                    lower_is_better=_names(lower_is_better), caption=caption, label=label)
     if format is not None:
         check_format(format)
+    if paired_test is not None:
+        from corral.report.paired import numeric_test
+
+        numeric_test(paired_test)
     run_ids = [run_id] if isinstance(run_id, str) else list(run_id or [])
     where = list(where or [])
     by = [by] if isinstance(by, str) else list(by or [])
@@ -201,7 +268,8 @@ def build(campaign: "Campaign", name: str | None = None, *, run_id: str | Sequen
                             expected=("one of " + ", ".join(named)) if named else
                             "a report: section with named reports (see docs/reports.md)")
         chosen = {name: named[name]}
-    elif named and not any((run_ids, where, by, metric, stage, format, output, plot, top, compare is not None)):
+    elif named and not any((run_ids, where, by, metric, stage, format, output, plot, top, compare is not None,
+                            layout.given)):
         chosen = dict(named)
     else:
         chosen = {}
@@ -212,17 +280,23 @@ def build(campaign: "Campaign", name: str | None = None, *, run_id: str | Sequen
         if not chosen:
             report.sections.append(Section(report, rows_of(where), name=None, spec=None, by=by, metric=metric,
                                            stage=stage, compare=compare, top=top,
-                                           from_where=bool(where) and not run_ids))
+                                           from_where=bool(where) and not run_ids, layout=layout))
         for one, spec in chosen.items():
             report.sections.append(Section(
                 report, rows_of(where + spec.runs), name=one, spec=spec, by=by or spec.by,
                 metric=metric or spec.metric, stage=stage or spec.stage,
                 compare=compare if compare is not None else spec.compare, top=top or spec.top,
-                from_where=bool(where + spec.runs) and not run_ids))
+                from_where=bool(where + spec.runs) and not run_ids, layout=layout.over(spec)))
     except BaseException:
         report.close()
         raise
     return report
+
+
+def _names(value: Sequence[str] | str | None) -> list[str]:
+    """Names given as a list, a comma-separated string, or repeated options with commas."""
+    parts = [value] if isinstance(value, str) else list(value or [])
+    return [name.strip() for part in parts for name in part.split(",") if name.strip()]
 
 
 def _source(campaign: "Campaign", run_ids: list[str], light: bool):

@@ -40,6 +40,24 @@ def report(args: Optional[List[str]] = ARGS,
            compare: Optional[bool] = typer.Option(
                None, "--compare/--pool", help="Several runs as columns (default when no --by dimension is a "
                                               "config value), or pooled."),
+           paired_by: Optional[str] = typer.Option(
+               None, "--paired-by", help="Compare this dimension's values (policy, method) on the units they share: "
+                                         "McNemar's exact test for booleans, the paired t-test for numbers."),
+           pair_on: Optional[List[str]] = typer.Option(
+               None, "--pair-on", help="The item parameters that make a unit, comma-separated (default: every item "
+                                       "parameter but the --paired-by one)."),
+           baseline: Optional[str] = typer.Option(
+               None, "--baseline", help="The --paired-by value the others are compared with (default: the first)."),
+           paired_test: Optional[str] = typer.Option(
+               None, "--paired-test", help="The paired test of numbers: t (the paired t-test, default) or wilcoxon "
+                                           "(the signed-rank test, with the Hodges-Lehmann difference)."),
+           columns: Optional[str] = typer.Option(
+               None, "--columns", help="This dimension's values as the columns (e.g. --by setting --columns policy)."),
+           lower_is_better: Optional[List[str]] = typer.Option(
+               None, "--lower-is-better", help="Result fields whose lowest value is best (bold in LaTeX, best/worst)."),
+           caption: Optional[str] = typer.Option(None, "--caption", help="LaTeX: a table environment with this "
+                                                                         "caption."),
+           label: Optional[str] = typer.Option(None, "--label", help="LaTeX: a table environment with this label."),
            ) -> None:
     """Success rates, means and 95% intervals per group, from the ledger: table, JSON, Markdown, CSV, LaTeX,
     HTML, PNG. With no options, the campaign's named reports (its report: section)."""
@@ -50,7 +68,9 @@ def report(args: Optional[List[str]] = ARGS,
     try:
         report = campaign.report(names[0] if names else None, run_id=run_ids, where=where, by=by, metric=metric,
                                  stage=stage, compare=compare, format=fmt, output=out_file, plot=plot_file,
-                                 top=top)
+                                 top=top, paired_by=paired_by, pair_on=pair_on, baseline=baseline,
+                                 paired_test=paired_test, columns=columns, lower_is_better=lower_is_better,
+                                 caption=caption, label=label)
         try:
             written = report.write(echo=_echo)
         finally:
@@ -65,7 +85,10 @@ def _echo(section, fmt: str) -> None:
     """A table to the terminal (rich, as wide as it is), any other format as text to stdout."""
     import sys
 
-    if fmt == "table":
+    if fmt == "table" and section.paired:
+        sys.stdout.write(section.render(fmt))
+        sys.stdout.flush()
+    elif fmt == "table":
         from corral.cli.output import out
         from corral.report.render import rich_table
 

@@ -54,6 +54,13 @@ class Report:
     excluded_runs: list[dict[str, str]] = field(default_factory=list)
     #: --top N: the N best and N worst groups (per run when runs are compared)
     top: dict[str, Any] | None = None
+    #: --columns DIM: the position in ``dims`` of the dimension whose values are columns
+    pivot: int | None = None
+    #: metrics (result fields) where lower is better: the best group is the lowest
+    lower_is_better: tuple[str, ...] = ()
+    #: LaTeX: a table environment with this caption and label
+    caption: str | None = None
+    label: str | None = None
 
     @property
     def columns_keys(self) -> list[str]:
@@ -82,6 +89,8 @@ class Report:
                        for row in self.rows],
             "total": self.total if self.compare else self.total["all"],
             "best": self.best, "worst": self.worst, "top": self.top,
+            "columns": self.dims[self.pivot].name if self.pivot is not None else None,
+            "lower_is_better": list(self.lower_is_better),
         }
 
 
@@ -177,7 +186,8 @@ def _sort_key(value: Any) -> tuple:
 
 def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), metric: str | None = None,
               stage: str | None = None, engine: str = "auto", compare: bool | None = None,
-              top: int | None = None, leave_out_merged: bool | None = None) -> Report:
+              top: int | None = None, leave_out_merged: bool | None = None, columns: str | None = None,
+              lower_is_better: Sequence[str] = ()) -> Report:
     """The report table of ``run_rows`` (rows of the runs table, newest first or in the order wanted).
 
     ``engine``: ``auto`` (SQL on SQLite and PostgreSQL, else Python), ``sql`` or ``python``.
@@ -186,6 +196,8 @@ def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), me
     ``top``: also list the ``top`` best and worst groups.
     ``leave_out_merged``: leave out the runs merged into another run of ``run_rows`` (default: when
     the runs are pooled); they are listed in ``excluded_runs``.
+    ``columns``: a dimension whose values become the columns (the runs are pooled); grouped by it too.
+    ``lower_is_better``: result fields where the lowest value is the best.
     """
     if not run_rows:
         raise CorralError("no runs to report on")
@@ -200,6 +212,14 @@ def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), me
     with ledger.read() as conn:
         stage_counts = queries.stage_counts(conn, run_ids)
         by = [b.strip() for b in by if b and b.strip()]
+        pivot_name = columns.strip() if columns is not None else None
+        if pivot_name is not None:
+            if compare:
+                raise CorralError(f"--columns {pivot_name} puts {pivot_name}'s values in the columns: it cannot "
+                                  "also put the runs there (--compare); leave out one of them")
+            compare = False
+            if pivot_name not in by:
+                by.append(pivot_name)
         if stage is not None and stage not in stage_counts:
             raise CorralError(f"no stage {stage!r} in the runs reported on; stages: "
                               f"{', '.join(stage_counts) or '(none)'}")
@@ -278,7 +298,13 @@ def aggregate(ledger, run_rows: list[dict[str, Any]], by: Sequence[str] = (), me
         })
     report = Report(dims=dims, stage=stage, metric=metric, metric_kind=metric_kind, numeric=numeric,
                     runs=runs_out, compare=compare, rows=rows, total=total, best=None, worst=None, engine=engine,
-                    metric_chosen=metric_chosen, excluded_runs=excluded)
+                    metric_chosen=metric_chosen, excluded_runs=excluded,
+                    pivot=by.index(pivot_name) if pivot_name is not None else None,
+                    lower_is_better=tuple(lower_is_better))
+    unknown = [name for name in lower_is_better if name not in result_kinds]
+    if unknown:
+        raise CorralError(f"--lower-is-better {', '.join(unknown)}: not a result field of stage {stage!r}; result "
+                          f"fields: {', '.join(result_kinds) or '(none)'}")
     report.best, report.worst, report.top = best_and_worst(report, top)
     return report
 

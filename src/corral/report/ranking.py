@@ -33,6 +33,8 @@ def best_and_worst(report: "Report", top: int | None = None) -> tuple[Any, Any, 
             continue
         high = sorted(scored, key=lambda s: (-s["value"], -s["n"]))
         low = sorted(scored, key=lambda s: (s["value"], -s["n"]))
+        if report.metric in report.lower_is_better:
+            high, low = low, high
         best[column], worst[column] = high[0], low[0]
         if top:
             ranked[column] = {"n": top, "best": high[:top], "worst": low[:top]}

@@ -45,8 +45,64 @@ def _key_text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def pivot_groups(report: Report) -> tuple[list[Any], list[tuple[list[Any], dict[Any, dict[str, Any]]]]]:
+    """``--columns DIM``: (DIM's values, [(the other dimensions' values, {value: metrics})]) with a last
+    row ``(all)`` per value, when there are other dimensions."""
+    index = report.pivot
+    values: list[Any] = []
+    grouped: dict[tuple, dict[Any, Stats]] = {}
+    totals: dict[Any, Stats] = {}
+    for row in report.rows:
+        value = row["key"][index]
+        if value not in values:
+            values.append(value)
+        rest = tuple(v for i, v in enumerate(row["key"]) if i != index)
+        grouped.setdefault(rest, {}).setdefault(value, Stats()).add(row["stats"]["all"])
+        totals.setdefault(value, Stats()).add(row["stats"]["all"])
+    numeric = report.numeric
+
+    def metrics(cells: dict[Any, Stats]) -> dict[Any, dict[str, Any]]:
+        return {v: cells.get(v, Stats()).metrics(report.metric, numeric) for v in values}
+
+    out = [(list(rest), metrics(cells)) for rest, cells in grouped.items()]
+    if len(report.dims) > 1:
+        out.append(([ALL] + [""] * (len(report.dims) - 2), metrics(totals)))
+    return values, out
+
+
+def _pivot_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    names = [d.name for i, d in enumerate(report.dims) if i != report.pivot]
+    values, groups = pivot_groups(report)
+    what = "rate" if report.metric_kind == "bool" else "mean"
+    header = list(names) or ["group"]
+    for value in values:
+        header += ([f"{_key_text(value)}", f"{_key_text(value)} 95% CI"] if report.metric_kind is not None
+                   else [f"{_key_text(value)} done/expected"])
+    rows = []
+    for rest, cells in groups:
+        line = [_key_text(v) if v != ALL else ALL for v in rest] or [ALL]
+        for value in values:
+            m = cells[value]
+            if report.metric_kind is not None:
+                number, lo, hi, _ = report.headline(m)
+                line += [fmt_num(number), _interval(lo, hi)]
+            else:
+                line.append(f"{m['done']}/{m['expected']}")
+        rows.append(line)
+    if report.metric_kind is not None and header:
+        header[0] = f"{header[0]} ({report.metric} {what})" if names else header[0]
+    return header, rows
+
+
+def has_total_row(report: Report) -> bool:
+    """Whether the last row of ``display_table`` is the total ``(all)``."""
+    return len(report.dims) > 1 if report.pivot is not None else bool(report.dims)
+
+
 def display_table(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and rows of strings (the last row is the total): what table, md, latex and html show."""
+    if report.pivot is not None:
+        return _pivot_table(report)
     dims = [d.name for d in report.dims]
     header = list(dims) or ["group"]
     body_rows: list[tuple[list[str], dict[str, Any]]] = []
@@ -140,11 +196,48 @@ def _title(report: Report) -> str:
 
 
 def to_json(report: Report) -> str:
-    return json.dumps(report.to_dict(), indent=2, default=str, ensure_ascii=False) + "\n"
+    data = report.to_dict()
+    if report.pivot is not None:
+        values, groups = pivot_groups(report)
+        names = [d.name for i, d in enumerate(report.dims) if i != report.pivot]
+        data["pivot"] = {"columns": report.dims[report.pivot].name, "values": values,
+                         "rows": [{"key": dict(zip(names, rest)), "cells": {_key_text(v): cells[v] for v in values}}
+                                  for rest, cells in groups]}
+    return json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
+
+
+def _pivot_csv(report: Report) -> str:
+    """``--columns DIM``: one row per group of the other dimensions, per DIM value its metric's n,
+    value and interval, numbers unformatted."""
+    names = [d.name for i, d in enumerate(report.dims) if i != report.pivot]
+    values, groups = pivot_groups(report)
+    what = "rate" if report.metric_kind == "bool" else "mean"
+    columns = list(names)
+    for value in values:
+        prefix = f"{_key_text(value)}_{report.metric}" if report.metric_kind else _key_text(value)
+        columns += ([f"{prefix}_n", f"{prefix}_{what}", f"{prefix}_lo", f"{prefix}_hi"] if report.metric_kind
+                    else [f"{prefix}_done", f"{prefix}_expected"])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for rest, cells in groups:
+        if rest and rest[0] == ALL:
+            continue  # the total, as the long CSV has none
+        line: list[Any] = [("" if v is None else v) for v in rest]
+        for value in values:
+            if report.metric_kind:
+                number, lo, hi, n = report.headline(cells[value])
+                line += [n, _raw(number), _raw(lo), _raw(hi)]
+            else:
+                line += [cells[value]["done"], cells[value]["expected"]]
+        writer.writerow(line)
+    return buffer.getvalue()
 
 
 def to_csv(report: Report) -> str:
     """One row per group (and per run when runs are compared), numbers unformatted."""
+    if report.pivot is not None:
+        return _pivot_csv(report)
     dims = [d.name for d in report.dims]
     columns = list(dims) + (["run"] if report.compare else []) + [
         "expected", "done", "failed", "running", "cancelled", "progress"]
@@ -222,22 +315,6 @@ def latex_escape(text: str) -> str:
     return out.replace("±", r"$\pm$")
 
 
-def to_latex(report: Report) -> str:
-    """A booktabs table (needs \\usepackage{booktabs}); the total row after a \\midrule."""
-    header, rows = display_table(report)
-    spec = "".join("r" if _numeric_column(rows, i) else "l" for i in range(len(header)))
-    lines = [f"% {latex_escape(_title(report))}", r"\begin{tabular}{" + spec + "}", r"\toprule",
-             " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
-    body = rows[:-1] if report.dims else rows
-    for row in body:
-        lines.append(" & ".join(latex_escape(c) for c in row) + r" \\")
-    if report.dims:
-        lines.append(r"\midrule")
-        lines.append(" & ".join(latex_escape(c) for c in rows[-1]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem;color:#222}
 h1{font-size:1.2rem}table{border-collapse:collapse;font-size:.9rem}
 th,td{padding:.3rem .6rem;border-bottom:1px solid #ddd;text-align:left}
@@ -263,7 +340,7 @@ def to_html(report: Report) -> str:
     parts.append("<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>")
     parts.append("<tbody>")
     for index, row in enumerate(rows):
-        total = report.dims and index == len(rows) - 1
+        total = has_total_row(report) and index == len(rows) - 1
         row_class = ' class="total"' if total else ""
         cells = "".join(("<td class=\"n\">" if numeric[i] else "<td>") + e(c) + "</td>" for i, c in enumerate(row))
         parts.append(f"<tr{row_class}>{cells}</tr>")
@@ -286,7 +363,7 @@ def rich_table(report: Report):
     for index, name in enumerate(header):
         table.add_column(name, justify="right" if _numeric_column(rows, index) else "left")
     for index, row in enumerate(rows):
-        table.add_row(*row, end_section=bool(report.dims) and index == len(rows) - 2)
+        table.add_row(*row, end_section=has_total_row(report) and index == len(rows) - 2)
     return table
 
 
@@ -298,6 +375,8 @@ def render(report: Report, fmt: str) -> str:
     if fmt == "md":
         return to_markdown(report)
     if fmt == "latex":
+        from corral.report.latex import to_latex
+
         return to_latex(report)
     if fmt == "html":
         return to_html(report)

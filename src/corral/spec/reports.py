@@ -29,8 +29,24 @@ class NamedReport(BaseModel):
     #: where files go; ``{name}`` and ``{ext}`` are filled in (a table is printed unless output is set)
     output: str = "reports/{name}.{ext}"
     plot: Optional[str] = None
+    #: a paired comparison of this dimension's values on the units they share
+    paired_by: Optional[str] = None
+    pair_on: List[str] = Field(default_factory=list)
+    baseline: Optional[str] = None
+    paired_test: Optional[Literal["t", "wilcoxon"]] = None
+    #: this dimension's values as the columns
+    columns: Optional[str] = None
+    lower_is_better: List[str] = Field(default_factory=list)
+    #: LaTeX: a table environment with this caption and label
+    caption: Optional[str] = None
+    label: Optional[str] = None
 
-    @field_validator("by", "runs", "formats", mode="before")
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _baseline_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("by", "runs", "formats", "pair_on", "lower_is_better", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         if isinstance(value, str):
