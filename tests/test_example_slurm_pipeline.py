@@ -104,3 +104,83 @@ def test_runs_are_found_by_benchmark_model_and_status(tmp_path):
     assert latest["id"] == ids["claude-3-5-sonnet"]
     none = json.loads(corral_cli(folder, "runs", "--where", "benchmark=swebench", "--json", check=0).stdout)
     assert none == []
+
+
+# -- the pipeline on the local SLURM cluster, as the README runs it ----------------------------
+
+STAGE_NEEDS = {
+    "collect": [], "perturb": ["collect"], "train_bc": ["perturb"], "train_verifier": ["collect"],
+    "candidates": ["train_bc", "train_verifier"], "train_dpo": ["candidates"],
+    "router_features": ["train_dpo"], "train_router": ["router_features"], "evaluate": ["train_router"],
+    "ablations": ["train_router"], "tables": ["evaluate", "ablations"],
+}
+METHODS = ["r2v", "slm_only", "llm_only", "entropy_router"]
+
+
+@pytest.mark.slurm
+def test_the_smoke_pipeline_runs_every_stage_on_slurm_after_its_needs(tmp_path, cluster):
+    import csv
+    import statistics
+
+    from support.readme import copy_example, run_readme_block
+
+    folder = copy_example("slurm-pipeline", tmp_path)
+    results = run_readme_block(folder, folder / "README.md", "smoke", timeout=300)
+    (run_dir,) = (folder / ".corral" / "runs").iterdir()
+    run_id = run_dir.name
+    assert run_id.startswith("webarena_openai_gpt-4o_2") and len(run_id.split("_")[-1]) == len("20260218T210012")
+    listed = results[-1].stdout
+    assert run_id in listed
+
+    out = tmp_path / "records.jsonl"
+    corral_cli(folder, "export", "+preset=smoke", "--format", "jsonl", "-o", str(out), check=0)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["state"] for r in records} == {"done"}
+    by_stage: dict[str, list[dict]] = {}
+    for record in records:
+        by_stage.setdefault(record["stage"], []).append(record)
+    assert {s: len(v) for s, v in by_stage.items()} == {**{s: 1 for s in STAGE_NEEDS}, "collect": 6}
+    for stage, needs in STAGE_NEEDS.items():
+        started = min(r["started_at"] for r in by_stage[stage])
+        for need in needs:
+            assert started >= max(r["finished_at"] for r in by_stage[need]), (stage, need)
+    # Every stage went through SLURM (one job per stage, job arrays for collect).
+    submissions = [json.loads(p.read_text()) for p in run_dir.glob("submissions/*/plan.json")]
+    assert len(submissions) >= len(STAGE_NEEDS)
+
+    # The files, checked from the files themselves.
+    episodes = [json.loads(p.read_text()) for p in sorted((run_dir / "data" / "episodes").glob("*.json"))]
+    assert len(episodes) == 6 and {e["metadata"]["run_id"] for e in episodes} == {run_id}
+    assert {e["metadata"]["teacher_model"] for e in episodes} == {"gpt-4o"}
+    trajectories = (run_dir / "data" / "trajectories.jsonl").read_text().splitlines()
+    assert len(trajectories) == 6
+    manifest = json.loads((run_dir / "data" / "run_manifest.json").read_text())
+    assert manifest["n_episodes"] == 6
+    assert manifest["success_rate"] == pytest.approx(sum(e["success"] for e in episodes) / 6)
+    for e in episodes:
+        actions = json.dumps([s["action"] for s in e["steps"]])
+        assert e["action_hash"] == hashlib.sha256(actions.encode()).hexdigest()[:16]
+    assert len((run_dir / "data" / "perturbed.jsonl").read_text().splitlines()) == 6 * 3
+    assert len((run_dir / "data" / "candidates.jsonl").read_text().splitlines()) == 6 * 5
+    for checkpoint in ("policy/bc", "verifier", "policy/dpo"):
+        assert (run_dir / "outputs" / checkpoint / "checkpoint-latest.json").is_file()
+    assert (run_dir / "outputs" / "router" / "router.json").is_file()
+
+    structured = run_dir / "results" / "structured_results"
+    rates: dict[str, list[float]] = {}
+    for path in structured.glob("*_seed*.json"):
+        row = json.loads(path.read_text())
+        assert row["success_rate"] == row["successes"] / row["n_episodes"]
+        rates.setdefault(row["method"], []).append(row["success_rate"])
+    assert sorted(rates) == sorted(METHODS) and all(len(v) == 5 for v in rates.values())
+    with (structured / "main_table.csv").open() as f:
+        table = {row["method"]: row for row in csv.DictReader(f)}
+    assert list(table) == METHODS
+    for method, values in rates.items():
+        assert float(table[method]["success_rate_mean"]) == pytest.approx(statistics.mean(values), abs=1e-6)
+        assert float(table[method]["success_rate_std"]) == pytest.approx(statistics.stdev(values), abs=1e-6)
+    summary = json.loads((structured / "llm_summary.json").read_text())
+    assert summary["run_id"] == run_id and summary["training_episodes"] == 6
+    assert summary["best_method"] == max(rates, key=lambda m: statistics.mean(rates[m]))
+    with (run_dir / "results" / "ablations" / "structured_results" / "ablations.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4 * 3
