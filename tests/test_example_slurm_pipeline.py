@@ -184,3 +184,8 @@ def test_the_smoke_pipeline_runs_every_stage_on_slurm_after_its_needs(tmp_path, 
     assert summary["best_method"] == max(rates, key=lambda m: statistics.mean(rates[m]))
     with (run_dir / "results" / "ablations" / "structured_results" / "ablations.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 4 * 3
+
+    # Resuming the finished run by its id sends nothing again.
+    corral_cli(folder, "run", "+preset=smoke", "--run-id", run_id, "-q", check=0)
+    assert len(list(run_dir.glob("submissions/*/plan.json"))) == len(submissions)
+    assert [p.name for p in (folder / ".corral" / "runs").iterdir()] == [run_id]
