@@ -83,6 +83,22 @@ def test_two_collection_runs_merge_without_duplicate_action_hashes(tmp_path):
 
 
 @pytest.mark.usefixtures("campaign_ledger")
+def test_the_python_api_merges_with_the_same_dedupe_key(tmp_path):
+    import corral
+
+    folder, ids = collection_runs(tmp_path)
+    campaign = corral.open(str(folder / "corral.yaml"))
+    try:
+        outcome = campaign.registry().merge([ids["gpt-4o"], ids["claude-3-5-sonnet"]], into="webarena_all",
+                                            prefer=ids["gpt-4o"], force=True, dedupe_by="collect.action_hash")
+    finally:
+        campaign.close()
+    shared = {action_hash(s, e) for s in (1, 2) for e in range(3, 6)}
+    assert outcome.items_added == 18 and sorted(d["value"] for d in outcome.duplicates) == sorted(shared)
+    assert {d["run"] for d in outcome.duplicates} == {ids["claude-3-5-sonnet"]}
+
+
+@pytest.mark.usefixtures("campaign_ledger")
 def test_a_dedupe_key_no_item_has_is_refused_naming_the_fields(tmp_path):
     folder, ids = collection_runs(tmp_path)
     proc = corral_cli(folder, "runs", "merge", *ids.values(), "--into", "all", "--force",
