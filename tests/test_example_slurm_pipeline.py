@@ -205,3 +205,29 @@ def test_the_smoke_pipeline_runs_every_stage_on_slurm_after_its_needs(tmp_path, 
     corral_cli(folder, "run", "+preset=smoke", "--run-id", run_id, "-q", check=0)
     assert len(list(run_dir.glob("submissions/*/plan.json"))) == len(submissions)
     assert [p.name for p in (folder / ".corral" / "runs").iterdir()] == [run_id]
+
+
+# Each stage's sbatch options in the full-size pipeline, as the researchers' scripts had them.
+FULL_SIZE = {
+    "collect": ("gpu", 1, "1-00:00:00"), "perturb": ("cpu", None, "04:00:00"), "train_bc": ("gpu", 2, "2-00:00:00"),
+    "train_verifier": ("gpu", 1, "12:00:00"), "candidates": ("gpu", 1, "1-00:00:00"),
+    "train_dpo": ("gpu", 2, "1-00:00:00"), "router_features": ("gpu", 1, "12:00:00"),
+    "train_router": ("gpu", 1, "04:00:00"), "evaluate": ("gpu", 1, "1-00:00:00"),
+    "ablations": ("gpu", 1, "2-00:00:00"), "tables": ("cpu", None, "00:30:00"),
+}
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("benchmark, episodes", [("webarena", 1500), ("swebench", 1500)])
+def test_the_full_size_dry_run_asks_each_stage_for_its_resources(tmp_path, cluster, benchmark, episodes):
+    from support.readme import copy_example
+
+    folder = copy_example("slurm-pipeline", tmp_path)
+    plan = json.loads(corral_cli(folder, "run", "--dry-run", f"benchmark={benchmark}", check=0).stdout)
+    assert plan["items"] == episodes
+    for stage, (partition, gpus, time_limit) in FULL_SIZE.items():
+        script = plan["submissions"][stage]["sbatch"][0]["script"]
+        assert f"#SBATCH --partition={partition}\n" in script, stage
+        assert f"#SBATCH --time={time_limit}\n" in script, stage
+        assert (f"#SBATCH --gpus-per-task={gpus}\n" in script) if gpus else "--gpus" not in script, stage
+    assert not (folder / ".corral" / "runs").exists() or not any((folder / ".corral" / "runs").iterdir())
