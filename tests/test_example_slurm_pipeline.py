@@ -32,8 +32,14 @@ backends:
 
 COLLECT_MODULE = """
 import hashlib
+import os
+import time
 
 def collect(item, ctx):
+    if os.environ.get("COLLECT_SLOWLY"):
+        with open(ctx.root / "calls.log", "a") as f:
+            f.write(f"{item['seed']} {item['episode']}\\n")
+        time.sleep(0.3)
     actions = f"seed{item['seed']}-episode{item['episode']}"
     return {"action_hash": hashlib.sha256(actions.encode()).hexdigest()[:16], "teacher": item["teacher"]}
 """
@@ -96,6 +102,37 @@ def test_the_python_api_merges_with_the_same_dedupe_key(tmp_path):
     shared = {action_hash(s, e) for s in (1, 2) for e in range(3, 6)}
     assert outcome.items_added == 18 and sorted(d["value"] for d in outcome.duplicates) == sorted(shared)
     assert {d["run"] for d in outcome.duplicates} == {ids["claude-3-5-sonnet"]}
+
+
+def test_an_interrupted_collection_resumes_under_its_run_id_without_collecting_twice(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import cli_env
+
+    folder = tmp_path / "collect"
+    write_campaign(folder, COLLECT.replace("workers: 2", "workers: 1"))
+    write_module(folder, "collect", COLLECT_MODULE)
+    env = cli_env({"COLLECT_SLOWLY": "1"})
+    controller = subprocess.Popen([sys.executable, "-m", "corral", "run", "-q"], cwd=folder, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    calls = folder / "calls.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not calls.exists() or len(calls.read_text().splitlines()) < 3):
+        time.sleep(0.1)
+    os.kill(controller.pid, signal.SIGKILL)
+    controller.wait()
+    (run,) = json.loads(corral_cli(folder, "runs", "--json", check=0).stdout)
+    assert run["done"] < 12
+
+    corral_cli(folder, "run", "-q", "--run-id", run["id"], env={"COLLECT_SLOWLY": "1"}, check=0)
+    (resumed,) = json.loads(corral_cli(folder, "runs", "--json", check=0).stdout)
+    assert resumed["id"] == run["id"] and resumed["done"] == 12 and resumed["status"] == "finished"
+    collected = calls.read_text().splitlines()
+    assert sorted(collected) == sorted(f"{s} {e}" for s in (1, 2) for e in range(6))
 
 
 @pytest.mark.usefixtures("campaign_ledger")
