@@ -87,9 +87,11 @@ class Registry:
         run_id = self.resolve(ref)["id"]
         return registry.add_note(self.campaign.ledger(), run_id, text, time.time())
 
-    def merge(self, refs: Sequence[str], into: str | None, prefer: str | None = None, force: bool = False) -> Outcome:
-        """``corral runs merge A B... --into NAME [--prefer RUN|newest] [--force]``. Runs whose
-        configurations differ are refused (``ConfigsDiffer``, naming the keys) unless ``force``."""
+    def merge(self, refs: Sequence[str], into: str | None, prefer: str | None = None, force: bool = False,
+              dedupe_by: str | None = None) -> Outcome:
+        """``corral runs merge A B... --into NAME [--prefer RUN|newest] [--force] [--dedupe-by KEY]``. Runs
+        whose configurations differ are refused (``ConfigsDiffer``, naming the keys) unless ``force``.
+        ``dedupe_by`` (an item parameter, a result field, or ``STAGE.FIELD``) keeps one item per value."""
         if not refs or not into:
             raise CorralError("usage: corral runs merge RUN [RUN...] --into NAME [--prefer RUN|newest] [--force]")
         if not RUN_ID.fullmatch(into):
@@ -98,7 +100,10 @@ class Registry:
         ids = [self.resolve(r)["id"] for r in refs]
         if prefer and prefer != "newest":
             prefer = self.resolve(prefer)["id"]
-        return merge_runs(self.campaign.ledger(), ids, into, prefer, time.time(), force=force)
+        if dedupe_by is not None and not dedupe_by.strip():
+            raise CorralError("--dedupe-by needs a key: an item parameter, a result field or STAGE.FIELD "
+                              "(e.g. --dedupe-by collect.action_hash)")
+        return merge_runs(self.campaign.ledger(), ids, into, prefer, time.time(), force=force, dedupe_by=dedupe_by)
 
     def ingest(self, paths: Sequence[str | Path]) -> list[Outcome]:
         """``corral ingest PATH...``: runs from another ledger file or a results folder, into this ledger."""

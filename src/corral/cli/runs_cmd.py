@@ -36,6 +36,9 @@ def runs(args: Optional[List[str]] = typer.Argument(
          prefer: Optional[str] = typer.Option(
              None, "--prefer", help="merge: whose result wins for an item done in several runs: a run id or "
                                     "'newest' (default)."),
+         dedupe_by: Optional[str] = typer.Option(
+             None, "--dedupe-by", help="merge: keep one item per value of KEY (an item parameter, a result "
+                                       "field, or STAGE.FIELD such as collect.action_hash)."),
          remove: Optional[List[str]] = typer.Option(None, "--remove", help="tag: remove this tag."),
          force: bool = typer.Option(False, "--force", help="merge: merge runs whose configurations differ (the "
                                                            "merged run lists the keys in config_differs)."),
@@ -44,7 +47,7 @@ def runs(args: Optional[List[str]] = typer.Argument(
     """The runs in the ledger (the registry): list and filter, show, diff, tag, note, merge, latest.
 
     corral runs [--where KEY=VALUE]... | runs show ID | runs diff A B | runs tag ID KEY=VALUE... |
-    runs note ID TEXT | runs merge A B... --into NAME [--prefer RUN] [--force] | runs latest [--where KEY=VALUE]...
+    runs note ID TEXT | runs merge A B... --into NAME [--prefer RUN] [--force] [--dedupe-by KEY] | runs latest [--where KEY=VALUE]...
     """
     from corral.cli.main import _campaign
     from corral.cli.output import err, out, when
@@ -91,7 +94,7 @@ def runs(args: Optional[List[str]] = typer.Argument(
             notes = registry.note(rest[0], " ".join(rest[1:]))
             err.print(f"{len(notes)} notes on run {registry.resolve(rest[0])['id']}", highlight=False)
         elif action == "merge":
-            outcome = registry.merge(rest, into, prefer, force=force)
+            outcome = registry.merge(rest, into, prefer, force=force, dedupe_by=dedupe_by)
             data = outcome.as_dict()
             if fmt == "json":
                 write_text(_json(data), out_file)
@@ -100,6 +103,9 @@ def runs(args: Optional[List[str]] = typer.Argument(
                 err.print(f"{verb} run {into}: {outcome.items_added} items and {outcome.tasks_added} tasks added, "
                           f"{outcome.tasks_updated} tasks replaced, {outcome.unchanged} unchanged; chosen from "
                           + (", ".join(f"{k}: {v}" for k, v in outcome.chosen.items()) or "-"), highlight=False)
+                if outcome.dedupe_by:
+                    err.print(f"{len(outcome.duplicates)} items left out as duplicates by {outcome.dedupe_by}, "
+                              f"{outcome.without_key} items without {outcome.dedupe_by} kept", highlight=False)
                 if outcome.config_differs:
                     err.print(f"the merged runs' configurations differ in {', '.join(outcome.config_differs)}; "
                               f"run {into} keeps the keys they share", highlight=False)

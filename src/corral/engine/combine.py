@@ -47,6 +47,10 @@ class Outcome:
     config_differs: list[str] = field(default_factory=list)
     #: items of the run with a task still to finish (``corral run`` runs them)
     runnable_items: int = 0
+    #: ``merge --dedupe-by KEY``: the key, the items left out as duplicates, the items without the key
+    dedupe_by: str | None = None
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    without_key: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out = {"run": self.target, "created": self.created, "items_added": self.items_added,
@@ -54,6 +58,9 @@ class Outcome:
                "conflicts": self.conflicts, "chosen_from": self.chosen, "runnable_items": self.runnable_items}
         if self.config_differs:
             out["config_differs"] = self.config_differs
+        if self.dedupe_by:
+            out.update(dedupe_by=self.dedupe_by, duplicates_dropped=len(self.duplicates),
+                       duplicates=self.duplicates, without_key=self.without_key)
         return out
 
 
@@ -281,9 +288,10 @@ def merged_row(sources: list[SourceRun], into: str, prefer: str | None, now: flo
 
 
 def merge_runs(ledger: Ledger, run_ids: Iterable[str], into: str, prefer: str | None, now: float,
-               force: bool = False) -> Outcome:
+               force: bool = False, dedupe_by: str | None = None) -> Outcome:
     """Merge runs into the run ``into`` (created, or a merged run extended). Runs whose configs
-    differ are refused (``ConfigsDiffer``) unless ``force``; nothing is written then."""
+    differ are refused (``ConfigsDiffer``) unless ``force``; nothing is written then. With
+    ``dedupe_by`` (see :func:`dedupe`), items whose content key repeats one already kept are left out."""
     run_ids = list(dict.fromkeys(run_ids))
     if len(run_ids) < 1:
         raise CorralError("name at least one run to merge")
@@ -303,12 +311,18 @@ def merge_runs(ledger: Ledger, run_ids: Iterable[str], into: str, prefer: str | 
     if existing is None:
         create_row = merged_row(sources, into, prefer, now, differing)
     chosen = choose(sources, prefer)
+    kept_before = [read_run(ledger, into)] if existing is not None and dedupe_by else []
+    duplicates, without_key = ([], 0) if not dedupe_by else dedupe(sources, chosen, dedupe_by, prefer, kept_before)
     outcome = absorb(ledger, into, sources, chosen, "replace", now, create_row=create_row)
     outcome.config_differs = differing
-    if existing is not None:
-        selection = loads(existing["selection"]) or {}
+    if dedupe_by:
+        outcome.dedupe_by, outcome.duplicates, outcome.without_key = dedupe_by, duplicates, without_key
+    if existing is not None or dedupe_by:
+        selection = loads((existing or ledger.get_run(into))["selection"]) or {}
         merged = list(dict.fromkeys((selection.get("merged_from") or []) + run_ids))
         updated = {**selection, "merged_from": merged, "prefer": prefer or "newest"}
+        if dedupe_by:
+            updated["dedupe_by"] = dedupe_by
         if differing:
             updated["config_differs"] = sorted(set(selection.get("config_differs") or []) | set(differing))
         with ledger.write() as conn:
@@ -316,3 +330,86 @@ def merge_runs(ledger: Ledger, run_ids: Iterable[str], into: str, prefer: str | 
     add_event(ledger, into, "merge", now, {"from": run_ids, "prefer": prefer or "newest", **outcome.as_dict()},
               count=outcome.tasks_added + outcome.tasks_updated)
     return outcome
+
+
+# -- merge --dedupe-by -----------------------------------------------------------------------
+
+
+def content_key_value(key: str, identity: str, items: dict[str, tuple[str, str]],
+                      tasks: dict[tuple[str, str], dict[str, Any]], stages: Sequence[str]) -> tuple[bool, Any]:
+    """(found, value) of the content ``key`` for one item: ``STAGE.FIELD`` reads that stage's result;
+    a bare ``FIELD`` reads the item's parameter, else the first stage's result (in name order) that has it."""
+    head, _, rest = key.partition(".")
+    if rest and head in stages:
+        places, field_path = [head], rest
+    else:
+        places, field_path = list(stages), key
+        params = loads(items[identity][1]) if identity in items else None
+        found, value = _dig(params, field_path)
+        if found:
+            return True, value
+    for stage in places:
+        task = tasks.get((stage, identity))
+        if task is not None and task["state"] == TaskState.DONE:
+            found, value = _dig(_result_value(task), field_path)
+            if found:
+                return True, value
+    return False, None
+
+
+def _dig(value: Any, path: str) -> tuple[bool, Any]:
+    if isinstance(value, dict) and path in value:
+        return True, value[path]
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def dedupe(sources: list[SourceRun], chosen: dict[tuple[str, str], dict[str, Any]], key: str,
+           prefer: str | None, kept_before: Sequence[SourceRun] = ()) -> tuple[list[dict[str, Any]], int]:
+    """Leave out of ``chosen`` (in place) every item whose content ``key`` equals that of an item kept
+    before it: the merged run's own items first, then the preferred run's, then the runs in the order
+    named, each in its item order. Items without the key are all kept. Returns (the items left out,
+    as ``{item_id, item_key, run, same_as, value}``, the count of items without the key)."""
+    stages = sorted({stage for stage, identity in chosen if identity != ONCE}
+                    | {stage for s in kept_before for stage, _ in s.tasks})
+    if prefer and prefer != "newest":
+        sources = sorted(sources, key=lambda s: s.row["id"] != prefer)
+    seen: dict[str, tuple[str, str]] = {}
+    for before in kept_before:
+        for identity in before.items:
+            found, value = content_key_value(key, identity, before.items, before.tasks, stages)
+            if found:
+                seen.setdefault(registry.as_text(value), (before.row["id"], identity))
+    items = {}
+    for source in sources:
+        items.update({k: v for k, v in source.items.items() if k not in items})
+    order = list(dict.fromkeys(identity for source in sources for identity in source.items))
+    owner = {identity: source.row["id"] for source in reversed(sources) for identity in source.items}
+    dropped: list[dict[str, Any]] = []
+    without, found_any = 0, bool(seen)
+    for identity in order:
+        found, value = content_key_value(key, identity, items, chosen, stages)
+        if not found:
+            without += 1
+            continue
+        found_any = True
+        text = registry.as_text(value)
+        if text in seen and seen[text][1] != identity:
+            dropped.append({"item_id": identity, "item_key": items[identity][0], "run": owner[identity],
+                            "same_as": seen[text][1], "value": value})
+        else:
+            seen.setdefault(text, (owner[identity], identity))
+    if order and not found_any:
+        fields = sorted({name for task in chosen.values() if isinstance(_result_value(task), dict)
+                         for name in _result_value(task)})
+        params = sorted({name for _, p in items.values() for name in (loads(p) or {})})
+        raise CorralError(f"--dedupe-by {key!r}: no item of runs {', '.join(s.row['id'] for s in sources)} has "
+                          f"it; use an item parameter ({', '.join(params) or 'none'}), a result field "
+                          f"({', '.join(fields) or 'none'}) or STAGE.FIELD with a stage of {', '.join(stages)}")
+    gone = {d["item_id"] for d in dropped}
+    for task_key in [k for k in chosen if k[1] in gone]:
+        del chosen[task_key]
+    return dropped, without
