@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -32,7 +34,9 @@ def test_the_readme_fault_demo_of_the_llm_example_finishes_in_seconds(tmp_path):
     sim.start()
     try:
         folder = tmp_path / "labels"
-        shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns(".corral", "__pycache__"))
+        shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns(".corral", "__pycache__", "sampled_pairs*"))
+        subprocess.run([sys.executable, "make_frames.py", "--pairs", "10", "--out", "sampled_pairs_smoke"], cwd=folder,
+                       check=True, capture_output=True)
         config = yaml.safe_load((folder / "corral.yaml").read_text())
         config["backends"]["openai"]["base_url"] = sim.base_url + "/v1"
         (folder / "corral.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -42,9 +46,9 @@ def test_the_readme_fault_demo_of_the_llm_example_finishes_in_seconds(tmp_path):
                                          method="POST")
         urllib.request.urlopen(request, timeout=10).read()
         started = time.monotonic()
-        corral_cli(folder, "run", "-q", env=ENV, check=0, timeout=240)
+        corral_cli(folder, "run", "+preset=smoke", "-q", env=ENV, check=0, timeout=240)
         took = time.monotonic() - started
-        status = json.loads(corral_cli(folder, "status", "--json", env=ENV, check=0).stdout)
+        status = json.loads(corral_cli(folder, "status", "+preset=smoke", "--json", env=ENV, check=0).stdout)
         assert status["stages"]["label"]["done"] == 10
         assert sim.state.faults["expire"] > 0 or any(b.fault == "expire" for b in sim.state.batches.values()), \
             "no batch expired: the demo shows nothing"

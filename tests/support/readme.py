@@ -79,8 +79,10 @@ def corral_on_path(folder: Path) -> Path:
     shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m corral \"$@\"\n")
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     for python in ("python", "python3"):
-        if not (bin_dir / python).exists():
-            (bin_dir / python).symlink_to(sys.executable)
+        # A script, not a symlink: a link to a virtual environment's python outside its bin/ folder
+        # starts the base interpreter, without the environment's packages.
+        (bin_dir / python).write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+        (bin_dir / python).chmod(shim.stat().st_mode)
     return bin_dir
 
 

@@ -43,12 +43,34 @@ def projection_lines(stages: dict[str, Any]) -> list[str]:
             f"tokens ({llm['output_basis']}); cost ~{cost} at the batch price; about "
             f"{format_duration(llm['seconds_to_finish'])} to finish, bound by {llm['bound_by']} with "
             f"{format_duration(llm['turnaround'])} per batch")
+        if llm.get("cost_by_type"):
+            lines.extend(cost_table_lines(llm["model"], llm["cost_by_type"]))
         if llm["render_failures"]:
             estimated = round(llm["render_failures"] / llm["sampled"] * llm["requests"])
             lines.append(f"  {llm['render_failures']} of {llm['sampled']} sampled requests would fail (about "
                          f"{estimated:,} of {llm['requests']:,}): " + "; ".join(llm["render_errors"]))
         if llm["oversized_in_sample"]:
             lines.append(f"  {llm['oversized_in_sample']} sampled requests are too large for any batch")
+    return lines
+
+
+def _rate(value: float) -> str:
+    """USD per million tokens with the digits a price list shows: $0.125/1M, $1.00/1M, $0.0375/1M."""
+    text = f"{value:,.4f}".rstrip("0")
+    if len(text.split(".")[1]) < 2:
+        text = f"{value:,.2f}"
+    return f"${text}/1M"
+
+
+def cost_table_lines(model: str, rows: list[dict[str, Any]]) -> list[str]:
+    """The projected cost per token type, as a table under the stage's projection line."""
+    cells = [("type", "rate", "tokens", "cost")] + [
+        (row["type"], _rate(row["rate_per_million"]) if row["rate_per_million"] is not None else "",
+         f"~{_tokens(row['tokens'])}", f"~{_usd(row['cost_usd'])}") for row in rows]
+    widths = [max(len(cell[i]) for cell in cells) for i in range(4)]
+    lines = [f"  cost at the batch price ({model}):"]
+    for cell in cells:
+        lines.append("    " + "  ".join([cell[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cell[1:], widths[1:])]))
     return lines
 
 

@@ -123,6 +123,7 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
         seconds = batches / settings.max_batches_per_hour * 3600 + turnaround
         bound = f"max_batches_per_hour ({settings.max_batches_per_hour})"
     oversized = [t for t, b in zip(tokens, sizes) if b > settings.max_bytes_per_batch or (capacity and t > capacity)]
+    out.update(cost_by_type=cost_by_type(price, tokens_in, tokens_out) if price else None)
     out.update(tokens_per_request=round(per_in, 1), bytes_per_request=round(per_bytes), output_basis=out_basis,
                requests_per_batch=min(per_batch, max(1, count - pilot)), batches=batches, pilot=pilot, tokens_in=round(tokens_in),
                tokens_out=round(tokens_out), cost_usd=round(price.cost(tokens_in, tokens_out), 4) if price else None,
@@ -134,3 +135,14 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
                         file=str(loaded.path), key=f"backends.{stage.backend}.prices",
                         expected=f"{model}: {{input: USD per 1M tokens, output: USD per 1M tokens}}")
     return out
+
+
+def cost_by_type(price: Any, tokens_in: float, tokens_out: float) -> list[dict[str, Any]]:
+    """The projected cost per token type at the batch price: rate (USD per 1M tokens), tokens, cost."""
+    discount = 1 - price.batch_discount
+    rows = [{"type": kind, "rate_per_million": rate * discount, "tokens": round(tokens),
+             "cost_usd": round(tokens * rate * discount / 1e6, 4)}
+            for kind, rate, tokens in (("input", price.input, tokens_in), ("output", price.output, tokens_out))]
+    rows.append({"type": "total", "rate_per_million": None, "tokens": round(tokens_in + tokens_out),
+                 "cost_usd": round(price.cost(tokens_in, tokens_out), 4)})
+    return rows
