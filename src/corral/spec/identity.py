@@ -53,6 +53,7 @@ KEY_KINDS: dict[str, KeyKind] = {
     "items.grid": M,
     "items.zip": M,
     "items.list": M,
+    "sweep.params": M,           # the swept values: grid axes
     # stages
     "stages.*.run": D,
     "stages.*.call": D,

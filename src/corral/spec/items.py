@@ -257,25 +257,26 @@ class ItemSource:
                             key="items.key", expected="fields among " + ", ".join(sorted(names)))
 
     def _axis(self, name: str, values: Any) -> list[Any]:
+        axis_key = f"sweep.params.{name}" if name in self.spec._swept else f"items.grid.{name}"
         if isinstance(values, dict) and set(values) == {"range"}:
             bounds = values["range"]
             bounds = [bounds] if isinstance(bounds, int) else bounds
             if not (isinstance(bounds, list) and 1 <= len(bounds) <= 3 and all(isinstance(b, int) for b in bounds)):
                 raise SpecError("a range is {range: stop} or {range: [start, stop, step]} of integers",
-                                file=self.file, key=f"items.grid.{name}.range", expected="[start, stop, step]")
+                                file=self.file, key=f"{axis_key}.range", expected="[start, stop, step]")
             values = range(*bounds) if bounds[-1] != 0 or len(bounds) < 3 else None
             if values is None:
-                raise SpecError("a range's step must not be 0", file=self.file, key=f"items.grid.{name}.range",
+                raise SpecError("a range's step must not be 0", file=self.file, key=f"{axis_key}.range",
                                 expected="[start, stop, step] with a step other than 0")
             return values  # type: ignore[return-value]  # a range is counted without being built
         if isinstance(values, list):
             if not values:
-                raise SpecError("an empty list gives no items", file=self.file, key=f"items.grid.{name}",
+                raise SpecError("an empty list gives no items", file=self.file, key=axis_key,
                                 expected="a non-empty list of values")
             return values
         if isinstance(values, dict):
             raise SpecError("a grid axis is a list of values or {range: ...}", file=self.file,
-                            key=f"items.grid.{name}", expected="[a, b, c] or {range: [0, 10]}")
+                            key=axis_key, expected="[a, b, c] or {range: [0, 10]}")
         return [values]
 
     def _zip(self) -> list[dict[str, Any]]:
@@ -361,7 +362,7 @@ class ItemSource:
             clash = seen & names
             if clash:
                 raise SpecError(f"parameters {sorted(clash)} come from two item sources", file=self.file,
-                                key="items", expected="each parameter from exactly one of from, list, zip, grid")
+                                key="items", expected="each parameter from exactly one of from, list, zip, grid (or sweep.params)")
             seen |= names
 
 

@@ -269,6 +269,8 @@ class Items(Strict):
     list: Optional[List[Dict[str, Any]]] = None
     from_: Optional[ItemsFrom] = Field(default=None, alias="from")
     key: Optional[str] = None
+    #: grid axes that come from the campaign's ``sweep.params`` (errors about them name that key)
+    _swept: set = PrivateAttr(default_factory=set)
 
     @field_validator("from_", mode="before")
     @classmethod
@@ -282,6 +284,27 @@ class Items(Strict):
         return self
 
 
+class Sweep(Strict):
+    """Every combination of the values under ``params`` is one item: the axes of a grid."""
+
+    params: Dict[str, Any]
+
+    @field_validator("params")
+    @classmethod
+    def _some_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("a sweep needs at least one parameter, e.g. {lr: [1e-3, 1e-4], seed: [0, 1]}")
+        return value
+
+
+def _item_source_names(items: Items) -> dict[str, str]:
+    """Parameter name -> the items key it comes from (the grid, zip and list; a file's rows are read later)."""
+    names = {name: "items.grid" for name in items.grid or {}}
+    names.update({name: "items.zip" for name in items.zip or {}})
+    names.update({name: "items.list" for row in items.list or [] for name in row})
+    return names
+
+
 class Campaign(Strict):
     """A whole campaign file after composition and overrides."""
 
@@ -291,6 +314,7 @@ class Campaign(Strict):
     workdir: str = ".corral"
     run_id: str = "{name}_{timestamp}"
     items: Items
+    sweep: Sweep | None = None
     stages: dict[str, Stage]
     backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
     results: str | None = None
@@ -305,6 +329,39 @@ class Campaign(Strict):
         return value
 
     _check_reports = field_validator("report")(check_report_names)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _items_or_sweep(cls, data: Any) -> Any:
+        if not (isinstance(data, dict) and data.get("sweep") is not None):
+            return data
+        items = data.get("items")
+        if items is None:
+            return {**data, "items": {"grid": {}}}  # a sweep alone gives the items
+        if isinstance(items, dict) and not {"grid", "zip", "list", "from"} & set(items):
+            return {**data, "items": {**items, "grid": {}}}  # items: {key: ...} names the swept items
+        return data
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_apart_from_items(cls, value: Sweep | None, info) -> Sweep | None:
+        items = info.data.get("items")
+        if value is None or items is None:
+            return value
+        sources = _item_source_names(items)
+        for name in value.params:
+            if name in sources:
+                raise ValueError(f"parameter {name!r} is swept here and also set by {sources[name]}; each "
+                                 f"parameter comes from one place: remove it from {sources[name]}, or sweep "
+                                 f"it there")
+        return value
+
+    @model_validator(mode="after")
+    def _sweep_as_grid_axes(self) -> "Campaign":
+        if self.sweep is not None:
+            self.items.grid = {**(self.items.grid or {}), **self.sweep.params}
+            self.items._swept = set(self.sweep.params)
+        return self
 
     @field_validator("workdir", "ledger")
     @classmethod
