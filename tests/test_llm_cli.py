@@ -49,6 +49,7 @@ def example(folder: Path, sim: SimServer, provider: str, pairs: int | None = Non
         request = stage["request"]
         request["model"] = "claude-haiku-4-5"
         request.pop("response_format")
+        request["max_tokens"] = request.pop("max_completion_tokens")
         system = request["messages"].pop(0)["content"]
         request["system"] = system
         content = request["messages"][0]["content"]
@@ -62,15 +63,10 @@ def example(folder: Path, sim: SimServer, provider: str, pairs: int | None = Non
             (EXAMPLE / "corral.yaml").read_text())["stages"]["label"]["request"]["response_format"]["json_schema"]["schema"]}
     else:
         backend["base_url"] = sim.base_url + "/v1"
-    if pairs:
-        rows = json.loads((folder / "frame_pairs.json").read_text())
-        more = []
-        for index in range(pairs):
-            row = dict(rows[index % len(rows)])
-            row["pair_index"] = index
-            more.append(row)
-        (folder / "frame_pairs.json").write_text(json.dumps(more))
-        config["items"]["key"] = "p{pair_index}"
+    # The example's own generator, with few distinct frames (the rest are hard links to them).
+    subprocess.run([sys.executable, str(folder / "make_frames.py"), "--pairs", str(pairs or 10),
+                    "--distinct-frames", "4", "--out", str(folder / "sampled_pairs")], check=True,
+                   capture_output=True)
     (folder / "corral.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return folder / "corral.yaml"
 
@@ -89,12 +85,12 @@ def test_example_end_to_end(tmp_path, sim, provider):
     assert usage["tokens_in"] > 0 and usage["cost"] > 0
     corral_cli(folder, "export", "--stage", "label", "-f", "json", "-o", "labels.json", env=ENV, check=0)
     records = json.loads((folder / "labels.json").read_text())
-    pairs = json.loads((folder / "frame_pairs.json").read_text())
+    pairs = json.loads((folder / "sampled_pairs" / "frame_pairs.json").read_text())
     assert len(records) == len(pairs) == 10
     for record in records:
         source = pairs[record["pair_index"]]
         assert {k: record[k] for k in source} == source
-        assert len(record["instructions"]) == 5 and record["description_k"] and record["description_change"]
+        assert len(record["instructions"]) == 5 and record["what_changed"] and record["frame1_description"]
         assert record["state"] == "done" and record["tokens_in"] > 0
     provider_key = "openai" if provider == "openai" else "anthropic"
     assert sim.state.requests_enqueued[provider_key] == 10
@@ -133,7 +129,8 @@ def test_kill9_never_creates_a_batch_twice(tmp_path, sim, provider):
     camp = corral.open(str(path))
     try:
         run = camp.run()
-        recorded = [s["remote_id"] for s in run.submissions(open_only=False) if s["remote_id"]]
+        recorded = [s["remote_id"] for s in run.submissions(open_only=False)
+                    if s["remote_id"] and s["stage"] == "label"]   # not the local merge task
     finally:
         camp.close()
     assert len(recorded) == len(set(recorded))

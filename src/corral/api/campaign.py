@@ -171,6 +171,7 @@ class Campaign:
         checks.controller(controller_id, lease)
         if tags is not None and not isinstance(tags, Mapping):
             tags = parse_tags(tags)
+        checks.check_extras(self.loaded)
         source = ItemSource(self.spec.items, self.root, self.loaded.path, blame=self.loaded.blame)
         param_names = source.param_names()  # item sources that cannot be read fail here, before anything is written
         if self.spec.items.key:

@@ -116,6 +116,16 @@ def check_callables(loaded: LoadedCampaign, name: str, stage) -> None:
             check_reference(ref, [loaded.root], file=str(loaded.path), key=f"stages.{name}.{key}")
 
 
+def check_extras(loaded: LoadedCampaign) -> None:
+    """The optional modules the stages need, before the items are read: a plain install learns which
+    extra to add first, whatever else the campaign still lacks."""
+    from corral.llm.projection import is_llm, require_llm_extra
+
+    for name, stage in loaded.spec.stages.items():
+        if is_llm(loaded, stage):
+            require_llm_extra(loaded, name, stage)
+
+
 def check_stages(loaded: LoadedCampaign, sample: dict[str, Any], stages=None) -> None:
     from corral.engine.results_files import check_template as check_results_template
 
@@ -135,6 +145,7 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
     loaded, spec = campaign.loaded, campaign.spec
     campaign.check_write_locations()
     campaign.check_ledger_driver()
+    check_extras(loaded)
     source = ItemSource(spec.items, campaign.root, loaded.path, blame=loaded.blame)
     items = list(source.items(limit=chosen.limit, shard=chosen.shard))
     check_selection(loaded, chosen, len(items), source)

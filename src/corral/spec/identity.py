@@ -113,7 +113,9 @@ KEY_KINDS: dict[str, KeyKind] = {
     "backends.*.prices.*.batch_discount": S,
     "backends.*.budget.max_usd": S,
     # named reports
-    **{f"report.*.{name}": S for name in ("by", "metric", "stage", "runs", "compare", "formats", "output", "plot", "top")},
+    **{f"report.*.{name}": S for name in ("by", "metric", "stage", "runs", "compare", "formats", "output", "plot", "top",
+                                          "baseline", "caption", "columns", "label", "lower_is_better", "pair_on",
+                                          "paired_by", "paired_test")},
 }
 
 _PATTERNS = [(tuple(pattern.split(".")), kind) for pattern, kind in KEY_KINDS.items()]
