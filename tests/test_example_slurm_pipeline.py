@@ -268,3 +268,71 @@ def test_the_full_size_dry_run_asks_each_stage_for_its_resources(tmp_path, clust
         assert f"#SBATCH --time={time_limit}\n" in script, stage
         assert (f"#SBATCH --gpus-per-task={gpus}\n" in script) if gpus else "--gpus" not in script, stage
     assert not (folder / ".corral" / "runs").exists() or not any((folder / ".corral" / "runs").iterdir())
+
+
+@pytest.mark.slurm
+def test_the_evaluation_writes_paired_comparisons_and_the_latex_table(tmp_path, cluster):
+    """eval.yaml on the local cluster, then `corral report eval.yaml`: comparisons.csv and
+    main_table.tex checked against McNemar's test and the rates computed here from the stand-in."""
+    import csv
+    import importlib.util
+    import math
+
+    from support.readme import copy_example, run_readme_block
+
+    folder = copy_example("slurm-pipeline", tmp_path)
+    results = run_readme_block(folder, folder / "README.md", "eval-smoke", timeout=300)
+    out = folder / "results" / "webarena_noisy" / "structured_results"
+    assert sorted(results[-1].stdout.split()) == ["comparisons.csv", "main_table.csv", "main_table.tex"]
+
+    spec = importlib.util.spec_from_file_location("pipeline_standin", folder / "pipeline.py")
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    units = [(seed, episode) for seed in (1, 2) for episode in range(10)]
+    truth = {(method, unit): pipeline.evaluate_episode(
+        {"benchmark": "webarena", "method": method, "seed": unit[0], "episode": unit[1]}, None)
+        for method in METHODS for unit in units}
+
+    with (out / "comparisons.csv").open() as f:
+        rows = {(r["other"], r["metric"]): r for r in csv.DictReader(f)}
+    assert {r["baseline"] for r in rows.values()} == {"slm_only"}
+    assert set(rows) == {(m, metric) for m in METHODS if m != "slm_only" for metric in ("success", "steps", "llm_calls")}
+    for method in METHODS:
+        if method == "slm_only":
+            continue
+        b = sum(truth["slm_only", u]["success"] and not truth[method, u]["success"] for u in units)
+        c = sum(truth[method, u]["success"] and not truth["slm_only", u]["success"] for u in units)
+        n = len(units)
+        row = rows[method, "success"]
+        assert (row["test"], int(row["n"]), int(row["unpaired"])) == ("mcnemar-exact", n, 0)
+        assert float(row["diff"]) == pytest.approx((c - b) / n, abs=1e-6)
+        se = math.sqrt(b + c - (c - b) ** 2 / n) / n
+        assert float(row["ci_low"]) == pytest.approx((c - b) / n - 1.959964 * se, abs=1e-5)
+        assert float(row["ci_high"]) == pytest.approx((c - b) / n + 1.959964 * se, abs=1e-5)
+        p = min(1.0, 2 * sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c)) if b + c else 1.0
+        assert float(row["p_value"]) == pytest.approx(p, rel=1e-5)
+        diffs = [truth[method, u]["llm_calls"] - truth["slm_only", u]["llm_calls"] for u in units]
+        mean = sum(diffs) / n
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+        row = rows[method, "llm_calls"]
+        assert row["test"] == "paired-t" and float(row["diff"]) == pytest.approx(mean, abs=1e-6)
+        assert float(row["statistic"]) == pytest.approx(mean / (sd / math.sqrt(n)), abs=1e-4)
+
+    rates = {m: sum(truth[m, u]["success"] for u in units) / len(units) for m in METHODS}
+    with (out / "main_table.csv").open() as f:
+        table = {r["method"]: r for r in csv.DictReader(f)}
+    for method in METHODS:
+        assert float(table[method]["success_rate"]) == pytest.approx(rates[method], abs=1e-6)
+    tex = (out / "main_table.tex").read_text()
+    assert r"\begin{table}[t]" in tex and r"\label{tab:main}" in tex
+    assert r"\caption{Success rate, steps and LLM calls per episode on webarena (noisy), with 95\% intervals.}" in tex
+    best = max(rates.values())
+    bold_rows = [line.split(" & ")[0] for line in tex.splitlines() if rf"\textbf{{{best:.3f}}}" in line]
+    assert sorted(bold_rows) == sorted(latex_name(m) for m in METHODS if rates[m] == best), tex
+    calls = {m: sum(truth[m, u]["llm_calls"] for u in units) / len(units) for m in METHODS}
+    fewest = min(calls, key=calls.get)   # lower is better for LLM calls: slm_only's zero is bold
+    assert rf"\textbf{{{calls[fewest]:.3f}}}" in next(l for l in tex.splitlines() if l.startswith(latex_name(fewest)))
+
+
+def latex_name(method: str) -> str:
+    return method.replace("_", r"\_")

@@ -120,6 +120,10 @@ def test_paired_means_get_a_paired_t_test(campaign):
     assert float(row["statistic"]) == pytest.approx(mean / (sd / math.sqrt(n)), abs=1e-4)
     # p < 0.05 exactly when |t| is beyond the table's 0.975 quantile
     assert (float(row["p_value"]) < 0.05) == (abs(float(row["statistic"])) > T975[n - 1])
+    # A tiny p-value keeps its significant digits in the CSV (not rounded to 0.0).
+    data = json.loads(corral_cli(folder, "report", "--paired-by", "policy", "-f", "json", check=0).stdout)
+    exact = next(r for r in data["comparisons"] if r["metric"] == "steps")["p_value"]
+    assert 0 < exact < 1e-6 and float(row["p_value"]) == pytest.approx(exact, rel=1e-5)
 
 
 def test_paired_comparisons_write_markdown_and_latex(campaign):

@@ -200,3 +200,23 @@ def tables(ctx):
         "headline": f"{best['method']} reaches {best['success_rate_mean']:.1%} success "
                     f"over {best['n_seeds']} seeds"})
     return {"best_method": best["method"], "best_success_rate": best["success_rate_mean"]}
+
+
+#: how much more than the small model each method solves of what it fails (eval.yaml)
+SKILL = {"slm_only": 0.0, "entropy_router": 0.22, "llm_only": 0.30, "r2v": 0.38}
+#: LLM calls per step: the small model never calls it, the large model always does
+LLM_CALL_RATE = {"slm_only": 0.0, "entropy_router": 0.45, "llm_only": 1.0, "r2v": 0.3}
+
+
+def evaluate_episode(item, ctx):
+    """One episode of eval.yaml: the episode's difficulty is the same for every method (drawn from
+    benchmark, seed and episode), so the methods' results pair up as a real evaluation's do."""
+    episode = _rng(item["benchmark"], item["seed"], item["episode"])
+    difficulty, luck = episode.random(), episode.random()
+    method = item["method"]
+    solved_by_slm = luck > 0.35 + 0.5 * difficulty
+    success = solved_by_slm or _rng(item["benchmark"], item["seed"], item["episode"], method).random() < SKILL[method]
+    own = _rng("steps", item["benchmark"], item["seed"], item["episode"], method)
+    steps = 5 + int(difficulty * 20) + own.randint(0, 6) - (3 if success else 0)
+    llm_calls = sum(own.random() < LLM_CALL_RATE[method] for _ in range(steps))
+    return {"success": success, "steps": steps, "llm_calls": llm_calls}

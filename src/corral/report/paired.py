@@ -193,6 +193,7 @@ def title(table: PairedTable) -> str:
 def render_paired(table: PairedTable, fmt: str) -> str:
     """``fmt`` (table, json, md, csv, latex, html): CSV and JSON unformatted, the others as text cells."""
     from corral.report.latex import latex_float
+    from corral.report.render import csv_value
     from corral.report.tables import render_rows
 
     if fmt == "json":
@@ -202,8 +203,7 @@ def render_paired(table: PairedTable, fmt: str) -> str:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(COLUMNS)
         for row in table.rows:
-            writer.writerow(["" if row[c] is None else (repr(round(row[c], 6)) if isinstance(row[c], float)
-                                                       else row[c]) for c in COLUMNS])
+            writer.writerow([csv_value(row[c]) for c in COLUMNS])
         return buffer.getvalue()
     text = render_rows(table.rows, list(COLUMNS), fmt, title=title(table) if fmt != "latex" else None)
     if fmt == "latex":

@@ -227,7 +227,7 @@ def _pivot_csv(report: Report) -> str:
         for value in values:
             if report.metric_kind:
                 number, lo, hi, n = report.headline(cells[value])
-                line += [n, _raw(number), _raw(lo), _raw(hi)]
+                line += [n, csv_value(number), csv_value(lo), csv_value(hi)]
             else:
                 line += [cells[value]["done"], cells[value]["expected"]]
         writer.writerow(line)
@@ -256,22 +256,26 @@ def to_csv(report: Report) -> str:
             line: list[Any] = [("" if v is None else v) for v in row["key"]]
             if report.compare:
                 line.append(column)
-            line += [m["expected"], m["done"], m["failed"], m["running"], m["cancelled"], _raw(m["progress"])]
+            line += [m["expected"], m["done"], m["failed"], m["running"], m["cancelled"], csv_value(m["progress"])]
             if report.metric_kind == "bool":
                 s = m["success"]
-                line += [s["n"], s["k"], _raw(s["rate"]), _raw(s["lo"]), _raw(s["hi"])]
+                line += [s["n"], s["k"], csv_value(s["rate"]), csv_value(s["lo"]), csv_value(s["hi"])]
             for name in report.numeric:
                 s = m["numeric"][name]
-                line += [s["n"], _raw(s["mean"]), _raw(s["std"]), _raw(s["lo"]), _raw(s["hi"])]
+                line += [s["n"], csv_value(s["mean"]), csv_value(s["std"]), csv_value(s["lo"]), csv_value(s["hi"])]
             line.append(";".join(f"{k}:{v}" for k, v in m["errors"].items()))
             writer.writerow(line)
     return buffer.getvalue()
 
 
-def _raw(value: Any) -> Any:
+def csv_value(value: Any) -> Any:
+    """A CSV cell: numbers to six decimals, and small ones (p-values) to six significant digits,
+    so that 4.9e-08 is not written as 0.0."""
     if value is None:
         return ""
     if isinstance(value, float):
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.6g}"
         return repr(round(value, 6))
     return value
 
