@@ -181,6 +181,25 @@ def test_an_error_in_a_group_file_is_blamed_on_that_file(tmp_path: Path) -> None
     assert line.startswith(f"error: {tmp_path / 'corral.yaml'}: stages.train.timeout: 'soon'"), line
 
 
+def test_a_mandatory_value_left_unset_names_its_key_and_how_to_give_it(tmp_path: Path) -> None:
+    campaign = write_campaign(tmp_path, {"name": "m", "params": {"data": "???"}, "items": {"list": [{"a": 1}]},
+                                         "stages": {"s": {"run": ["echo", "${params.data}"]}}})
+    for command in ("check", "run"):
+        line = _error_line(corral_cli(tmp_path, command, check=2))
+        assert line == f"error: {campaign}: params.data: is mandatory (??? in the file) and has no value", line
+    assert "expected: a value, on the command line (params.data=VALUE) or in the file" in \
+        corral_cli(tmp_path, "check", check=2).stderr
+    assert not (tmp_path / ".corral").exists()
+    # In a group file, that file is named; given on the command line, it runs.
+    write_campaign(tmp_path, {"name": "m", "items": {"list": [{"a": 1}]},
+                              "stages": {"s": {"run": ["echo", "${params.data}"]}}})
+    (tmp_path / "preset").mkdir()
+    (tmp_path / "preset" / "needs_data.yaml").write_text("# @package _global_\nparams:\n  data: ???\n")
+    line = _error_line(corral_cli(tmp_path, "check", "+preset=needs_data", check=2))
+    assert line.startswith(f"error: {tmp_path / 'preset' / 'needs_data.yaml'}: params.data: is mandatory"), line
+    corral_cli(tmp_path, "check", "+preset=needs_data", "params.data=x", check=0)
+
+
 def test_a_group_file_placed_under_its_group_says_how_to_merge_it(tmp_path: Path) -> None:
     sweep_campaign(tmp_path)
     proc = corral_cli(tmp_path, "check", "experiment=unpackaged", check=2)

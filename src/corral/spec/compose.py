@@ -122,14 +122,14 @@ def compose(file: Path, overrides: list[str]) -> Composed:
     except yaml.YAMLError as exc:
         raise _yaml_error(exc) or SpecError(f"is not valid YAML: {_one_line(str(exc))}", file=str(file)) from None
     except OmegaConfBaseException as exc:
-        raise SpecError(omegaconf_message(exc), file=str(file), key=omegaconf_key(exc)) from None
+        raise omegaconf_error(exc, file) from None
     finally:
         GlobalHydra.instance().clear()
     composed = Composed(config={}, file=file, sources=sources, override_keys=override_keys)
     try:
         composed.config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
-        raise composed.blame(SpecError(omegaconf_message(exc), file=str(file), key=omegaconf_key(exc))) from None
+        raise composed.blame(omegaconf_error(exc, file)) from None
     _check_packages(composed)
     return composed
 
@@ -380,10 +380,18 @@ def _one_line(text: str) -> str:
     return _HYDRA_NOISE.sub("", " ".join(keep)).strip()
 
 
-def omegaconf_message(exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"cannot resolve an interpolation: {first}"
+_MISSING = re.compile(r"Missing mandatory value: (\S+)")
 
 
-def omegaconf_key(exc: Exception) -> str | None:
-    return getattr(exc, "full_key", None) or None
+def omegaconf_error(exc: Exception, file: Path) -> SpecError:
+    """OmegaConf's error as bad input: a mandatory value (``???``) left unset names its own key and
+    how to give it; any other names the key whose interpolation failed."""
+    text = str(exc).strip()
+    missing = _MISSING.search(text)
+    if missing:
+        key = missing.group(1).rstrip(".")
+        return SpecError("is mandatory (??? in the file) and has no value", file=str(file), key=key,
+                         expected=f"a value, on the command line ({key}=VALUE) or in the file")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return SpecError(f"cannot resolve an interpolation: {first}", file=str(file),
+                     key=getattr(exc, "full_key", None) or None)

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from corral.errors import SpecError
 from corral.spec import models
 from corral.spec.backend_types import BACKEND_SETTINGS, BACKEND_TYPES
-from corral.spec.compose import Composed, compose, omegaconf_key, omegaconf_message
+from corral.spec.compose import Composed, compose, omegaconf_error
 from corral.spec.hints import expected_for
 from corral.spec.models import Campaign
 from corral.spec.overrides import check_overrides
@@ -121,7 +121,7 @@ def _resolve_plain(file: Path, raw: dict[str, Any]) -> dict[str, Any]:
         # type with and without overrides (and the item identities stay the same).
         return OmegaConf.to_container(OmegaConf.load(file), resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
-        raise SpecError(omegaconf_message(exc), file=str(file), key=omegaconf_key(exc)) from None
+        raise omegaconf_error(exc, file) from None
 
 
 def _yaml11_keys(value: Any) -> Any:
