@@ -571,3 +571,18 @@ def test_a_capacity_refusal_keeps_the_last_failure_class(tmp_path):
     finally:
         engine.close()
         campaign.close()
+
+
+@pytest.mark.usefixtures("campaign_ledger")
+def test_a_function_reads_the_runs_params_after_overrides(tmp_path: Path):
+    write_module(tmp_path, "uses_params", "def each(item, ctx):\n    return {'out': ctx.params['out'], 'x': item['x']}\n"
+                                          "def once(ctx):\n    return dict(ctx.params)\n")
+    write_campaign(tmp_path, {"name": "p", "params": {"out": "results", "n": 3}, "items": {"grid": {"x": [1, 2]}},
+                              "stages": {"each": {"call": "uses_params:each"},
+                                         "once": {"call": "uses_params:once", "per": "all", "needs": "each"}},
+                              "backends": {"local": {"workers": 2, "gpus": "none"}}})
+    corral_cli(tmp_path, "run", "-q", "params.out=elsewhere", check=0)
+    records = json.loads(corral_cli(tmp_path, "export", "params.out=elsewhere", "-f", "json", check=0).stdout)
+    assert sorted((r["stage"], r.get("out")) for r in records) == [("each", "elsewhere"), ("each", "elsewhere"),
+                                                                  ("once", "elsewhere")]
+    assert next(r for r in records if r["stage"] == "once")["n"] == 3

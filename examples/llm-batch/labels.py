@@ -28,7 +28,7 @@ def merge(ctx) -> dict:
     import corral
 
     campaign = corral.open(str(ctx.root / "corral.yaml"), ledger=ctx.ledger_url)
-    params = campaign.registry().show(ctx.run_id)["config"]["params"]
+    params = ctx.params
     pairs = json.loads((ctx.root / params["pairs_file"]).read_text())
     labels = {record["item_key"]: record for record in campaign.run(ctx.run_id).records(stage="label")
               if record["state"] == "done"}

@@ -43,6 +43,7 @@ class StageContext:
     root: Path          # the campaign file's folder
     run_dir: Path       # <workdir>/runs/<run_id>
     ledger_url: str
+    params: dict[str, Any] = field(default_factory=dict)   # the run's ``params:`` (``ctx.params``)
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,7 @@ class LocalBackendImpl(Backend):
         manifest = {
             "run_id": stage.run_id, "stage": stage.name, "stage_spec": stage.spec.model_dump(mode="json"),
             "root": str(stage.root), "run_dir": str(stage.run_dir), "ledger_url": stage.ledger_url,
-            "submission_id": submission.id, "mode": mode, "gpus": slot["gpus"], "slot": slot["slot"],
+            "params": stage.params, "submission_id": submission.id, "mode": mode, "gpus": slot["gpus"], "slot": slot["slot"],
             "tasks": [{"task_id": t.task_id, "key": t.key, "item_idx": t.item_idx, "item_id": t.item_id,
                        "item_key": t.item_key, "params": t.params, "attempt": t.attempt} for t in tasks],
         }

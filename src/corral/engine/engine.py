@@ -60,7 +60,7 @@ class Engine(Sending):
         self.run_dir = campaign.root / spec.workdir / "runs" / run_id
         self.stages: dict[str, StageContext] = {
             name: StageContext(name=name, spec=stage, run_id=run_id, root=campaign.root, run_dir=self.run_dir,
-                               ledger_url=ledger.url)
+                               ledger_url=ledger.url, params=dict(spec.params))
             for name, stage in spec.stages.items()}
         #: what this run learned so far (durations per stage, each backend's memory), from the ledger
         self.learning = Learning(ledger, run_id)

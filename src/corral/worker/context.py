@@ -46,12 +46,14 @@ class TaskContext:
 
     ``attempt`` starts at 1; ``workdir`` is a folder of this task's own (created on first use),
     ``checkpoint_dir`` another, meant to be kept across attempts of the same task; ``gpus`` are the GPU ids this worker may use (also in
-    ``CUDA_VISIBLE_DEVICES``); ``log`` writes to the task's log file.
+    ``CUDA_VISIBLE_DEVICES``); ``log`` writes to the task's log file; ``params`` is the run's
+    ``params:`` section (after overrides), as ``${params.X}`` sees it.
     """
 
     def __init__(self, *, run_id: str, stage: str, task_id: int | None, task_key: str, attempt: int,
                  item_key: str, item_id: str, run_dir: Path, root: Path, gpus: list[int],
-                 log_stream: LazyLog, ledger_url: str | None = None, items: list[dict[str, Any]] | None = None):
+                 log_stream: LazyLog, ledger_url: str | None = None, items: list[dict[str, Any]] | None = None,
+                 params: dict[str, Any] | None = None):
         self.run_id = run_id
         self.stage = stage
         self.task_id = task_id
@@ -64,6 +66,7 @@ class TaskContext:
         self.gpus = gpus
         self.ledger_url = ledger_url
         self.items = items
+        self.params = dict(params or {})
         self._log_stream = log_stream
 
     @cached_property

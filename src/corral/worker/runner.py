@@ -177,7 +177,8 @@ class Worker:
         return TaskContext(run_id=self.run_id, stage=self.stage_name, task_id=task["task_id"],
                            task_key=task["key"], attempt=task["attempt"], item_key=task["item_key"],
                            item_id=task["item_id"], run_dir=self.run_dir, root=self.root, gpus=self.gpus,
-                           log_stream=log, ledger_url=self.manifest.get("ledger_url"), items=items)
+                           log_stream=log, ledger_url=self.manifest.get("ledger_url"), items=items,
+                           params=self.manifest.get("params") or {})
 
     def _fields(self, task: dict[str, Any]) -> dict[str, Any]:
         fields = dict(task["params"])
