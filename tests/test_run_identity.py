@@ -313,6 +313,21 @@ def test_new_items_are_those_of_the_same_shard(tmp_path):
 
 
 @ledger_tests
+def test_a_limited_smoke_run_continued_at_full_size_takes_the_items_it_lacks(tmp_path):
+    bench(tmp_path, grid={"task": {"range": [0, 6]}})
+    corral_cli(tmp_path, "run", "-q", "--limit", "2", check=0)
+    run_id = runs_of(tmp_path)[0]["id"]
+    refused = corral_cli(tmp_path, "run", "-q", "--run-id", run_id, check=2)
+    assert "the item selection differs" in refused.stderr and "--force" in refused.stderr
+    forced = corral_cli(tmp_path, "run", "-q", "--run-id", run_id, "--force", check=0)
+    assert f"adding 4 new items to run {run_id}" in forced.stderr
+    assert [(r["id"], r["items"], r["done"]) for r in runs_of(tmp_path)] == [(run_id, 6, 6)]
+    # The run has the full selection now: the next tick continues it without --force, adding nothing.
+    again = corral_cli(tmp_path, "run", "-q", "--run-id", run_id, check=0)
+    assert "adding" not in again.stderr and len(runs_of(tmp_path)) == 1
+
+
+@ledger_tests
 def test_a_new_item_parameter_is_a_new_run(tmp_path):
     path = bench(tmp_path)
     corral_cli(tmp_path, "run", "-q", check=0)

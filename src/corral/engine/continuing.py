@@ -43,7 +43,8 @@ def identity_diff(row: dict[str, Any], campaign: LoadedCampaign, param_names: li
     if before != sorted(param_names):
         return f"item parameters: {', '.join(before) or '(none)'} -> {', '.join(sorted(param_names))}"
     if [stored.get("limit"), stored.get("shard")] != [selection.limit, list(selection.shard or []) or None]:
-        return "(the same config; the item selection differs: --limit or --shard)"
+        return ("(the same config; the item selection differs: --limit or --shard; with --force the run takes "
+                "this selection, and the items it lacks are added)")
     return "(the same defining config)"
 
 
@@ -62,7 +63,11 @@ def continue_run(ledger: Ledger, campaign: LoadedCampaign, row: dict[str, Any], 
     fingerprint = membership_fingerprint(campaign.config, campaign.root)
     config = loads(dumps(campaign.config))  # as the ledger stores it
     items = None
-    if (loads(row["selection"]) or {}).get("members") != fingerprint:
+    chosen = selection.as_dict()
+    stored_selection = loads(row["selection"]) or {}
+    reselected = forced is not None and {"limit": stored_selection.get("limit"),
+                                         "shard": stored_selection.get("shard") or None} != chosen
+    if stored_selection.get("members") != fingerprint or reselected:
         source = ItemSource(campaign.spec.items, campaign.root, campaign.path)
         items = list(source.items(limit=selection.limit, shard=selection.shard))
     out = Continuation(row=row)
@@ -76,6 +81,8 @@ def continue_run(ledger: Ledger, campaign: LoadedCampaign, row: dict[str, Any], 
         lines = [_change_line(key, a, b) for key, a, b, kind in changes(run_config(current), config)
                  if kind is not KeyKind.DEFINING]
         selection_now = {**stored, "overrides": campaign.overrides, "param_order": param_names}
+        if reselected:   # continued with --force under another --limit/--shard: the run takes it
+            selection_now.update(chosen)
         if lines or forced or current["config_hash"] != wanted or selection_now != stored:
             values.update(config=dumps(campaign.config), config_hash=wanted)
         notes = run_notes(current)
@@ -87,7 +94,7 @@ def continue_run(ledger: Ledger, campaign: LoadedCampaign, row: dict[str, Any], 
         if forced:
             notes.append({"at": now, "text": "continued with --force; config changes:\n" + forced})
             events.append({"at": now, "run_id": row["id"], "kind": "force", "message": forced})
-        if items is not None and stored.get("members") != fingerprint:
+        if items is not None and (stored.get("members") != fingerprint or reselected):
             added, missing, reopened = _add_items(conn, ledger, campaign, current, items, now)
             selection_now["members"] = fingerprint
             out.added_items, out.missing_items = added, missing
