@@ -121,7 +121,7 @@ def test_explicit_settings_win_over_the_profile(tmp_path, groq_env):
     ("backends.api.profile=together", "backends.api.profile", ["profile 'together' is not offered",
                                                                "valid profiles: groq, openai"]),
     ("backends.api.profile=azure", "backends.api.profile", ["AzureOpenAI", "valid profiles: groq, openai"]),
-    ("+backends.api.completion_window=8d", "backends.api", ["completion_window '8d' is not accepted by Groq",
+    ("+backends.api.completion_window=8d", "backends.api.completion_window", ["'8d' is not accepted by Groq",
                                                            "24h to 7d"]),
     ("+backends.api.endpoint=/v1/embeddings", "backends.api", ["not served by Groq's Batch API",
                                                               "/v1/chat/completions"]),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from corral.spec.durations import parse_duration, parse_size
 from corral.spec.llm_profiles import PROFILES, profile_named
@@ -102,7 +102,8 @@ class LlmBatchSettings(Strict):
 
 
 class OpenAIBatchSettings(LlmBatchSettings):
-    """The OpenAI Batch API: a JSONL file uploaded, one batch per file, 24 h completion window."""
+    """The OpenAI Batch API, or a provider that takes its format (``profile:``): a JSONL file uploaded,
+    one batch per file."""
 
     type: Literal["openai_batch"] = "openai_batch"
     api_key_env: str = "OPENAI_API_KEY"
@@ -135,17 +136,25 @@ class OpenAIBatchSettings(LlmBatchSettings):
         return value
 
     @model_validator(mode="after")
-    def _fits_profile(self) -> OpenAIBatchSettings:
+    def _served_endpoint(self) -> OpenAIBatchSettings:
         profile = PROFILES[self.profile or "openai"]
         if self.endpoint not in profile.endpoints:
             raise ValueError(f"endpoint {self.endpoint!r} is not served by {profile.provider}'s Batch API "
                              f"(profile {profile.name!r} takes {', '.join(profile.endpoints)})")
-        seconds = parse_duration(self.completion_window) if _WINDOW.match(self.completion_window) else -1.0
+        return self
+
+    @field_validator("completion_window")
+    @classmethod
+    def _accepted_window(cls, value: str, info: ValidationInfo) -> str:
+        profile = PROFILES.get(info.data.get("profile") or "openai")
+        if profile is None:   # an unknown profile, already refused
+            return value
+        seconds = parse_duration(value) if _WINDOW.match(value) else -1.0
         low, high = profile.completion_window_range
         if not low <= seconds <= high:
-            raise ValueError(f"completion_window {self.completion_window!r} is not accepted by {profile.provider} "
-                             f"(profile {profile.name!r} takes {profile.windows()})")
-        return self
+            raise ValueError(f"{value!r} is not accepted by {profile.provider} (profile {profile.name!r} takes "
+                             f"{profile.windows()})")
+        return value
 
 
 class AnthropicBatchSettings(LlmBatchSettings):
