@@ -164,3 +164,13 @@ def test_example_switched_to_groq_with_one_override(tmp_path, groq_env):
         assert len(merged) == 48 and all(len(entry["instructions"]) == 5 for entry in merged)
     finally:
         sim.stop()
+
+
+def test_a_failed_batchs_errors_are_read_in_either_shape():
+    from corral.backends.openai_batch import _batch_errors
+
+    # Groq's documented batch object gives the validation errors as a bare list.
+    groq = [{"code": "invalid_method", "message": "Invalid value: 'GET'. Supported values are: 'POST'",
+             "param": "method", "line": 4}]
+    assert _batch_errors(groq) == [("invalid_method", "Invalid value: 'GET'. Supported values are: 'POST'", 4)]
+    assert _batch_errors(None) == []
