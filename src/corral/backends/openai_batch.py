@@ -1,10 +1,11 @@
 """The ``openai_batch`` backend: the OpenAI Batch API through the official ``openai`` SDK.
 
 One submission is one batch: its requests go up as a JSONL file (``purpose=batch``), the batch is
-created with the settings' ``completion_window`` (24h at OpenAI) and the submission's idempotency key in its ``metadata``, so
-that after a crash the batch is found again through the list endpoint and adopted, never created
-twice. When the batch ends its output and error files are read once, line by line, and matched by
-``custom_id``. HTTP retries (429, 5xx, timeouts) are the SDK's own, with ``max_retries`` and
+created with the settings' ``completion_window`` (24h at OpenAI) and the submission's idempotency
+key in its ``metadata``, so that after a crash the batch is found again through the list endpoint
+and adopted, never created twice. When the batch ends its output and error files are read once,
+line by line, and matched by ``custom_id``. A provider that takes OpenAI's format is reached with
+``profile:`` (corral.spec.llm_profiles): its base URL, limits and completion windows. HTTP retries (429, 5xx, timeouts) are the SDK's own, with ``max_retries`` and
 ``timeout`` from the settings; a call they gave up on is an outage (TransientError at submit: no
 attempt used), a 404 for a batch says it is gone. Scheduling, packing and collection are shared
 with the Anthropic backend (corral.backends.llm_batch).
@@ -75,7 +76,8 @@ class OpenAIBatchBackend(LlmBatchBackend):
                                           purpose="batch")
         try:
             batch = self.client.batches.create(
-                input_file_id=upload.id, endpoint=self.settings.endpoint, completion_window=self.settings.completion_window,
+                input_file_id=upload.id, endpoint=self.settings.endpoint,
+                completion_window=self.settings.completion_window,
                 metadata={"corral_key": key, "corral_run": stage.run_id[:512], "corral_stage": stage.name[:512]})
         except (openai.APITimeoutError, openai.APIConnectionError):
             # Every try went unanswered, but one may have created the batch: adopt it if so.

@@ -60,7 +60,8 @@ def provider_line(name: str, provider: dict[str, Any]) -> str:
     """Where the stage's batches go and the limits they are cut to."""
     profile = f" (profile {provider['profile']})" if provider.get("profile") else ""
     where = provider["base_url"] or "the SDK's default URL"
-    discount = f", batch discount {provider['batch_discount']:.0%}" if provider.get("batch_discount") is not None else ""
+    share = provider.get("batch_discount")
+    discount = f", batch discount {share:.0%}" if share is not None else ""
     window = ""
     if provider.get("completion_window"):
         accepted = f" (accepted: {provider['completion_windows']})" if provider.get("completion_windows") else ""

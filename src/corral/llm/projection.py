@@ -95,8 +95,8 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
             if isinstance(body.get(key), int):
                 outputs.append(body[key])
                 break
-    out: dict[str, Any] = {"provider": provider_summary(settings), "requests": count, "model": model, "sampled": len(sample), "render_errors": errors[:5],
-                           "render_failures": len(errors)}
+    out: dict[str, Any] = {"provider": provider_summary(settings), "requests": count, "model": model,
+                           "sampled": len(sample), "render_errors": errors[:5], "render_failures": len(errors)}
     if not tokens:
         return out
     per_in = sum(tokens) / len(tokens)

@@ -70,7 +70,8 @@ _BY_KEY: dict[tuple[str, str], str] = {
     ("LlmBatchSettings", "max_bytes_per_batch"): SIZE,
     ("TokenWindow", "window"): DURATION,
     ("OpenAIBatchSettings", "completion_window"): "a window such as '24h' or '7d' that the provider accepts",
-    ("OpenAIBatchSettings", "profile"): "one of " + ", ".join(sorted(PROFILES)) + " (docs/backends/openai-compatible.md)",
+    ("OpenAIBatchSettings", "profile"):
+        "one of " + ", ".join(sorted(PROFILES)) + " (docs/backends/openai-compatible.md)",
 }
 
 
