@@ -1,10 +1,11 @@
 """The ``openai_batch`` backend: the OpenAI Batch API through the official ``openai`` SDK.
 
 One submission is one batch: its requests go up as a JSONL file (``purpose=batch``), the batch is
-created with ``completion_window=24h`` and the submission's idempotency key in its ``metadata``, so
-that after a crash the batch is found again through the list endpoint and adopted, never created
-twice. When the batch ends its output and error files are read once, line by line, and matched by
-``custom_id``. HTTP retries (429, 5xx, timeouts) are the SDK's own, with ``max_retries`` and
+created with the settings' ``completion_window`` (24h at OpenAI) and the submission's idempotency
+key in its ``metadata``, so that after a crash the batch is found again through the list endpoint
+and adopted, never created twice. When the batch ends its output and error files are read once,
+line by line, and matched by ``custom_id``. A provider that takes OpenAI's format is reached with
+``profile:`` (corral.spec.llm_profiles): its base URL, limits and completion windows. HTTP retries (429, 5xx, timeouts) are the SDK's own, with ``max_retries`` and
 ``timeout`` from the settings; a call they gave up on is an outage (TransientError at submit: no
 attempt used), a 404 for a batch says it is gone. Scheduling, packing and collection are shared
 with the Anthropic backend (corral.backends.llm_batch).
@@ -25,7 +26,10 @@ from corral.backends.llm_results import (
     sdk_error_kind,
 )
 from corral.llm.packing import Entry
+from corral.llm.pricing import ModelPrice
+from corral.llm.projection import backend_price
 from corral.spec.llm import OpenAIBatchSettings
+from corral.spec.llm_profiles import PROFILES
 
 #: how far back (seconds, by creation time) to look for a batch to adopt after a crash
 FIND_WINDOW = 6 * 3600.0
@@ -51,6 +55,9 @@ class OpenAIBatchBackend(LlmBatchBackend):
         return openai.OpenAI(api_key=self.api_key(), base_url=self.settings.base_url,
                              max_retries=self.settings.max_retries, timeout=self.settings.timeout)
 
+    def price(self, model: str | None) -> ModelPrice | None:
+        return backend_price(model, self.settings)
+
     def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"custom_id": custom_id, "method": "POST", "url": self.settings.endpoint, "body": body}
 
@@ -69,7 +76,8 @@ class OpenAIBatchBackend(LlmBatchBackend):
                                           purpose="batch")
         try:
             batch = self.client.batches.create(
-                input_file_id=upload.id, endpoint=self.settings.endpoint, completion_window="24h",
+                input_file_id=upload.id, endpoint=self.settings.endpoint,
+                completion_window=self.settings.completion_window,
                 metadata={"corral_key": key, "corral_run": stage.run_id[:512], "corral_stage": stage.name[:512]})
         except (openai.APITimeoutError, openai.APIConnectionError):
             # Every try went unanswered, but one may have created the batch: adopt it if so.
@@ -102,7 +110,7 @@ class OpenAIBatchBackend(LlmBatchBackend):
         batch all the same. Batches with this submission's key other than the one kept are
         cancelled at once (their requests are in the kept one)."""
         try:
-            for batch in self.client.batches.list(limit=100):
+            for batch in self._newest_batches():
                 if batch.created_at < since - 60:
                     break
                 if batch.id != kept and (batch.metadata or {}).get("corral_key") == key and \
@@ -112,6 +120,16 @@ class OpenAIBatchBackend(LlmBatchBackend):
                              f"(kept {kept})")
         except Exception as exc:  # noqa: BLE001 - best effort; the kept batch is recorded either way
             self.log(f"{self.name}: could not check for duplicate batches of {key}: {exc}")
+
+    def _newest_batches(self) -> Iterator[Any]:
+        """The provider's batches, newest first: every page where the list pages as OpenAI's does
+        (the SDK follows ``after``/``has_more``), else its first page only, so that a provider that
+        pages otherwise is never asked the same page again and again."""
+        page = self.client.batches.list(limit=100)
+        if PROFILES[self.settings.profile or "openai"].pages_like_openai:
+            yield from page
+        else:
+            yield from page.data
 
     def batch_ended(self, sub: SubmissionRecord) -> None:
         file_id = sub.info.get("input_file_id")
@@ -142,7 +160,7 @@ class OpenAIBatchBackend(LlmBatchBackend):
                 return
             oldest = min(f.created_at for f in candidates)
             in_use = {s.info.get("input_file_id") for s in submissions}
-            for batch in self.client.batches.list(limit=100):
+            for batch in self._newest_batches():
                 if batch.created_at < oldest - 60:
                     break
                 if batch.status not in _ENDED:
@@ -167,7 +185,7 @@ class OpenAIBatchBackend(LlmBatchBackend):
     def find_batch(self, stage: StageContext, submission: SubmissionRecord) -> tuple[str, dict[str, Any]] | None:
         key = submission.idempotency_key
         oldest = submission.created_at - FIND_WINDOW
-        for batch in self.client.batches.list(limit=100):
+        for batch in self._newest_batches():
             if (batch.metadata or {}).get("corral_key") == key:
                 return batch.id, {"input_file_id": batch.input_file_id}
             if batch.created_at < oldest:
@@ -181,7 +199,7 @@ class OpenAIBatchBackend(LlmBatchBackend):
         if batch.usage is not None:
             usage = {"input_tokens": batch.usage.input_tokens, "output_tokens": batch.usage.output_tokens}
         if status == "failed":
-            errors = [(e.code or "", e.message or "", e.line) for e in ((batch.errors and batch.errors.data) or [])]
+            errors = _batch_errors(batch.errors)
             return BatchStatus(ended=True, failed=True, errors=errors, phase=status, raw=batch)
         counts = None
         if batch.request_counts is not None:
@@ -209,6 +227,17 @@ def input_file_name(prefix: str, key: str) -> str:
     """The name of a batch's uploaded input file: the run's prefix and the submission's key, so
     that files left behind are found by name."""
     return f"{prefix}-{key}.jsonl"
+
+
+def _batch_errors(errors: Any) -> list[tuple[str, str, int | None]]:
+    """A failed batch's validation errors as (code, message, line): OpenAI's ``{"data": [...]}``, or the
+    bare list Groq gives."""
+    items = errors if isinstance(errors, list) else (getattr(errors, "data", None) or [])
+    out = []
+    for error in items:
+        values = error if isinstance(error, dict) else {k: getattr(error, k, None) for k in ("code", "message", "line")}
+        out.append((values.get("code") or "", values.get("message") or "", values.get("line")))
+    return out
 
 
 def _result_line(record: dict[str, Any] | None) -> ResultLine | None:

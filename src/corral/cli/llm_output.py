@@ -30,6 +30,8 @@ def projection_lines(stages: dict[str, Any]) -> list[str]:
         llm = stage.get("llm")
         if not llm:
             continue
+        if llm.get("provider"):
+            lines.append(provider_line(name, llm["provider"]))
         if "tokens_in" not in llm:
             lines.append(f"{name}: no request could be built from the sampled items: "
                          + "; ".join(llm.get("render_errors") or []))
@@ -52,6 +54,22 @@ def projection_lines(stages: dict[str, Any]) -> list[str]:
         if llm["oversized_in_sample"]:
             lines.append(f"  {llm['oversized_in_sample']} sampled requests are too large for any batch")
     return lines
+
+
+def provider_line(name: str, provider: dict[str, Any]) -> str:
+    """Where the stage's batches go and the limits they are cut to."""
+    profile = f" (profile {provider['profile']})" if provider.get("profile") else ""
+    where = provider["base_url"] or "the SDK's default URL"
+    share = provider.get("batch_discount")
+    discount = f", batch discount {share:.0%}" if share is not None else ""
+    window = ""
+    if provider.get("completion_window"):
+        accepted = f" (accepted: {provider['completion_windows']})" if provider.get("completion_windows") else ""
+        window = f", completion window {provider['completion_window']}{accepted}"
+    kept = f", files kept {provider['result_retention']}" if provider.get("result_retention") else ""
+    return (f"{name}: provider {provider['provider']}{profile} at {where}, API key from {provider['api_key_env']}; "
+            f"batches of up to {provider['max_requests_per_batch']:,} requests and "
+            f"{provider['max_bytes_per_batch'] / 1e6:,.0f} MB{window}{discount}{kept}")
 
 
 def _rate(value: float) -> str:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 from corral.errors import SpecError
 from corral.extras import Extra, missing
-from corral.llm.pricing import price_for
+from corral.llm.pricing import PRICES, ModelPrice, price_for
 from corral.llm.requests import RenderError, RequestTemplate
 from corral.llm.scheduler import State, enqueued_capacity, target_batch_requests
 from corral.llm.tokens import TokenEstimator
 from corral.spec.llm import LLM_BACKEND_TYPES
+from corral.spec.llm_profiles import PROFILES
 
 SAMPLE = 50
 
@@ -93,8 +95,8 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
             if isinstance(body.get(key), int):
                 outputs.append(body[key])
                 break
-    out: dict[str, Any] = {"requests": count, "model": model, "sampled": len(sample), "render_errors": errors[:5],
-                           "render_failures": len(errors)}
+    out: dict[str, Any] = {"provider": provider_summary(settings), "requests": count, "model": model,
+                           "sampled": len(sample), "render_errors": errors[:5], "render_failures": len(errors)}
     if not tokens:
         return out
     per_in = sum(tokens) / len(tokens)
@@ -110,7 +112,7 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
     pilot = min(settings.pilot, count)
     batches = (1 if pilot else 0) + math.ceil(max(0, count - pilot) / per_batch)
     tokens_in, tokens_out = per_in * count, per_out * count
-    price = price_for(model, settings.prices)
+    price = backend_price(model, settings)
     turnaround = settings.expected_turnaround
     capacity = enqueued_capacity(settings, state)
     seconds = turnaround * (2 if pilot else 1)       # the pilot's turnaround, then the last batch's
@@ -135,6 +137,34 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
                         file=str(loaded.path), key=f"backends.{stage.backend}.prices",
                         expected=f"{model}: {{input: USD per 1M tokens, output: USD per 1M tokens}}")
     return out
+
+
+def backend_price(model: str | None, settings: Any) -> ModelPrice | None:
+    """The price of ``model`` on this backend: as ``price_for``, with the backend's ``batch_discount``
+    (its profile's) for every price that does not set its own."""
+    discount = getattr(settings, "batch_discount", None)
+    if discount is None:
+        return price_for(model, settings.prices)
+    own = {name: ModelPrice(input=entry.input, output=entry.output, cached_input=entry.cached_input,
+                            batch_discount=entry.batch_discount if "batch_discount" in entry.model_fields_set
+                            else discount) for name, entry in settings.prices.items()}
+    shipped = {name: replace(entry, batch_discount=discount) for name, entry in PRICES.items() if name not in own}
+    return price_for(model, {**shipped, **own})
+
+
+def provider_summary(settings: Any) -> dict[str, Any]:
+    """Who the stage's requests go to and the limits its batches are cut to (``corral check``)."""
+    profile = PROFILES.get(getattr(settings, "profile", None) or "")
+    provider = profile.provider if profile else ("Anthropic" if settings.type == "anthropic_batch" else "OpenAI")
+    return {"profile": getattr(settings, "profile", None), "provider": provider,
+            "base_url": settings.base_url, "api_key_env": settings.api_key_env,
+            "max_requests_per_batch": settings.max_requests_per_batch,
+            "max_bytes_per_batch": settings.max_bytes_per_batch,
+            "completion_window": getattr(settings, "completion_window", None),
+            "completion_windows": profile.windows() if profile else None,
+            "result_retention": profile.result_retention if profile else None,
+            "batch_discount": getattr(settings, "batch_discount", None),
+            "endpoint": getattr(settings, "endpoint", None)}
 
 
 def cost_by_type(price: Any, tokens_in: float, tokens_out: float) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from corral.spec.durations import DURATION_FORMS
+from corral.spec.llm_profiles import PROFILES
 
 DURATION = f"a duration: {DURATION_FORMS}"
 OPTIONAL_DURATION = f"{DURATION}; or null for none"
@@ -68,6 +69,9 @@ _BY_KEY: dict[tuple[str, str], str] = {
     ("LlmBatchSettings", "expected_turnaround"): DURATION,
     ("LlmBatchSettings", "max_bytes_per_batch"): SIZE,
     ("TokenWindow", "window"): DURATION,
+    ("OpenAIBatchSettings", "completion_window"): "a window such as '24h' or '7d' that the provider accepts",
+    ("OpenAIBatchSettings", "profile"):
+        "one of " + ", ".join(sorted(PROFILES)) + " (docs/backends/openai-compatible.md)",
 }
 
 

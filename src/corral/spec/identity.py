@@ -86,6 +86,9 @@ KEY_KINDS: dict[str, KeyKind] = {
     "backends.*.type": D,
     "backends.*.model": D,       # the LLM backends' default model for requests that name none
     "backends.*.endpoint": D,    # the shape of the requests sent
+    "backends.*.profile": D,     # which provider serves the requests (its base URL, key and limits)
+    "backends.*.batch_discount": S,
+    "backends.*.completion_window": S,
     **{f"backends.*.{name}": S for name in (
         # local
         "workers", "gpus", "workers_per_gpu", "tasks_per_worker", "max_tasks_per_worker", "python",

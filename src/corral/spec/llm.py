@@ -6,12 +6,17 @@ table overrides and the money cap. Documented in docs/backends/llm-batch.md.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from corral.spec.durations import parse_duration, parse_size
+from corral.spec.llm_profiles import PROFILES, profile_named
 from corral.spec.models import Strict
+
+
+_WINDOW = re.compile(r"^[1-9][0-9]*[hd]$")
 
 
 def _duration(value: Any) -> Any:
@@ -97,7 +102,8 @@ class LlmBatchSettings(Strict):
 
 
 class OpenAIBatchSettings(LlmBatchSettings):
-    """The OpenAI Batch API: a JSONL file uploaded, one batch per file, 24 h completion window."""
+    """The OpenAI Batch API, or a provider that takes its format (``profile:``): a JSONL file uploaded,
+    one batch per file."""
 
     type: Literal["openai_batch"] = "openai_batch"
     api_key_env: str = "OPENAI_API_KEY"
@@ -105,6 +111,50 @@ class OpenAIBatchSettings(LlmBatchSettings):
         "/v1/chat/completions"
     max_requests_per_batch: int = Field(default=50_000, ge=1, le=50_000)
     max_bytes_per_batch: int = 200 * 1000 * 1000
+    # A provider that takes this format (corral.spec.llm_profiles): its defaults under what is set here.
+    profile: str | None = None
+    # The share of the standard price taken off for batches, for prices that do not give their own.
+    batch_discount: float | None = Field(default=None, ge=0, lt=1)
+    # Sent as the batch's completion_window; OpenAI takes only 24h, some providers longer ones.
+    completion_window: str = "24h"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """Fill what is not set (absent or null) from the profile; an unknown name is left to the
+        field's own check, which names the valid profiles."""
+        if not isinstance(data, dict) or not isinstance(data.get("profile"), str) or data["profile"] not in PROFILES:
+            return data
+        defaults = PROFILES[data["profile"]].settings()
+        return {**data, **{key: value for key, value in defaults.items() if data.get(key) is None}}
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str | None) -> str | None:
+        if value is not None:
+            profile_named(value)
+        return value
+
+    @model_validator(mode="after")
+    def _served_endpoint(self) -> OpenAIBatchSettings:
+        profile = PROFILES[self.profile or "openai"]
+        if self.endpoint not in profile.endpoints:
+            raise ValueError(f"endpoint {self.endpoint!r} is not served by {profile.provider}'s Batch API "
+                             f"(profile {profile.name!r} takes {', '.join(profile.endpoints)})")
+        return self
+
+    @field_validator("completion_window")
+    @classmethod
+    def _accepted_window(cls, value: str, info: ValidationInfo) -> str:
+        profile = PROFILES.get(info.data.get("profile") or "openai")
+        if profile is None:   # an unknown profile, already refused
+            return value
+        seconds = parse_duration(value) if _WINDOW.match(value) else -1.0
+        low, high = profile.completion_window_range
+        if not low <= seconds <= high:
+            raise ValueError(f"{value!r} is not accepted by {profile.provider} (profile {profile.name!r} takes "
+                             f"{profile.windows()})")
+        return value
 
 
 class AnthropicBatchSettings(LlmBatchSettings):
