@@ -55,20 +55,23 @@ class GeminiBatchBackend(LlmBatchBackend):
         from google import genai
         from google.genai import types
 
-        options = types.HttpOptions(
-            base_url=self.settings.base_url, api_version="v1beta", timeout=int(self.settings.timeout * 1000),
-            retry_options=types.HttpRetryOptions(attempts=self.settings.max_retries + 1, initial_delay=0.5,
-                                                 max_delay=30.0))
-        return genai.Client(api_key=self.api_key(), http_options=options)
+        retry = types.HttpRetryOptions(attempts=self.settings.max_retries + 1, initial_delay=0.5, max_delay=30.0)
+        return genai.Client(api_key=self.api_key(), http_options=self.http_options(retry))
+
+    def http_options(self, retry: Any) -> Any:
+        """The client's HTTP options; a call that gives its own replaces them all, so each has these."""
+        from google.genai import types
+
+        return types.HttpOptions(base_url=self.settings.base_url, api_version="v1beta",
+                                 timeout=int(self.settings.timeout * 1000), retry_options=retry)
 
     def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"key": custom_id, "request": gemini_request(body)}
 
     def error_kind(self, exc: BaseException) -> ApiErrorKind:
-        import httpx
         from google.genai import errors
 
-        if isinstance(exc, (httpx.TimeoutException, httpx.TransportError)):
+        if isinstance(exc, _transport_errors()):
             return ApiErrorKind.TRANSIENT
         if isinstance(exc, errors.APIError):
             code = exc.code or 0
@@ -86,7 +89,7 @@ class GeminiBatchBackend(LlmBatchBackend):
         data = b"".join(entry.line for entry in entries)
         upload = self.client.files.upload(file=io.BytesIO(data), config=types.UploadFileConfig(
             display_name=input_file_name(self.prefix(stage), key), mime_type="application/jsonl"))
-        once = types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1))
+        once = self.http_options(types.HttpRetryOptions(attempts=1))
         try:
             job = self.client.batches.create(model=model, src=upload.name,
                                              config=types.CreateBatchJobConfig(display_name=job_name(key),
@@ -193,6 +196,19 @@ class GeminiBatchBackend(LlmBatchBackend):
             except Exception as exc:  # noqa: BLE001 - uploaded files expire after 48 h anyway
                 if self.error_kind(exc) != ApiErrorKind.GONE:
                     self.log(f"{self.name}: deleting input file {name} of job {sub.remote_id} failed ({exc})")
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """No answer (timeouts, connections): google-genai sends through httpx, or httpx2 where installed."""
+    import importlib
+
+    found = []
+    for module in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 def _result_line(record: dict[str, Any] | None) -> ResultLine | None:

@@ -107,10 +107,10 @@ def _response_format(value: Any) -> dict[str, Any]:
         return {"responseMimeType": "application/json"}
     if kind == "json_schema":
         spec = value.get("json_schema") or {}
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
+        wanted = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(wanted, dict):
             raise ValueError("response_format.json_schema.schema: a JSON schema object")
-        return {"responseMimeType": "application/json", "responseSchema": gemini_schema(schema)}
+        return {"responseMimeType": "application/json", "responseSchema": gemini_schema(wanted)}
     raise ValueError(f"response_format type {kind!r}: text, json_object or json_schema")
 
 
@@ -123,7 +123,7 @@ def gemini_schema(schema: dict[str, Any], root: dict[str, Any] | None = None, de
     if "$ref" in schema:
         return gemini_schema(_resolve(schema["$ref"], root), root, depth + 1)
     out: dict[str, Any] = {}
-    for key, value in schema.items():
+    for key, value in dict(schema).items():
         if key in _SCHEMA_IGNORED or key in ("$defs", "definitions"):
             continue
         if key == "type":

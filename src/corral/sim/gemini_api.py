@@ -344,7 +344,7 @@ def _json_schema(schema: Any) -> Any:
         return [_json_schema(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: _json_schema(v) for k, v in schema.items()}
+    out = {k: _json_schema(v) for k, v in dict(schema).items()}
     if isinstance(out.get("type"), str):
         out["type"] = out["type"].lower()
     return out

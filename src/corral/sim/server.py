@@ -99,7 +99,8 @@ class SimServer:
         ``"POST /v1/files"``) fail before anything happens: ``disconnect`` closes the connection
         without an answer (the SDKs raise APIConnectionError), ``http_5xx`` answers 500 (Anthropic
         529), ``not_found`` answers 404, ``timeout`` does the call and holds its answer back for
-        ``timeout_delay_s`` (a client with a shorter timeout gives up on a call that took effect). Unlike the rates, this is exact: for tests of one failure."""
+        ``timeout_delay_s`` (a client with a shorter timeout gives up on a call that took effect).
+        Unlike the rates, this is exact: for tests of one failure."""
         if how not in SCRIPTED_FAULTS:
             raise ValueError(f"unknown scripted fault {how!r}; one of {', '.join(SCRIPTED_FAULTS)}")
         with self.account.lock:
