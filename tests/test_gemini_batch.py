@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import cli_env, corral_cli, query_ledger, write_campaign, write_module
 from support.readme import copy_example
 from sqlalchemy import select
@@ -237,6 +238,41 @@ def test_kill_9_during_a_create_never_leaves_two_jobs_recorded(tmp_path, sim_fac
     assert len(jobs) == len(set(jobs)) == sim.state.batches_created["gemini"] == 1
     states = query_ledger(path.parent, "SELECT state, attempts FROM tasks")
     assert states == [("done", 1)] * 8
+
+
+def test_stragglers_are_cancelled_and_what_they_finished_is_kept(tmp_path, clock, sim_factory):
+    sim = sim_factory(turnaround=Turnaround(validating=Phase(10.0), in_progress=Phase(300.0, 1.5),
+                                            finalizing=Phase(10.0)))
+    path = campaign(tmp_path, sim, items=60, backend={"max_requests_per_batch": 6, "straggler_after": 1.5})
+    camp = Campaign.load(path)
+    run, _ = camp.start(clock=clock)
+    run.run(clock=clock, max_interval=600.0, should_stop=lambda: clock.now() > 1e12)
+    rows = tasks(run)
+    assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
+    stragglers = [s for s in run.submissions(open_only=False) if s["info"].get("straggler")]
+    assert stragglers, "no job was slow enough to be cancelled"
+    assert sim.state.http_requests["POST /v1beta/batches/{id}:cancel"] == len(stragglers)
+    assert sim.state.requests_enqueued["gemini"] > 60
+    answered = [json.loads(line)["key"] for line in _answers(sim)]
+    assert len(answered) == len(set(answered)) == 60, "a request was answered twice or not at all"
+    camp.close()
+
+
+def test_a_request_gemini_cannot_take_fails_alone_naming_the_key(tmp_path, clock, sim_factory):
+    sim = sim_factory()
+    path = campaign(tmp_path, sim, items=4)
+    config = yaml.safe_load(path.read_text())
+    config["stages"]["label"]["request"]["logprobs"] = True
+    path.write_text(yaml.safe_dump(config))
+    camp = Campaign.load(path)
+    run, _ = camp.start(clock=clock)
+    run.run(clock=clock, max_interval=600.0, should_stop=lambda: clock.now() > 1e12)
+    rows = {r["item_idx"]: r for r in tasks(run)}
+    assert all(r["state"] == "failed" and r["error_class"] == "template" for r in rows.values())
+    assert "the request cannot be sent to gemini: request key 'logprobs' has no Gemini counterpart" in \
+        rows[0]["error_message"]
+    assert sim.state.batches_created["gemini"] == 0
+    camp.close()
 
 
 # -- the parts ------------------------------------------------------------------------------------

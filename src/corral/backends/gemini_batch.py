@@ -35,6 +35,9 @@ FIND_WINDOW = 6 * 3600.0
 NAME_PREFIX = "corral-"
 _ENDED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
 _RUNNING = ("JOB_STATE_RUNNING",)
+#: a job's state in the words the shared code (stragglers, `corral status`) reads
+_PHASES = {"JOB_STATE_PENDING": "validating", "JOB_STATE_RUNNING": "in_progress", "JOB_STATE_SUCCEEDED": "completed",
+           "JOB_STATE_FAILED": "failed", "JOB_STATE_CANCELLED": "cancelled", "JOB_STATE_EXPIRED": "expired"}
 _STATUS_CODES = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403,
                  "RESOURCE_EXHAUSTED": 429, "INTERNAL": 500, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
 
@@ -147,7 +150,7 @@ class GeminiBatchBackend(LlmBatchBackend):
     def batch_status(self, sub: SubmissionRecord) -> BatchStatus:
         job = self.client.batches.get(name=sub.remote_id)
         state = str(getattr(job.state, "value", job.state))
-        phase = state.removeprefix("JOB_STATE_").lower()
+        phase = _PHASES.get(state, state.removeprefix("JOB_STATE_").lower())
         if state == "JOB_STATE_FAILED":
             error = job.error
             message = (getattr(error, "message", None) or "the job failed") if error else "the job failed"
