@@ -190,6 +190,23 @@ def test_a_create_whose_answer_timed_out_is_adopted_not_made_twice(tmp_path, clo
     camp.close()
 
 
+def test_a_create_that_never_reached_the_api_is_sent_again_once(tmp_path, clock, sim_factory, monkeypatch):
+    import corral.backends.gemini_batch as gemini_batch
+
+    monkeypatch.setattr(gemini_batch, "LOOK_AGAIN", (0.0,))
+    sim = sim_factory()
+    sim.fail_next(CREATE, how="disconnect")    # no job made, no answer
+    path = campaign(tmp_path, sim, items=6)
+    camp = Campaign.load(path)
+    run, _ = camp.start(clock=clock)
+    run.run(clock=clock, max_interval=600.0, should_stop=lambda: clock.now() > 1e12)
+    rows = tasks(run)
+    assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
+    assert sim.state.http_requests[CREATE] == 2 and sim.state.batches_created["gemini"] == 1
+    assert sim.state.http_requests["GET /v1beta/batches"] >= 2, "the create was sent again without looking first"
+    camp.close()
+
+
 def test_a_duplicate_job_made_by_a_second_create_is_cancelled_and_the_first_kept(tmp_path, clock, sim_factory):
     sim = sim_factory()
     path = campaign(tmp_path, sim, items=6)

@@ -18,6 +18,7 @@ its requests go out again with their attempts kept.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,8 @@ from corral.spec.llm import GeminiBatchSettings
 
 #: how far back (seconds, by creation time) to look for a job to adopt
 FIND_WINDOW = 6 * 3600.0
+#: waits (seconds) before looking again for the job of a create whose answer was lost
+LOOK_AGAIN = (1.0, 3.0)
 #: the display name of a job: this prefix and the submission's idempotency key
 NAME_PREFIX = "corral-"
 _ENDED = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
@@ -107,14 +110,31 @@ class GeminiBatchBackend(LlmBatchBackend):
             if self.error_kind(exc) != ApiErrorKind.TRANSIENT:
                 self._forget_file(upload.name)
                 raise
-            # The answer was lost, but the job may exist: a second create would make a second one.
-            found = self.find_batch(stage, submission)
+            # The answer was lost, but the job may exist (or be in the making at the server): a
+            # second create would make a second one, so it is looked for first.
+            found = self._look_again(stage, submission)
             if found is None:
                 self._forget_file(upload.name)
                 raise
             self.log(f"{self.name}: the create of {found[0]} got no answer; the job it made is adopted")
             return found[0], {"input_file_id": upload.name}
         return job.name, {"input_file_id": upload.name}
+
+    def _look_again(self, stage: StageContext, submission: SubmissionRecord) -> tuple[str, dict[str, Any]] | None:
+        """The job a create whose answer was lost made, if any: listed at once, then after
+        ``LOOK_AGAIN`` seconds each, while the listing finds nothing or does not answer."""
+        for wait in (0.0, *LOOK_AGAIN):
+            time.sleep(wait)
+            try:
+                found = self.find_batch(stage, submission)
+            except Exception as exc:
+                if self.error_kind(exc) != ApiErrorKind.TRANSIENT:
+                    raise
+                self.log(f"{self.name}: looking for the job of a create that got no answer failed ({exc})")
+                continue
+            if found is not None:
+                return found
+        return None
 
     def _forget_file(self, name: str) -> None:
         try:
