@@ -28,7 +28,7 @@ class Extra(str, Enum):
 
 #: the import names each extra provides (pyproject.toml's optional-dependencies, by import name)
 MODULES: dict[Extra, tuple[str, ...]] = {
-    Extra.LLM: ("jinja2", "openai", "anthropic", "tiktoken", "PIL"),
+    Extra.LLM: ("jinja2", "openai", "anthropic", "google.genai", "tiktoken", "PIL"),
     Extra.POSTGRES: ("psycopg",),
     Extra.PLOT: ("matplotlib",),
     Extra.PARQUET: ("pyarrow",),

@@ -22,15 +22,20 @@ ALLOWED = {m for m in os.environ.get("CORRAL_TEST_ALLOW", "").split(",") if m}
 BLOCKED = {m for m in OPTIONAL_MODULES if m not in ALLOWED}
 
 
+def blocked(fullname: str) -> bool:
+    """A blocked module or one inside it (``google.genai`` blocks ``google.genai.types``, not ``google``)."""
+    return any(fullname == m or fullname.startswith(m + ".") for m in BLOCKED)
+
+
 class NotInstalled(MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
-        if fullname.split(".", 1)[0] in BLOCKED:
+        if blocked(fullname):
             raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
         return None
 
 
 for name in list(sys.modules):
-    if name.split(".", 1)[0] in BLOCKED:
+    if blocked(name):
         del sys.modules[name]
 sys.meta_path.insert(0, NotInstalled())
 

@@ -343,8 +343,12 @@ class LlmBatchBackend(BatchCollection, Backend):
                 continue
             custom_id = f"{prefix}-{task.key}"
             try:
-                line = (json.dumps(self.line(custom_id, body), ensure_ascii=False, separators=(",", ":"))
-                        + "\n").encode()
+                record = self.line(custom_id, body)
+            except ValueError as exc:   # the provider's shape has no place for part of the request
+                rejected[str(task.task_id)] = ["template", f"the request cannot be sent to {self.provider}: {exc}"]
+                continue
+            try:
+                line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
             except (TypeError, ValueError) as exc:
                 rejected[str(task.task_id)] = ["template", f"the request is not JSON: {exc}"]
                 continue

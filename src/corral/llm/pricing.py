@@ -1,7 +1,7 @@
 """What requests cost: a shipped price table per model, overridable by the campaign.
 
 Prices are USD per million tokens at the providers' standard (not batch) rates, as published on
-their pricing pages in 2025; both providers bill batches at half price (``batch_discount: 0.5``).
+their pricing pages in 2025; every provider bills batches at half price (``batch_discount: 0.5``).
 Prices change: a campaign overrides any entry, or adds a model, under ``prices:`` in its backend
 settings. A model name matches its entry exactly or by the longest entry it starts with, so
 ``gpt-4o-2024-08-06`` is priced as ``gpt-4o`` and ``gpt-4o-mini-2024-07-18`` as ``gpt-4o-mini``.
@@ -53,6 +53,13 @@ _TABLE: dict[str, tuple[float, float | None, float]] = {
     "claude-haiku-4-5": (1.00, 0.10, 5.00),
     "claude-3-5-haiku": (0.80, 0.08, 4.00),
     "claude-3-haiku": (0.25, 0.03, 1.25),
+    # https://ai.google.dev/gemini-api/docs/pricing (paid tier, prompts up to 200k tokens; the Batch
+    # API bills half of these)
+    "gemini-2.5-pro": (1.25, 0.125, 10.00),
+    "gemini-2.5-flash": (0.30, 0.03, 2.50),
+    "gemini-2.5-flash-lite": (0.10, 0.01, 0.40),
+    "gemini-2.0-flash": (0.10, 0.025, 0.40),
+    "gemini-2.0-flash-lite": (0.075, None, 0.30),
 }
 
 PRICES: dict[str, ModelPrice] = {name: ModelPrice(i, o, c) for name, (i, c, o) in _TABLE.items()}
@@ -66,6 +73,7 @@ def price_for(model: str | None, overrides: dict[str, object] | None = None) -> 
     for name, entry in (overrides or {}).items():
         table[name] = ModelPrice(input=entry.input, output=entry.output, cached_input=entry.cached_input,
                                  batch_discount=entry.batch_discount) if not isinstance(entry, ModelPrice) else entry
+    model = model.removeprefix("models/")   # Gemini's resource name of a model
     if model in table:
         return table[model]
     matches = [name for name in table if model.startswith(name)]

@@ -10,6 +10,7 @@ from typing import Any
 
 from corral.errors import SpecError
 from corral.extras import Extra, missing
+from corral.llm.gemini_request import gemini_request
 from corral.llm.pricing import PRICES, ModelPrice, price_for
 from corral.llm.requests import RenderError, RequestTemplate
 from corral.llm.scheduler import State, enqueued_capacity, target_batch_requests
@@ -47,7 +48,9 @@ def check_llm_stage(loaded: Any, name: str, stage: Any) -> None:
 
 
 #: what an LLM stage imports, by backend type: the templates and the provider's SDK
-_NEEDS = {"openai_batch": ("jinja2", "openai"), "anthropic_batch": ("jinja2", "anthropic")}
+_NEEDS = {"openai_batch": ("jinja2", "openai"), "anthropic_batch": ("jinja2", "anthropic"),
+          "gemini_batch": ("jinja2", "google.genai")}
+_PROVIDERS = {"openai_batch": "openai", "anthropic_batch": "anthropic", "gemini_batch": "gemini"}
 
 
 def require_llm_extra(loaded: Any, name: str, stage: Any) -> None:
@@ -59,12 +62,25 @@ def require_llm_extra(loaded: Any, name: str, stage: Any) -> None:
                         key=f"stages.{name}", expected=f"the llm extra: {Extra.LLM.install}")
 
 
+def _line(provider: str, settings: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """One request as its batch holds it, for the size of a batch."""
+    custom_id = "c0000000000-t0000000"
+    if provider == "anthropic":
+        return {"custom_id": custom_id, "params": body}
+    if provider == "gemini":
+        try:
+            return {"key": custom_id, "request": gemini_request(body)}
+        except ValueError:
+            return {"key": custom_id, "request": body}
+    return {"custom_id": custom_id, "method": "POST", "url": getattr(settings, "endpoint", ""), "body": body}
+
+
 def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, Any] | None:
     """Render a sample of the items and extrapolate to all of them."""
     if not is_llm(loaded, stage):
         return None
     settings = loaded.backends[stage.backend]
-    provider = "anthropic" if settings.type == "anthropic_batch" else "openai"
+    provider = _PROVIDERS[settings.type]
     template = RequestTemplate(stage.request, loaded.root)
     count = len(items)
     step = max(1, count // SAMPLE)
@@ -87,9 +103,7 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
         if estimator is None:
             estimator = TokenEstimator(provider=provider, mode=settings.tokenizer, model=model)
         tokens.append(estimator.request_tokens(body))
-        line = {"custom_id": "c0000000000-t0000000", "params": body} if provider == "anthropic" else \
-            {"custom_id": "c0000000000-t0000000", "method": "POST", "url": getattr(settings, "endpoint", ""),
-             "body": body}
+        line = _line(provider, settings, body)
         sizes.append(len(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode()) + 1)
         for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
             if isinstance(body.get(key), int):

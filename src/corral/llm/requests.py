@@ -144,10 +144,14 @@ class RequestTemplate:
 
 
 def text_of(body: dict[str, Any] | None) -> str:
-    """The assistant's text in a response body of either provider (chat completions, responses,
-    Anthropic messages)."""
+    """The assistant's text in a response body of any provider (chat completions, responses,
+    Anthropic messages, Gemini GenerateContentResponse: the first candidate's parts, thoughts left out)."""
     if not isinstance(body, dict):
         return ""
+    if "candidates" in body:
+        candidates = body.get("candidates") or []
+        parts = ((candidates[0] or {}).get("content") or {}).get("parts") or [] if candidates else []
+        return "".join(part.get("text", "") for part in parts if isinstance(part, dict) and not part.get("thought"))
     if "choices" in body:
         choices = body.get("choices") or []
         if choices:

@@ -142,6 +142,8 @@ class TokenEstimator:
         return self._encode(text) if self._encode is not None else fallback_tokens(text)
 
     def image_tokens(self, width: int, height: int, detail: str = "auto") -> int:
+        if self.provider == "gemini":   # 258 up to 384 px a side, else 258 per 768 px tile
+            return 258 if max(width, height) <= 384 else 258 * (-(-width // 768)) * (-(-height // 768))
         if self.provider == "anthropic":
             return anthropic_image_tokens(width, height)
         return openai_image_tokens(width, height, detail)
@@ -169,6 +171,9 @@ class TokenEstimator:
             detail = (image.get("detail") if isinstance(image, dict) else None) or value.get("detail") or "auto"
             size = image_size(url) if isinstance(url, str) and url.startswith("data:") else UNKNOWN_IMAGE
             return self.image_tokens(*size, detail=detail)
+        inline = value.get("inlineData")
+        if isinstance(inline, dict) and isinstance(inline.get("data"), str):   # a Gemini part
+            return self.image_tokens(*image_size(inline["data"]))
         if kind == "image":
             source = value.get("source") or {}
             data = source.get("data") if source.get("type") == "base64" else None

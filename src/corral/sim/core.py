@@ -54,13 +54,13 @@ class Batch:
     """One batch of either provider with its drawn schedule."""
 
     def __init__(self, provider: str, batch_id: str, seq: int, model: str, requests: list[Request],
-                 created_at: float, config: SimConfig, **extra: Any) -> None:
+                 created_at: float, config: SimConfig, expiry_s: float | None = None, **extra: Any) -> None:
         self.provider, self.id, self.seq, self.model = provider, batch_id, seq, model
         self.requests = requests
         self.n = len(requests)
         self.tokens = sum(r.tokens for r in requests)
         self.created_at = created_at
-        self.expires_at = created_at + config.expiry_s
+        self.expires_at = created_at + (config.expiry_s if expiry_s is None else expiry_s)
         self.extra = extra
         self.rates = config.fault_rates()
         self._seed = config.seed

@@ -16,13 +16,13 @@ from corral.sim.web import ApiError, Req, Resp, json_resp
 
 
 #: what ``SimServer.fail_next`` can do to a call
-SCRIPTED_FAULTS = ("disconnect", "http_5xx", "not_found")
+SCRIPTED_FAULTS = ("disconnect", "http_5xx", "not_found", "timeout")
 #: the answer to a call whose connection is closed without one
 DISCONNECT = Resp(0, b"")
 
 
 class SimServer:
-    """A local Batch API (OpenAI Files + Batches, Anthropic Message Batches) on 127.0.0.1.
+    """A local Batch API (OpenAI Files + Batches, Anthropic Message Batches, Gemini Batch) on 127.0.0.1.
 
     ``clock`` is anything with ``now()`` (seconds); None means real time. State advances lazily from
     the clock on each request, so a virtual clock shared with the engine makes days pass in seconds.
@@ -31,6 +31,7 @@ class SimServer:
     def __init__(self, config: SimConfig | None = None, clock: Clock | None = None, *, host: str = "127.0.0.1",
                  port: int = 0) -> None:
         from corral.sim.anthropic_api import AnthropicApi
+        from corral.sim.gemini_api import GeminiApi
         from corral.sim.openai_api import OpenAIApi
 
         self.config = config or SimConfig()
@@ -39,6 +40,7 @@ class SimServer:
         self.account = Account(self.config, self.clock.now)
         self.openai = OpenAIApi(self.account)
         self.anthropic = AnthropicApi(self.account)
+        self.gemini = GeminiApi(self.account)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         #: route ("POST /v1/files") -> [how, calls left] for fail_next
@@ -96,7 +98,9 @@ class SimServer:
         """The next ``times`` calls of ``route`` (as ``state.http_requests`` names them, e.g.
         ``"POST /v1/files"``) fail before anything happens: ``disconnect`` closes the connection
         without an answer (the SDKs raise APIConnectionError), ``http_5xx`` answers 500 (Anthropic
-        529), ``not_found`` answers 404. Unlike the rates, this is exact: for tests of one failure."""
+        529), ``not_found`` answers 404, ``timeout`` does the call and holds its answer back for
+        ``timeout_delay_s`` (a client with a shorter timeout gives up on a call that took effect).
+        Unlike the rates, this is exact: for tests of one failure."""
         if how not in SCRIPTED_FAULTS:
             raise ValueError(f"unknown scripted fault {how!r}; one of {', '.join(SCRIPTED_FAULTS)}")
         with self.account.lock:
@@ -134,7 +138,8 @@ class SimServer:
         """Answer one request; the float is how long to hold the answer back (an injected timeout)."""
         if req.path.startswith("/sim/") or req.path == "/sim":
             return self._control(req), 0.0
-        api = self.anthropic if req.path.startswith("/v1/messages") else self.openai
+        api = self.anthropic if req.path.startswith("/v1/messages") else \
+            self.gemini if req.path.startswith(("/v1beta/", "/upload/v1beta/")) else self.openai
         route, handler, args = self._route(api, req)
         with self.account.lock:
             self.state.http_requests[route] += 1
@@ -155,7 +160,9 @@ class SimServer:
         if handler is None:
             return api.error(ApiError(404, "not_found_error" if api is self.anthropic else "invalid_request_error",
                                       f"Unknown request URL: {req.method} {req.path}.")), 0.0
-        if not (req.headers.get("authorization") or req.headers.get("x-api-key")):
+        # A Gemini upload URL is authorised by its upload_id (the SDK sends no key with the chunks).
+        if not (req.headers.get("authorization") or req.headers.get("x-api-key") or req.headers.get("x-goog-api-key")
+                or (api is self.gemini and req.query.get("upload_id"))):
             return api.error(ApiError(401, "authentication_error" if api is self.anthropic else "invalid_request_error",
                                       "You didn't provide an API key.")), 0.0
         with self.account.lock:

@@ -14,7 +14,7 @@ from typing import Annotated, Union
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from corral.spec.llm import AnthropicBatchSettings, OpenAIBatchSettings
+from corral.spec.llm import AnthropicBatchSettings, GeminiBatchSettings, OpenAIBatchSettings
 from corral.spec.models import LocalBackend
 from corral.spec.slurm import SlurmBackend
 
@@ -31,10 +31,11 @@ BACKEND_TYPES: dict[str, BackendType] = {
     "slurm": BackendType(SlurmBackend, "corral.backends.slurm:SlurmBackendImpl"),
     "openai_batch": BackendType(OpenAIBatchSettings, "corral.backends.openai_batch:OpenAIBatchBackend"),
     "anthropic_batch": BackendType(AnthropicBatchSettings, "corral.backends.anthropic_batch:AnthropicBatchBackend"),
+    "gemini_batch": BackendType(GeminiBatchSettings, "corral.backends.gemini_batch:GeminiBatchBackend"),
 }
 
 #: the settings of any backend, told apart by ``type`` (its members are the table's, so the two
-#: cannot disagree): Union[LocalBackend, SlurmBackend, OpenAIBatchSettings, AnthropicBatchSettings]
+#: cannot disagree): Union[LocalBackend, SlurmBackend, OpenAIBatchSettings, AnthropicBatchSettings, ...]
 BackendSettings = Annotated[Union[tuple(entry.settings for entry in BACKEND_TYPES.values())],  # type: ignore[misc]
                             Field(discriminator="type")]
 

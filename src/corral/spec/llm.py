@@ -1,4 +1,4 @@
-"""Settings of the LLM batch backends (``type: openai_batch`` and ``type: anthropic_batch``).
+"""Settings of the LLM batch backends (``type: openai_batch``, ``anthropic_batch`` and ``gemini_batch``).
 
 Everything the scheduler needs to keep a provider's limits full without passing them, the price
 table overrides and the money cap. Documented in docs/backends/llm-batch.md.
@@ -168,4 +168,14 @@ class AnthropicBatchSettings(LlmBatchSettings):
     queue_request_limit: int | None = Field(default=None, gt=0)
 
 
-LLM_BACKEND_TYPES = ("openai_batch", "anthropic_batch")
+class GeminiBatchSettings(LlmBatchSettings):
+    """The Gemini Batch API (Gemini Developer API): a JSONL file uploaded through the Files API, one
+    job per file, results in a generated file; a job not done in 48 h expires with nothing returned."""
+
+    type: Literal["gemini_batch"] = "gemini_batch"
+    api_key_env: str = "GEMINI_API_KEY"
+    max_requests_per_batch: int = Field(default=50_000, ge=1)
+    max_bytes_per_batch: int = 2 * 1000 * 1000 * 1000
+
+
+LLM_BACKEND_TYPES = ("openai_batch", "anthropic_batch", "gemini_batch")
