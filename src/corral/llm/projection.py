@@ -169,7 +169,8 @@ def backend_price(model: str | None, settings: Any) -> ModelPrice | None:
 def provider_summary(settings: Any) -> dict[str, Any]:
     """Who the stage's requests go to and the limits its batches are cut to (``corral check``)."""
     profile = PROFILES.get(getattr(settings, "profile", None) or "")
-    provider = profile.provider if profile else ("Anthropic" if settings.type == "anthropic_batch" else "OpenAI")
+    names = {"anthropic_batch": "Anthropic", "gemini_batch": "Google Gemini"}
+    provider = profile.provider if profile else names.get(settings.type, "OpenAI")
     return {"profile": getattr(settings, "profile", None), "provider": provider,
             "base_url": settings.base_url, "api_key_env": settings.api_key_env,
             "max_requests_per_batch": settings.max_requests_per_batch,
