@@ -132,9 +132,9 @@ SIM_LIMIT = 25_000
 
 
 @pytest.fixture
-def sim_run(tmp_path, monkeypatch):
+def sim_run(tmp_path, monkeypatch, campaign_ledger):
     """A campaign of ``items`` requests of a few dozen tokens on the OpenAI simulator, run to its
-    end in virtual time; returns the simulator and the run's learned state."""
+    end in virtual time (on each ledger); returns the simulator and the run's learned state."""
     from conftest import write_campaign
 
     from corral.api import Campaign
