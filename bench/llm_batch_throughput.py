@@ -2,8 +2,9 @@
 
 80,614 requests of 2,617 input tokens (a prompt, two 1024x768 frames and a JSON schema, sized so the
 simulator's token model bills exactly 2,617) and 1,199 billed output tokens each, against the
-OpenAI Batch API simulator (corral.sim) with an enqueued limit of 40M input tokens, the simulator's
-documented turnaround distribution (median tens of minutes, a tail of hours) and 24 h expiry.
+OpenAI Batch API simulator (corral.sim) with an enqueued limit of 40M input tokens, one of the
+simulator's documented turnaround models (`default`: in progress median 20 min, sigma 1, a tail of
+hours; `heavy`: the same median, sigma 1.5) and 24 h expiry.
 Every policy gets its own simulated account with the same settings and the same seed, so the k-th
 batch created draws the same turnaround in each, and starts at 00:04 UTC:
 
@@ -16,10 +17,15 @@ batch created draws the same turnaround in each, and starts at 00:04 UTC:
 4. the Little's-law bound: total input tokens / limit x mean turnaround of a batch (at corral's
    mean batch size; at 300 requests for reference).
 
+For corral it also reports the share of the limit in use hour by hour and over the main phase
+(from the first batch after the pilot to the last full-size batch created), and the tail: the
+time from the last full-size batch created to the end.
+
 Policies 1-3 talk to the simulator over HTTP, 1 through corral's backend, 2 and 3 through the
 official openai SDK. Cost is priced with corral's shipped table (gpt-4o-mini, batch rate).
 
     python bench/llm_batch_throughput.py [--requests 80614] [--seed 0] [--policies corral,cron,submit-all]
+                                         [--turnaround default|heavy|both]
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from typing import Any
 from openai import OpenAI
 
 from corral.llm.pricing import price_for
-from corral.sim import ManualClock, SimConfig, SimServer
+from corral.sim import TURNAROUND_MODELS, ManualClock, SimConfig, SimServer
 from corral.sim.tokens import openai_request_tokens
 
 T0 = 1_700_006_640.0          # 2023-11-15 00:04:00 UTC: the cron tick
@@ -111,9 +117,9 @@ def jsonl_lines(work: dict[str, Any]) -> list[bytes]:
             for i in range(work["requests"])]
 
 
-def sim_config(seed: int) -> SimConfig:
-    return SimConfig(seed=seed, enqueued_token_limit=LIMIT, output_tokens=OUT_TOKENS, keep_input_content=False,
-                     retry_after_s=0.01)
+def sim_config(seed: int, turnaround: str) -> SimConfig:
+    return SimConfig(seed=seed, turnaround=turnaround, enqueued_token_limit=LIMIT, output_tokens=OUT_TOKENS,
+                     keep_input_content=False, retry_after_s=0.01)
 
 
 def billed(sim: SimServer) -> dict[str, Any]:
@@ -162,18 +168,38 @@ def timeline(sim: SimServer, seconds: float) -> dict[str, Any]:
             "cancelled": phases.count("cancelled"), "expired": phases.count("expired")}
 
 
+def main_phase(sim: SimServer, seconds: float, pilot: int) -> dict[str, Any]:
+    """The share of the limit held between the first batch after the pilot and the last full-size
+    batch created (at least 90% of the median size of the batches after the pilot), and the tail:
+    from that last full-size creation to the end."""
+    batches = sorted(sim.state.batches.values(), key=lambda b: b.created_at)
+    main = batches[1:] if pilot and len(batches) > 1 else batches
+    sizes = sorted(b.n for b in main)
+    full = [b for b in main if b.n >= 0.9 * sizes[len(sizes) // 2]]
+    lo, hi = main[0].created_at, full[-1].created_at
+    admitted = [b for b in batches if b.admitted and b.failed_at is None]
+    held = sum(b.tokens * max(0.0, min(b.end_time, hi) - max(b.valid_at, lo)) for b in admitted)
+    # What the scheduler counts as in flight: batches from their creation, validation included.
+    sent = sum(b.tokens * max(0.0, min(b.end_time, hi) - max(b.created_at, lo)) for b in admitted)
+    span = LIMIT * (hi - lo)
+    return {"main_phase_h": [round((lo - T0) / 3600, 2), round((hi - T0) / 3600, 2)],
+            "main_phase_share": round(held / span, 3) if hi > lo else None,
+            "main_phase_share_with_validating": round(sent / span, 3) if hi > lo else None,
+            "tail_h": round((T0 + seconds - hi) / 3600, 2), "full_size_requests": sizes[len(sizes) // 2]}
+
+
 def last_end(sim: SimServer) -> float:
     return max(b.end_time for b in sim.state.batches.values() if b.phase(b.end_time) == "completed")
 
 
 # -- policy 1: corral ------------------------------------------------------------------------------------
 
-def run_corral(folder: Path, seed: int, requests: int, pilot: int | None) -> dict[str, Any]:
+def run_corral(folder: Path, seed: int, requests: int, pilot: int | None, turnaround: str) -> dict[str, Any]:
     from corral.api import Campaign
     from corral.engine import VirtualClock
 
     clock = VirtualClock(start=T0)
-    sim = SimServer(sim_config(seed), clock=clock)
+    sim = SimServer(sim_config(seed, turnaround), clock=clock)
     url = sim.start()
     os.environ["OPENAI_API_KEY"] = "sim"
     backend: dict[str, Any] = {"type": "openai_batch", "base_url": url + "/v1", "enqueued_token_limit": LIMIT,
@@ -200,6 +226,7 @@ def run_corral(folder: Path, seed: int, requests: int, pilot: int | None) -> dic
     sizes = [b.n for b in sim.state.batches.values()]
     result = {"policy": "corral", "seconds": finished_at - T0, "last_batch_end": last_end(sim) - T0,
               "timeline": timeline(sim, finished_at - T0),
+              "main_phase": main_phase(sim, finished_at - T0, 20 if pilot is None else pilot),
               "finished": bool(report.finished), "done": status["totals"].get("done"),
               "failed": status["totals"].get("failed"), **submissions(sim),
               "mean_batch_requests": sum(sizes) / len(sizes), "projected_usd": projection.get("cost_usd"),
@@ -234,9 +261,9 @@ def _recorded(status: dict[str, Any]) -> dict[str, Any]:
 
 # -- policy 2: their cron script -----------------------------------------------------------------------
 
-def run_cron(lines: list[bytes], seed: int) -> dict[str, Any]:
+def run_cron(lines: list[bytes], seed: int, turnaround: str) -> dict[str, Any]:
     clock = ManualClock(T0)
-    sim = SimServer(sim_config(seed), clock=clock)
+    sim = SimServer(sim_config(seed, turnaround), clock=clock)
     client = OpenAI(base_url=sim.start() + "/v1", api_key="sim", max_retries=5)
     queue: deque[int] = deque(range(len(lines)))
     active: dict[str, list[int]] = {}
@@ -270,9 +297,9 @@ def run_cron(lines: list[bytes], seed: int) -> dict[str, Any]:
 
 # -- policy 3: submit everything at once ------------------------------------------------------------------
 
-def run_submit_all(lines: list[bytes], seed: int) -> dict[str, Any]:
+def run_submit_all(lines: list[bytes], seed: int, turnaround: str) -> dict[str, Any]:
     clock = ManualClock(T0)
-    sim = SimServer(sim_config(seed), clock=clock)
+    sim = SimServer(sim_config(seed, turnaround), clock=clock)
     client = OpenAI(base_url=sim.start() + "/v1", api_key="sim", max_retries=5)
     groups = [list(range(i, min(i + BATCH, len(lines)))) for i in range(0, len(lines), BATCH)]
     files = [_upload(client, lines, members) for members in groups]
@@ -346,52 +373,74 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h ({seconds / DAY:.2f} d)"
 
 
+#: time to finish over the bound that corral should stay under, per turnaround model
+CORRAL_TARGET = {"default": 1.25, "heavy": 1.4}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=80_614)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", default="corral,cron,submit-all")
+    parser.add_argument("--turnaround", choices=[*TURNAROUND_MODELS, "both"], default="default",
+                        help="the simulator's turnaround model (both: one run of every policy per model)")
     parser.add_argument("--pilot", type=int, default=None, help="corral's pilot batch size (default: its default)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the results here, with a row per batch (created, admitted, ended, "
                              "requests, tokens, final status; seconds from the start)")
     args = parser.parse_args()
     policies = args.policies.split(",")
+    models = list(TURNAROUND_MODELS) if args.turnaround == "both" else [args.turnaround]
     out: dict[str, Any] = {"requests": args.requests, "seed": args.seed, "limit": LIMIT, "model": MODEL,
-                           "tokens_per_request": [IN_TOKENS, OUT_TOKENS]}
+                           "tokens_per_request": [IN_TOKENS, OUT_TOKENS], "turnaround": {}}
     with tempfile.TemporaryDirectory(prefix="corral-llm-bench-") as tmp:
-        folder = Path(tmp)
         started = time.perf_counter()
-        work = make_workload(folder, args.requests)
+        work = make_workload(Path(tmp), args.requests)
         lines = jsonl_lines(work) if set(policies) - {"corral"} else []
         print(f"workload: {args.requests:,} requests ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
-        results = []
-        for policy in policies:
-            started = time.perf_counter()
-            if policy == "corral":
-                result = run_corral(folder, args.seed, args.requests, args.pilot)
-            elif policy == "cron":
-                result = run_cron(lines, args.seed)
-            elif policy == "submit-all":
-                result = run_submit_all(lines, args.seed)
-            else:
-                raise SystemExit(f"unknown policy {policy!r}")
-            result["key"] = policy
-            result.setdefault("wall_s", round(time.perf_counter() - started, 1))
-            print(f"{result['policy']}: {fmt_time(result['seconds'])}, {result['batches_created']} batches, "
-                  f"{result['failed_submissions']} failed submissions ({result['wall_s']} s)", file=sys.stderr)
-            results.append(result)
+        for model in models:
+            out["turnaround"][model] = run_model(Path(tmp), model, policies, lines, args)
+    for model, part in out["turnaround"].items():
+        print_table(model, part, out)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    brief = json.loads(json.dumps(out))
+    for part in brief["turnaround"].values():
+        for result in part["results"]:
+            result["timeline"].pop("trace", None)     # per-batch rows: only in --json
+    print(json.dumps(brief, indent=2))
+    return 0
+
+
+def run_model(folder: Path, model: str, policies: list[str], lines: list[bytes], args: Any) -> dict[str, Any]:
+    results = []
+    for policy in policies:
+        started = time.perf_counter()
+        if policy == "corral":
+            run_dir = folder / f"corral-{model}"
+            run_dir.mkdir(exist_ok=True)
+            for name in ("frames", "prompt.txt", "frame_pairs.json"):
+                if not (run_dir / name).exists():
+                    (run_dir / name).symlink_to(folder / name)
+            result = run_corral(run_dir, args.seed, args.requests, args.pilot, model)
+        elif policy == "cron":
+            result = run_cron(lines, args.seed, model)
+        elif policy == "submit-all":
+            result = run_submit_all(lines, args.seed, model)
+        else:
+            raise SystemExit(f"unknown policy {policy!r}")
+        result["key"] = policy
+        result.setdefault("wall_s", round(time.perf_counter() - started, 1))
+        print(f"[{model}] {result['policy']}: {fmt_time(result['seconds'])}, {result['batches_created']} batches, "
+              f"{result['failed_submissions']} failed submissions ({result['wall_s']} s)", file=sys.stderr)
+        results.append(result)
     total_in = args.requests * IN_TOKENS
-    config = sim_config(args.seed)
-    corral = next((r for r in results if r["policy"] == "corral"), None)
-    size = corral["mean_batch_requests"] if corral else BATCH
+    config = sim_config(args.seed, model)
+    by = {r["key"]: r for r in results}
+    size = by["corral"]["mean_batch_requests"] if "corral" in by else BATCH
     bound = {"mean_batch_requests": round(size, 1), "mean_turnaround_s": round(config.turnaround.mean(round(size))),
              "seconds": total_in / LIMIT * config.turnaround.mean(round(size)),
              "seconds_at_300": total_in / LIMIT * config.turnaround.mean(BATCH)}
-    price = price_for(MODEL)
-    out.update(results=results, bound=bound,
-               hand_table_usd=round(price.cost(total_in, args.requests * OUT_TOKENS), 2))
-    by = {r["key"]: r for r in results}
     ratios = {}
     if "corral" in by:
         ratios["corral / bound"] = by["corral"]["seconds"] / bound["seconds"]
@@ -399,33 +448,37 @@ def main() -> int:
             ratios["cron / corral"] = by["cron"]["seconds"] / by["corral"]["seconds"]
         if "submit-all" in by:
             ratios["submit-all / corral"] = by["submit-all"]["seconds"] / by["corral"]["seconds"]
-    out["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
-    print_table(out)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-    brief = json.loads(json.dumps(out))
-    for result in brief["results"]:
-        result["timeline"].pop("trace", None)     # per-batch rows: only in --json
-    print(json.dumps(brief, indent=2))
-    return 0
+    price = price_for(MODEL)
+    return {"results": results, "bound": bound, "ratios": {k: round(v, 3) for k, v in ratios.items()},
+            "corral_target": CORRAL_TARGET.get(model),
+            "hand_table_usd": round(price.cost(total_in, args.requests * OUT_TOKENS), 2)}
 
 
-def print_table(out: dict[str, Any]) -> None:
+def print_table(model: str, part: dict[str, Any], out: dict[str, Any]) -> None:
+    print(f"\nturnaround model: {model}", file=sys.stderr)
     rows = [("policy", "time to finish", "batches", "failed submissions", "billed USD", "projected USD")]
-    for r in out["results"]:
+    for r in part["results"]:
         rows.append((r["policy"], fmt_time(r["seconds"]), str(r["batches_created"]), str(r["failed_submissions"]),
                      f"{r['billed']['usd']:.2f}",
                      f"{r['projected_usd']:.2f}" if r.get("projected_usd") is not None
-                     else f"{out['hand_table_usd']:.2f} (hand table)"))
-    b = out["bound"]
+                     else f"{part['hand_table_usd']:.2f} (hand table)"))
+    b = part["bound"]
     label = (f"Little's law bound (batches of {b['mean_batch_requests']:.0f}, mean turnaround "
              f"{b['mean_turnaround_s'] / 60:.1f} min)")
     rows.append((label, fmt_time(b["seconds"]), "-", "-", "-", "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)), file=sys.stderr)
-    for name, value in out["ratios"].items():
-        print(f"{name}: {value:.2f}", file=sys.stderr)
+    for name, value in part["ratios"].items():
+        target = f" (target <= {part['corral_target']:g})" if name == "corral / bound" and part["corral_target"] else ""
+        print(f"{name}: {value:.2f}{target}", file=sys.stderr)
+    corral = next((r for r in part["results"] if r["key"] == "corral"), None)
+    if corral:
+        phase = corral["main_phase"]
+        print(f"corral: share of the limit in use by hour {corral['timeline']['enqueued_share_by_hour']}; "
+              f"main phase {phase['main_phase_h'][0]}-{phase['main_phase_h'][1]} h at {phase['main_phase_share']} "
+              f"({phase['main_phase_share_with_validating']} counting validating batches); "
+              f"tail {phase['tail_h']} h", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -678,14 +678,17 @@ def test_corral_sim_serve_refuses_a_bad_config(tmp_path):
 def test_throughput_benchmark_runs_on_a_small_workload(tmp_path):
     bench = Path(__file__).resolve().parent.parent / "bench" / "llm_batch_throughput.py"
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(bench), "--requests", "400", "--json", str(out)],
-                          capture_output=True, text=True, timeout=240, check=False)
+    done = subprocess.run([sys.executable, str(bench), "--requests", "400", "--turnaround", "both",
+                           "--json", str(out)], capture_output=True, text=True, timeout=400, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(out.read_text())
-    results = {r["key"]: r for r in data["results"]}
-    assert set(results) == {"corral", "cron", "submit-all"}
-    assert results["corral"]["finished"] and results["corral"]["done"] == 400
-    # every policy is billed for each request exactly once
-    assert {r["billed"]["tokens_in"] for r in results.values()} == {400 * 2617}
-    assert results["corral"]["recorded"]["tokens_in"] == 400 * 2617
-    assert "cron / corral" in data["ratios"] and "Little's law bound" in done.stderr
+    assert set(data["turnaround"]) == {"default", "heavy"}
+    for part in data["turnaround"].values():
+        results = {r["key"]: r for r in part["results"]}
+        assert set(results) == {"corral", "cron", "submit-all"}
+        assert results["corral"]["finished"] and results["corral"]["done"] == 400
+        # every policy is billed for each request exactly once
+        assert {r["billed"]["tokens_in"] for r in results.values()} == {400 * 2617}
+        assert results["corral"]["recorded"]["tokens_in"] == 400 * 2617
+        assert "cron / corral" in part["ratios"] and results["corral"]["main_phase"]["tail_h"] >= 0
+    assert "Little's law bound" in done.stderr and "turnaround model: heavy" in done.stderr

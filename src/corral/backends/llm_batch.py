@@ -526,7 +526,7 @@ class LlmBatchBackend(BatchCollection, Backend):
         return [] if sub.info.get("early_reported") else early_results(sub.info)
 
     def limit_refused(self, state: State, ceiling: float | None) -> None:
-        configured = enqueued_capacity(self.settings, State())
+        configured = enqueued_capacity(self.settings, state, refusals=False)
         state.token_limit_hit(self.now(), self.settings.token_limit_backoff, ceiling, configured)
         self.save_state()
 

@@ -134,7 +134,8 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
     limited = tokens_in / capacity * turnaround + turnaround * (1 if pilot else 0) if capacity else 0.0
     if limited > seconds:
         seconds = limited
-        bound = f"the enqueued-token limit ({settings.enqueued_token_limit:,} x {settings.safety_ratio:g})"
+        ratio = capacity / settings.enqueued_token_limit
+        bound = f"the enqueued-token limit ({settings.enqueued_token_limit:,} x {ratio:.2g})"
     if settings.max_batches_per_hour and batches / settings.max_batches_per_hour * 3600 > seconds:
         seconds = batches / settings.max_batches_per_hour * 3600 + turnaround
         bound = f"max_batches_per_hour ({settings.max_batches_per_hour})"

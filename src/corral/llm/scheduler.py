@@ -2,13 +2,18 @@
 
 The limit that bounds a batch API's throughput is the enqueued-token limit: input tokens of all
 unfinished batches of a model at one time (not a daily quota). The scheduler keeps the estimated
-tokens in flight under ``enqueued_token_limit x safety_ratio``, refills the moment a batch
+tokens in flight under ``enqueued_token_limit x`` the safety ratio, refills the moment a batch
 finishes, splits what fits into about ``batches_in_flight`` batches (so capacity frees in steps
 and the tail is short), and honours the optional limits: concurrent batches, batches per hour,
 tokens per rolling window and the money budget. A ``token_limit_exceeded`` refusal backs off
 (doubling, up to 30 minutes) and lowers the limit it aims for, by 5% and to below what was in
 flight when the refusal came: the provider counts tokens its own way and no endpoint tells what
 is left.
+
+The safety ratio is learned from the bill: estimates are corrected by the calibration (billed over
+estimated input tokens), and the margin left is what the corrected estimate's error, measured batch
+by batch, needs at its upper quantile (``safety_ratio``). A configured ``safety_ratio`` is the
+ratio used until enough batches are billed, and a cap the learned one never passes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,16 @@ from corral.llm.tokens import Calibration
 
 MAX_BACKOFF = 1800.0
 HOUR = 3600.0
+#: the share of the enqueued limit aimed at before the estimate's error is measured
+PRIOR_SAFETY_RATIO = 0.9
+#: billed batches needed before their spread sets the margin
+MIN_ERROR_SAMPLES = 3
+#: the share of batches whose bill may pass the margin (before refusals correct it)
+ERROR_QUANTILE = 0.95
+#: margin kept even where the corrected estimates match the bill exactly (rounding, a batch's
+#: tokens counted at creation by the provider's own tokenizer)
+MIN_MARGIN = 0.02
+MIN_SAFETY_RATIO = 0.1
 
 
 @dataclass
@@ -40,7 +55,8 @@ class State:
     """What the backend learned, kept in ``<run dir>/llm/<backend>.json`` across restarts. It is
     a cache of estimates, never the record of what happened: losing it costs a new pilot batch."""
 
-    tokens_per_request: float | None = None
+    tokens_per_request: float | None = None      # estimated, corrected by the calibration
+    tokens_factor: float | None = None           # the calibration factor tokens_per_request was corrected by
     bytes_per_request: float | None = None
     cost_per_request: float | None = None
     output_per_request: float | None = None      # billed output tokens per request
@@ -89,10 +105,20 @@ class State:
         def mix(old: float | None, new: float) -> float:
             return new if old is None else 0.7 * old + 0.3 * new
         if weight > 0:
+            self.follow_calibration()
             self.tokens_per_request = mix(self.tokens_per_request, tokens)
+            self.tokens_factor = self.calibration.factor
             self.bytes_per_request = mix(self.bytes_per_request, nbytes)
             if cost is not None:
                 self.cost_per_request = mix(self.cost_per_request, cost)
+
+    def follow_calibration(self) -> None:
+        """Rescale ``tokens_per_request`` to the calibration as it is now: a batch billed since the
+        mean was measured changes the correction its estimates need."""
+        factor = self.calibration.factor
+        if self.tokens_per_request is not None and self.tokens_factor and factor != self.tokens_factor:
+            self.tokens_per_request *= factor / self.tokens_factor
+        self.tokens_factor = factor
 
     def token_limit_hit(self, now: float, base: float, ceiling: float | None = None,
                         configured: float | None = None) -> None:
@@ -121,6 +147,7 @@ def plan_sizes(settings: Any, state: State, *, now: float, ready: int, remaining
     """Sizes of the batches to create now from ``ready`` requests."""
     if ready <= 0:
         return Decision([], "nothing ready")
+    state.follow_calibration()
     if now < state.blocked_until:
         return Decision([], f"backing off after token_limit_exceeded for {state.blocked_until - now:.0f}s")
     if settings.pilot and not state.pilot_done:
@@ -145,7 +172,9 @@ def plan_sizes(settings: Any, state: State, *, now: float, ready: int, remaining
     free_requests = math.inf
     request_limit = getattr(settings, "queue_request_limit", None)
     if request_limit:
-        free_requests = request_limit * settings.safety_ratio - sum(b.requests for b in in_flight)
+        # Requests are counted exactly: only the configured ratio applies.
+        share = settings.safety_ratio if settings.safety_ratio is not None else PRIOR_SAFETY_RATIO
+        free_requests = request_limit * share - sum(b.requests for b in in_flight)
     slots = math.inf
     if settings.max_concurrent_batches:
         slots = settings.max_concurrent_batches - len(in_flight)
@@ -186,10 +215,25 @@ def _whole(value: float) -> float:
     return value if math.isinf(value) else math.floor(value)
 
 
-def enqueued_capacity(settings: Any, state: State) -> float | None:
+def enqueued_capacity(settings: Any, state: State, *, refusals: bool = True) -> float | None:
+    """Estimated tokens the batches in flight may hold: the limit x the safety ratio, x the factor
+    refusals lowered it by (``refusals=False``: without that factor)."""
     if not settings.enqueued_token_limit:
         return None
-    return settings.enqueued_token_limit * settings.safety_ratio * state.limit_factor
+    return settings.enqueued_token_limit * safety_ratio(settings, state) * (state.limit_factor if refusals else 1.0)
+
+
+def safety_ratio(settings: Any, state: State) -> float:
+    """The share of the enqueued limit to aim at: ``1 / (upper error + MIN_MARGIN)``, where the
+    upper error is the ``ERROR_QUANTILE`` of billed over corrected estimated tokens per batch;
+    before ``MIN_ERROR_SAMPLES`` batches are billed, the configured ``safety_ratio`` (default
+    ``PRIOR_SAFETY_RATIO``). A configured ``safety_ratio`` caps the learned one."""
+    cap = getattr(settings, "safety_ratio", None)
+    upper = state.calibration.upper_error(ERROR_QUANTILE, MIN_ERROR_SAMPLES)
+    if upper is None:
+        return cap if cap is not None else PRIOR_SAFETY_RATIO
+    learned = min(1.0 / (1.0 + MIN_MARGIN), max(MIN_SAFETY_RATIO, 1.0 / (upper + MIN_MARGIN)))
+    return min(cap, learned) if cap is not None else learned
 
 
 def target_batch_requests(settings: Any, state: State, remaining: int) -> int:

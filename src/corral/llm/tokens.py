@@ -16,7 +16,8 @@ import io
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 #: tokens added per message and per request by the chat formats (role markers, priming)
@@ -184,10 +185,14 @@ class TokenEstimator:
 
 @dataclass
 class Calibration:
-    """Billed over estimated input tokens, accumulated over finished batches."""
+    """Billed over estimated input tokens, accumulated over finished batches, and the same ratio
+    batch by batch (the last ``KEEP``) for the spread of the estimate's error."""
 
     estimated: float = 0.0
     billed: float = 0.0
+    ratios: list[float] = field(default_factory=list)    # billed / estimated per batch, oldest first
+
+    KEEP = 50
 
     @property
     def factor(self) -> float:
@@ -199,3 +204,25 @@ class Calibration:
         if estimated > 0 and billed > 0:
             self.estimated += estimated
             self.billed += billed
+            self.ratios = (self.ratios + [billed / estimated])[-self.KEEP:]
+
+    def residuals(self) -> list[float]:
+        """Per batch, billed tokens over the estimate corrected by ``factor``: 1.0 where the
+        corrected estimate was exact, 1.05 where the bill was 5% over it."""
+        factor = self.factor
+        return [ratio / factor for ratio in self.ratios]
+
+    def upper_error(self, quantile: float, min_samples: int) -> float | None:
+        """How far over a corrected estimate a batch's bill may come: the larger of the residuals'
+        empirical ``quantile`` and a normal prediction bound at about that level (which widens
+        while few batches are measured); None until ``min_samples`` batches are billed."""
+        residuals = self.residuals()
+        n = len(residuals)
+        if n < max(2, min_samples):
+            return None
+        ordered = sorted(residuals)
+        empirical = ordered[min(n - 1, max(0, math.ceil(quantile * n) - 1))]
+        mean = sum(residuals) / n
+        sd = math.sqrt(sum((r - mean) ** 2 for r in residuals) / (n - 1))
+        z = NormalDist().inv_cdf(min(max(quantile, 0.5), 1 - 1e-6)) * (1.0 + 2.0 / n)   # a rough Student t
+        return max(empirical, mean + z * sd * math.sqrt(1.0 + 1.0 / n))

@@ -63,7 +63,8 @@ class LlmBatchSettings(Strict):
     timeout: float = 600.0
     # Scheduling
     enqueued_token_limit: int | None = Field(default=None, gt=0)
-    safety_ratio: float = Field(default=0.9, gt=0, le=1)
+    # None: learned from the billed tokens; a value is the ratio until then, and a cap after.
+    safety_ratio: float | None = Field(default=None, gt=0, le=1)
     batches_in_flight: int = Field(default=8, ge=1)
     max_requests_per_batch: int = Field(default=50_000, ge=1)
     max_bytes_per_batch: int = 200 * 1000 * 1000
