@@ -97,7 +97,7 @@ KEY_KINDS: dict[str, KeyKind] = {
         # LLM batch APIs
         "base_url", "api_key_env", "max_retries", "timeout", "enqueued_token_limit", "safety_ratio",
         "batches_in_flight", "max_requests_per_batch", "max_bytes_per_batch", "min_requests_per_batch",
-        "max_concurrent_batches", "max_batches_per_hour", "straggler_after", "split_tail",
+        "max_concurrent_batches", "max_batches_per_hour", "straggler_after", "split_tail", "hedge",
         "token_limit_backoff", "tokenizer", "expected_output_tokens", "expected_turnaround",
         "queue_request_limit")},
     "backends.*.race.*.partition": S,
@@ -106,6 +106,9 @@ KEY_KINDS: dict[str, KeyKind] = {
     "backends.*.race.*.gres": S,
     "backends.*.race.*.constraint": S,
     "backends.*.token_window.tokens": S,
+    "backends.*.hedge.mode": S,
+    "backends.*.hedge.after": S,
+    "backends.*.hedge.max_extra_cost": S,
     "backends.*.token_window.window": S,
     "backends.*.prices.*.input": S,
     "backends.*.prices.*.output": S,
