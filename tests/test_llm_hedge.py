@@ -145,13 +145,13 @@ def test_the_original_wins_and_its_backup_is_cancelled(tmp_path, clock, virtual_
     sim = virtual_sim
     path = campaign(tmp_path, sim, "openai", items=44, backend=HEDGED)
     slowed: set[str] = set()
-    original = lambda b: b.seq == 5 and not is_backup(b)   # noqa: E731 - slower than its median ...
     camp = Campaign.load(path)
     run, _ = camp.start(clock=clock)
 
     def stop() -> bool:
-        slow_down(sim, original, 2.0, slowed)
-        slow_down(sim, is_backup, 10.0, slowed)   # ... and its backup much slower still
+        # The last batch is slow enough to get a backup, and its backup much slower still.
+        slow_down(sim, lambda b: b.seq == 5 and not is_backup(b), 2.0, slowed)
+        slow_down(sim, is_backup, 10.0, slowed)
         return False
 
     run.run(clock=clock, max_interval=30.0, should_stop=stop)
@@ -163,14 +163,15 @@ def test_the_original_wins_and_its_backup_is_cancelled(tmp_path, clock, virtual_
     pair = next(i for i in submission_infos(run) if i.get("backup"))
     assert pair["backup"]["original"] == pair["backup"]["backup"] == "collected"
     assert pair["backup"]["cancelled"] == ["backup"]
+    assert set(pair["backup"]["answered"]) == set(pair["tasks"])
+    # What the cancelled backup had finished was collected and dropped, its cost counted.
+    by_backup = sum(1 for _, o in backup.results(clock.now()) if o.kind == "succeeded")
+    assert hedges(run)["dropped"] == by_backup
     assert max(billed(sim, clock.now()).values()) <= 2
-    # Every task was recorded once, from the original's answers.
-    raw = {json.loads(r["result"])["instructions"][0] for r in rows}
-    assert raw == {"a"}
     camp.close()
 
 
-def test_the_cost_cap_refuses_a_backup(tmp_path, clock, virtual_sim, capfd):
+def test_the_cost_cap_refuses_a_backup(tmp_path, clock, virtual_sim):
     sim = virtual_sim
     backend = {**HEDGED, "hedge": {"mode": "backup", "after": 1.5, "max_extra_cost": 0.02}}
     path = campaign(tmp_path, sim, "openai", items=44, backend=backend)
@@ -197,8 +198,8 @@ def test_hedge_off_keeps_cancelling_stragglers(tmp_path, clock, virtual_sim):
 
 
 def test_kill9_during_a_hedged_tail_records_once_and_bills_at_most_twice(tmp_path):
-    # Real time: batches of about two seconds; every other batch after the pilot is slowed to four
-    # minutes, so a backup is sent for each and both batches of a pair are in flight for a while.
+    # Real time: batches of about two seconds; every other batch after the pilot, and every backup,
+    # runs until the kills are over, then each ends within seconds, in a random order.
     sim = SimServer(SimConfig(seed=4, answer_template=ANSWER, turnaround=even_turnaround(2.0),
                               retry_after_s=0.01))
     sim.start()
@@ -213,9 +214,9 @@ def test_kill9_during_a_hedged_tail_records_once_and_bills_at_most_twice(tmp_pat
                     continue
                 slowed.add(batch.id)
                 if is_backup(batch):
-                    batch.ip_duration = rng.uniform(50.0, 90.0)
+                    batch.ip_duration = 3600.0
                 elif batch.seq > 1 and batch.seq % 2 == 0:
-                    batch.ip_duration = 240.0
+                    batch.ip_duration = 3600.0
             time.sleep(0.02)
 
     shaper = threading.Thread(target=shape, daemon=True)
@@ -256,7 +257,13 @@ def test_kill9_during_a_hedged_tail_records_once_and_bills_at_most_twice(tmp_pat
                 break
             proc = controller()
             time.sleep(startup or 1.0)
-        assert kills == 10 and during_pairs >= 8, f"{kills} kills, {during_pairs} with a backup in flight"
+        assert kills == 10 and during_pairs == 10, f"{kills} kills, {during_pairs} with a backup in flight"
+        stop.set()
+        shaper.join()
+        now = sim.clock.now()
+        for batch in list(sim.state.batches.values()):
+            if not batch.ended(now) and batch.cancel_at is None:
+                batch.ip_duration = max(0.0, now - batch.valid_at) + rng.uniform(0.5, 6.0)
         corral_cli(folder, "run", "-q", env=ENV, check=0, timeout=240)
         status = json.loads(corral_cli(folder, "status", "--json", env=ENV, check=0).stdout)
         assert status["stages"]["label"]["done"] == 44
