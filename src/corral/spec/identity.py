@@ -97,7 +97,7 @@ KEY_KINDS: dict[str, KeyKind] = {
         # LLM batch APIs
         "base_url", "api_key_env", "max_retries", "timeout", "enqueued_token_limit", "safety_ratio",
         "batches_in_flight", "max_requests_per_batch", "max_bytes_per_batch", "min_requests_per_batch",
-        "max_concurrent_batches", "max_batches_per_hour", "straggler_after", "split_tail", "hedge",
+        "max_concurrent_batches", "max_batches_per_hour", "straggler_after", "split_tail",
         "token_limit_backoff", "tokenizer", "expected_output_tokens", "expected_turnaround",
         "queue_request_limit")},
     "backends.*.race.*.partition": S,
