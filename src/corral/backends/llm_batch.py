@@ -459,9 +459,12 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
                 status = self.batch_status(sub)
                 self._forget_not_found(sub)
                 if not status.ended:
+                    info = {}
                     if self.settings.hedge.mode == HedgeMode.BACKUP:
                         info = self._hedge_due(stage, sub, status) or {}
-                    else:
+                    # Without backups, or refused one by the cost cap: cancelled past straggler_after.
+                    if self.settings.hedge.mode == HedgeMode.OFF or \
+                            (sub.info.get("backup") or {}).get("state") == "refused":
                         info = self._cancel_if_straggler(stage, sub, status) or {}
                     if sub.info.get("not_found"):
                         info["not_found"] = 0   # known again
