@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 from conftest import cli_env, corral_cli
@@ -282,3 +283,11 @@ def test_kill9_during_a_hedged_tail_records_once_and_bills_at_most_twice(tmp_pat
         stop.set()
         shaper.join()
         sim.stop()
+
+
+def test_a_bad_hedge_setting_is_refused_naming_the_key(tmp_path):
+    campaign(tmp_path, SimpleNamespace(base_url="http://127.0.0.1:9"), "openai",
+             backend={"hedge": {"mode": "sometimes"}})
+    out = corral_cli(tmp_path, "check", env=ENV)
+    assert out.returncode == 2, out.stderr
+    assert "hedge" in out.stderr and "backup" in out.stderr and "Traceback" not in out.stderr
