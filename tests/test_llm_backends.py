@@ -320,7 +320,7 @@ def test_stragglers_at_the_end_are_cancelled_and_their_rest_sent_again(tmp_path,
     sim = sim_factory(turnaround=Turnaround(validating=Phase(10.0), in_progress=Phase(300.0, 1.5),
                                             finalizing=Phase(10.0)))
     path = campaign(tmp_path, sim, provider, items=60, backend={"pilot": 0, "max_requests_per_batch": 6,
-                                                               "straggler_after": 1.5})
+                                                               "straggler_after": 1.5, "hedge": {"mode": "off"}})
     camp, run = run_to_end(path, clock)
     rows = tasks(run)
     assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)

@@ -75,7 +75,7 @@ def test_a_straggler_is_cancelled_under_cron_ticks_as_under_run(tmp_path, sim_fa
                                             finalizing=Phase(0.1), cancelling=Phase(0.3)), seed=5)
     folder = tmp_path / "labels"
     labelling(folder, sim, items=30, backend={"max_requests_per_batch": 3, "batches_in_flight": 10,
-                                              "straggler_after": 1.5})
+                                              "straggler_after": 1.5, "hedge": {"mode": "off"}})
     tick_until_finished(folder)
     assert states(folder) == {"done": 30, "total": 30}
     infos = [json.loads(info or "{}") for (info,) in query_ledger(folder, "SELECT info FROM submissions")]

@@ -273,6 +273,24 @@ class Backend(ABC):
         a submission the remote side no longer knows is reported with ``PollResult.gone``. Any
         other exception is a bug and stops the controller."""
 
+    def backup_due(self, submission: SubmissionRecord) -> bool:
+        """Whether a poll decided this open submission gets a backup (its unfinished tasks sent a
+        second time alongside it); the decision is in its info, so a restart carries it out."""
+        return False
+
+    def holds_run_open(self, submission: SubmissionRecord) -> bool:
+        """Whether this open submission still has something to collect after all of its tasks
+        ended (a cancelled second copy whose billed answers are yet to be counted): the run stays
+        active until it has."""
+        return False
+
+    def send_backup(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
+                    all_in_flight: list[SubmissionRecord]) -> dict[str, Any] | None:
+        """Send the backup ``backup_due`` asked for, with ``tasks`` (the submission's unfinished
+        ones). Returns what to merge into the submission's info, or None to try again at the next
+        tick. Must find a backup created before a crash instead of creating a second one."""
+        return None
+
     @abstractmethod
     def cancel(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> None:
         """Ask the remote side to stop these submissions; their results still come through poll."""

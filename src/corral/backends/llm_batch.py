@@ -13,7 +13,7 @@ import json
 import os
 from abc import abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from corral.backends.base import (
     TransientError,
 )
 from corral.backends.llm_collect import BatchCollection
+from corral.backends.llm_hedge import HedgedTail
 from corral.backends.llm_raw import raw_path
 from corral.backends.llm_results import (
     ApiErrorKind,
@@ -50,6 +51,7 @@ from corral.llm.requests import (
 )
 from corral.llm.scheduler import InFlight, State, enqueued_capacity, plan_sizes
 from corral.llm.tokens import TokenEstimator
+from corral.spec.llm import HedgeMode
 from corral.states import ErrorClass
 
 
@@ -68,7 +70,7 @@ class LlmPlan(SubmissionPlan):
     over_budget: bool = False
 
 
-class LlmBatchBackend(BatchCollection, Backend):
+class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
     provider = "openai"
 
     @property
@@ -222,9 +224,11 @@ class LlmBatchBackend(BatchCollection, Backend):
         self.template(stage)
         state = self.state(stage)
         flying = [self._in_flight_of(s, state) for s in all_in_flight]
+        self._note_stage_size(stage.name, max(backlog.remaining, backlog.ready) + sum(s.task_count for s in in_flight))
+        spent = backlog.cost_spent + self.extra_spent()
         decision = plan_sizes(self.settings, state, now=self.now(), ready=backlog.ready,
                               remaining=max(backlog.remaining, backlog.ready), in_flight=flying,
-                              spent=backlog.cost_spent)
+                              spent=spent)
         # Everything left is being sent: from now on the stage ends when its slowest batch does.
         self._set_tail(stage.name, not backlog.more_coming and sum(decision.sizes) >= backlog.remaining)
         if decision.reason not in ("fill", "nothing ready"):
@@ -233,7 +237,7 @@ class LlmBatchBackend(BatchCollection, Backend):
         tokens, cost = sum(b.tokens for b in flying), sum(b.cost for b in flying)
         plans = []
         for size in decision.sizes:
-            plans.append(LlmPlan(size=size, in_flight_tokens=tokens, in_flight_cost=cost, spent=backlog.cost_spent,
+            plans.append(LlmPlan(size=size, in_flight_tokens=tokens, in_flight_cost=cost, spent=spent,
                                  over_budget=decision.over_budget))
             tokens += size * (state.tokens_per_request or 0.0)
             cost += size * (state.cost_per_request or 0.0)
@@ -247,6 +251,14 @@ class LlmBatchBackend(BatchCollection, Backend):
             self.memory.set("tail", {**tails, stage: tail})
 
     def _in_flight_of(self, sub: SubmissionRecord, state: State) -> InFlight:
+        backup = sub.info.get("backup") or {}
+        if backup.get("remote_id") and backup.get("backup") != "collected":
+            lane = InFlight(tokens=float(backup.get("tokens") or 0.0), requests=int(backup.get("requests") or 0),
+                            cost=float(backup.get("cost") or 0.0))
+            if sub.info.get("backup", {}).get("original") == "collected":
+                return lane
+            main = self._in_flight_of(replace(sub, info={k: v for k, v in sub.info.items() if k != "backup"}), state)
+            return InFlight(main.tokens + lane.tokens, main.requests + lane.requests, main.cost + lane.cost)
         if "tokens" in sub.info:
             return InFlight(tokens=float(sub.info["tokens"]), requests=int(sub.info.get("requests", sub.task_count)),
                             cost=float(sub.info.get("cost") or 0.0))
@@ -440,11 +452,24 @@ class LlmBatchBackend(BatchCollection, Backend):
             if now - self._last_poll.get(sub.id, -1e18) < self.settings.poll_interval:
                 continue
             self._last_poll[sub.id] = now
+            if (sub.info.get("backup") or {}).get("remote_id"):
+                pair = self._poll_pair(stage, sub, submissions)
+                if pair is not None:
+                    out[sub.id] = pair
+                    if pair.finished:
+                        self._last_poll.pop(sub.id, None)
+                continue
             try:
                 status = self.batch_status(sub)
                 self._forget_not_found(sub)
                 if not status.ended:
-                    info = self._cancel_if_straggler(stage, sub, status) or {}
+                    info = {}
+                    if self.settings.hedge.mode == HedgeMode.BACKUP:
+                        info = self._hedge_due(stage, sub, status) or {}
+                    # Without backups, or refused one by the cost cap: cancelled past straggler_after.
+                    if self.settings.hedge.mode == HedgeMode.OFF or \
+                            (sub.info.get("backup") or {}).get("state") == "refused":
+                        info = self._cancel_if_straggler(stage, sub, status) or {}
                     if sub.info.get("not_found"):
                         info["not_found"] = 0   # known again
                     progress = {"phase": status.phase, **(status.counts or {})}
@@ -534,11 +559,13 @@ class LlmBatchBackend(BatchCollection, Backend):
 
     def cancel(self, stages: dict[str, StageContext], submissions: list[SubmissionRecord]) -> None:
         for sub in submissions:
-            if sub.remote_id and not sub.remote_id.startswith("none:"):
-                try:
-                    self.cancel_batch(sub.remote_id)
-                except Exception as exc:  # noqa: BLE001 - already ended, or gone
-                    self.log(f"{self.name}: cancelling {sub.remote_id} failed: {exc}")
+            backup = (sub.info.get("backup") or {}).get("remote_id")
+            for remote_id in (sub.remote_id, backup):
+                if remote_id and not remote_id.startswith("none:"):
+                    try:
+                        self.cancel_batch(remote_id)
+                    except Exception as exc:  # noqa: BLE001 - already ended, or gone
+                        self.log(f"{self.name}: cancelling {remote_id} failed: {exc}")
 
     def close(self) -> None:
         if self._client is not None:

@@ -5,7 +5,7 @@ the straggler decision, and a batch refused as a whole (token limit, validation)
 from __future__ import annotations
 
 from corral.backends.base import PollResult, StageContext, SubmissionRecord, TaskResult
-from corral.backends.llm_raw import RawWriter, raw_path, read_answers
+from corral.backends.llm_raw import SUFFIX, RawWriter, raw_path, read_answers
 from corral.backends.llm_results import (
     SENT_AGAIN_WHOLE,
     BatchStatus,
@@ -21,7 +21,10 @@ class BatchCollection:
     """Mixed into LlmBatchBackend, whose state, parser, prices and provider calls it uses."""
 
     def _collect(self, stage: StageContext, sub: SubmissionRecord, status: BatchStatus,
-                 open_subs: list[SubmissionRecord]) -> PollResult:
+                 open_subs: list[SubmissionRecord], *, raw_name: str | None = None,
+                 learn_turnaround: bool = True) -> PollResult:
+        """``raw_name``: the raw answers' file when not the submission's own (a backup batch);
+        ``learn_turnaround``: False for a batch cancelled because its pair ended first."""
         state = self.state(stage)
         task_ids = [int(t) for t in sub.info.get("tasks") or []]
         poll = PollResult(finished=True, lost_message="the batch ended without a result for this request")
@@ -38,7 +41,8 @@ class BatchCollection:
         prefix = sub.info.get("prefix") or self.prefix(stage)
         billed_in = billed_out = ok = unreadable = 0
         started, finished = sub.submitted_at or sub.created_at, self.now()
-        raw = RawWriter(raw_path(stage.run_dir, stage.name, sub.id))
+        path = raw_path(stage.run_dir, stage.name, sub.id)
+        raw = RawWriter(path if raw_name is None else path.with_name(raw_name + SUFFIX))
         try:
             for line in self.result_lines(sub, status):
                 if line is None:
@@ -70,7 +74,7 @@ class BatchCollection:
             resent = self.memory.get("resent_since", {})
             if stage.name not in resent:
                 self.memory.set("resent_since", {**resent, stage.name: self.now()})
-        if not sub.info.get("straggler") and sub.submitted_at:
+        if learn_turnaround and not sub.info.get("straggler") and sub.submitted_at:
             state.turnarounds = (state.turnarounds + [self.now() - sub.submitted_at])[-50:]
         self.save_state()
         usage = status.usage or {}

@@ -106,6 +106,11 @@ def progress_lines(data: dict[str, Any]) -> list[str]:
     """Per LLM stage still running: the provider's counts of its batches in flight and the ETA."""
     lines = []
     for stage, llm in (data.get("llm") or {}).items():
+        if llm.get("backups_sent") or llm.get("backups_refused"):
+            lines.append(f"{stage}: {llm['backups_sent']} backup batches sent ({llm['backups_in_flight']} in "
+                         f"flight, {llm['backups_refused']} refused by hedge.max_extra_cost), "
+                         f"~{_usd(llm['backup_estimated_cost'])} estimated, {_usd(llm['backup_extra_cost'])} "
+                         "billed for answers not used")
         if not llm["batches_in_flight"] and not llm["not_sent"]:
             continue
         text = (f"{stage}: {llm['batches_in_flight']} batches in flight, the provider reports "

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from corral.backends import Backend, make_backend
-from corral.backends.base import Backlog, StageContext, SubmissionPlan, SubmissionRecord, TaskSpec, TransientError
+from corral.backends.base import (Backlog, CapacityError, StageContext, SubmissionPlan, SubmissionRecord, TaskSpec,
+                                  TransientError)
 from corral.engine.claims import Claims
 from corral.engine.clock import Clock, SystemClock
 from corral.engine.learning import Learning
@@ -77,6 +78,8 @@ class Engine(Sending):
         self._next_wake: float | None = None
         #: open submissions with a failed task: a job waiting on them with afterok would never start
         self._failing_subs: set[int] = set()
+        #: an open submission still to be collected though its tasks all ended (see holds_run_open)
+        self._held_open = False
         Sending.__init__(self)
 
     # -- the tick ------------------------------------------------------------------
@@ -96,7 +99,9 @@ class Engine(Sending):
                 self._reconcile(subs, report)
             finished = self._poll(subs, report)
             subs = [s for s in subs if s.id not in finished]
+            self._held_open = any(self._holds_open(s) for s in subs)
             if submit:
+                self._send_backups(subs, report)
                 self._plan_and_submit(subs, report)
             self.learning.flush(self.clock.now())
             if report.changed or self._status is None or finished or self._status_changed_elsewhere():
@@ -196,7 +201,8 @@ class Engine(Sending):
                 elif poll.running and sub.state == SubmissionState.SUBMITTED:
                     self.ledger.update_submission(conn, sub.id, state=SubmissionState.RUNNING)
                 if poll.info and poll.gone is None:
-                    self.ledger.update_submission(conn, sub.id, info={**sub.info, **poll.info})
+                    sub.info = {**sub.info, **poll.info}
+                    self.ledger.update_submission(conn, sub.id, info=sub.info)
             self.recorder.release(conn, changes, now)
             self.ledger.add_events(conn, changes.events)
             self.learning.save(conn, now)
@@ -209,6 +215,33 @@ class Engine(Sending):
             self.log(f"collected: {changes.completed} done, {changes.failed} failed, {changes.retried} to retry, "
                      f"{changes.requeued} to run again")
         return finished
+
+    def _holds_open(self, sub: SubmissionRecord) -> bool:
+        backend = self.backends.get(self._backend_of(sub))
+        return backend is not None and backend.holds_run_open(sub)
+
+    def _send_backups(self, subs: list[SubmissionRecord], report: TickReport) -> None:
+        """Backups a poll decided on (now, or before a restart) go out with the submission's
+        unfinished tasks; what the backend sent and learned is written in one transaction."""
+        for sub in subs:
+            backend = self.backends.get(self._backend_of(sub))
+            stage = self.stages.get(sub.stage)
+            if backend is None or stage is None or sub.state not in POLLED_SUBMISSIONS or not backend.backup_due(sub):
+                continue
+            with self.ledger.read() as conn:
+                rows = [r for r in self.ledger.submission_task_rows(conn, sub.id) if r["state"] in IN_FLIGHT]
+            same_backend = [s for s in subs if self._backend_of(s) == self._backend_of(sub)]
+            try:
+                info = backend.send_backup(stage, sub, [self._task_spec(sub.stage, r) for r in rows], same_backend)
+            except (TransientError, CapacityError) as exc:
+                self._error(report, f"the backup of submission {sub.id} was not sent (trying again at the next "
+                                    f"tick): {exc}")
+                continue
+            if info:
+                sub.info = {**sub.info, **info}
+                with self.ledger.write() as conn:
+                    self.ledger.update_submission(conn, sub.id, info=sub.info)
+                    self.learning.save(conn, self.clock.now())
 
     def _learn_durations(self, subs: list[SubmissionRecord], polls: dict[int, Any]) -> None:
         """A moving average of task run time per stage, from the results a poll brought."""
@@ -397,6 +430,7 @@ class Engine(Sending):
             # Only needed to sleep until a backoff ends when nothing else will wake the loop.
             idle = active and not report.in_flight and not report.submitted
             next_retry = self.ledger.next_not_before(conn, self.run_id, now) if idle else None
+        active = active or self._held_open
         status = RunStatus.ACTIVE if active else (RunStatus.FINISHED_WITH_FAILURES if bad else RunStatus.FINISHED)
         if current == RunStatus.CANCELLED and not active:
             status = RunStatus.CANCELLED

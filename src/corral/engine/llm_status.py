@@ -5,7 +5,9 @@ Everything comes from the ledger: open submissions (with the counts each poll wr
 info) and the turnarounds the backend learned. The ETA of a batch in flight is what its
 provider-side progress implies (time so far x requests left / requests done) or, before any
 request is done, the median turnaround less the time it has run; requests not yet sent add a
-median turnaround per round of ``batches_in_flight`` batches.
+median turnaround per round of ``batches_in_flight`` batches. Backup batches of the tail: how many
+were sent (and refused by the cost cap), their estimated cost, and the billed cost of the answers
+dropped because the other batch of their pair answered first.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def llm_progress(loaded: LoadedCampaign, learning: Learning, open_subs: list[dic
             else:
                 left = max(0.0, typical - elapsed)
             eta_in_flight = max(eta_in_flight, left)
+        hedges = (learning.backend(stage.backend).get("hedges") or {}).get(name) or {}
+        pairs = sum(1 for sub in batches if ((loads(sub["info"]) or {}).get("backup") or {}).get("state") == "sent")
         states = counts.get(name, {})
         not_sent = sum(states.get(str(s), 0) for s in (TaskState.PENDING, TaskState.WAITING))
         per_round = max(1, (total // len(batches)) if batches else settings.max_requests_per_batch) * \
@@ -59,5 +63,9 @@ def llm_progress(loaded: LoadedCampaign, learning: Learning, open_subs: list[dic
         out[name] = {"batches_in_flight": len(batches), "requests_in_flight": total, "provider_done": done,
                      "provider_failed": failed, "not_sent": not_sent, "median_turnaround_s": round(typical, 1),
                      "turnaround_basis": "learned" if turnarounds else "expected_turnaround",
-                     "eta_s": round(eta_in_flight + rounds * typical, 1) if (batches or not_sent) else 0.0}
+                     "eta_s": round(eta_in_flight + rounds * typical, 1) if (batches or not_sent) else 0.0,
+                     "backups_sent": int(hedges.get("sent") or 0), "backups_in_flight": pairs,
+                     "backups_refused": int(hedges.get("refused") or 0),
+                     "backup_estimated_cost": float(hedges.get("estimated_cost") or 0.0),
+                     "backup_extra_cost": float(hedges.get("extra_cost") or 0.0)}
     return out

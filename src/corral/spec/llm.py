@@ -7,6 +7,7 @@ table overrides and the money cap. Documented in docs/backends/llm-batch.md.
 from __future__ import annotations
 
 import re
+from enum import Enum
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -52,6 +53,23 @@ class TokenWindow(Strict):
     _check_window = field_validator("window", mode="before")(_duration)
 
 
+class HedgeMode(str, Enum):
+    OFF = "off"
+    BACKUP = "backup"
+
+
+class Hedge(Strict):
+    """Backup batches for the tail: once all of a stage's work is in flight, a batch unfinished
+    past ``after`` x the median turnaround gets a second batch with its unanswered requests
+    (``backup``), the first answer of each request is recorded and the slower batch cancelled;
+    the estimated cost of backups stays under ``max_extra_cost`` x the stage's projected cost.
+    ``off``: such a batch is cancelled and its unfinished requests sent again (``straggler_after``)."""
+
+    mode: HedgeMode = HedgeMode.BACKUP
+    after: float = Field(default=1.5, ge=1.0)
+    max_extra_cost: float = Field(default=0.05, ge=0, le=1)
+
+
 class LlmBatchSettings(Strict):
     """What both batch backends share."""
 
@@ -75,6 +93,7 @@ class LlmBatchSettings(Strict):
     pilot: int = Field(default=20, ge=0)
     straggler_after: float | None = Field(default=2.0, ge=1.2)
     split_tail: bool = False
+    hedge: Hedge = Field(default_factory=Hedge)
     poll_interval: float = 30.0
     token_limit_backoff: float = 60.0
     # Estimation, cost and projection

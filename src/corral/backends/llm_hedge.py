@@ -1,0 +1,252 @@
+"""Backup batches for the tail of an LLM stage (``hedge: {mode: backup}``).
+
+Once all of a stage's work is in flight, a batch still unfinished past ``after`` x the median
+turnaround gets a backup: a second batch with its requests, the original left running. The two
+are one submission in the ledger (its tasks belong to it alone); the pair lives in the
+submission's info under ``backup``:
+
+- a poll decides (``state: due``, with the backup's idempotency key), written with that poll;
+- the engine then hands over the submission's unfinished tasks and the backup is sent, or
+  adopted when an earlier controller created it before a stop (found by its key), or refused
+  by the cost cap (``state: refused``, with a log line);
+- each batch of the pair is collected when it ends; an answer is recorded at its first arrival
+  (``answered`` lists those), the other batch is then cancelled, and its answers for requests
+  already recorded are dropped, their billed cost added to the stage's extra spend;
+- the submission ends when both batches have ended.
+
+What the backups cost is kept per stage in the backend's memory (``hedges``), written in the same
+transaction as the submission info that caused it, so a kill at any instant neither loses nor
+doubles it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from statistics import median
+from typing import Any
+
+from corral.backends.base import PollResult, StageContext, SubmissionRecord, TaskResult, TaskSpec, TransientError
+from corral.backends.llm_results import ApiErrorKind, BatchStatus
+from corral.llm.scheduler import enqueued_capacity
+from corral.states import Outcome
+
+LANES = ("original", "backup")
+
+
+class HedgedTail:
+    """Mixed into LlmBatchBackend, whose provider calls, state, rendering and collection it uses."""
+
+    # -- decide ----------------------------------------------------------------------------------
+
+    def _hedge_due(self, stage: StageContext, sub: SubmissionRecord, status: BatchStatus) -> dict[str, Any] | None:
+        state = self.state(stage)
+        if sub.info.get("backup") or status.phase not in ("validating", "in_progress") or \
+                len(state.turnarounds) < 4 or not self.memory.get("tail", {}).get(stage.name):
+            return None
+        typical = float(median(state.turnarounds))
+        elapsed = self.now() - (sub.submitted_at or sub.created_at)
+        if elapsed <= self.settings.hedge.after * typical:
+            return None
+        return {"backup": {"state": "due", "key": f"{sub.idempotency_key}-backup", "decided_at": self.now(),
+                           "elapsed": round(elapsed, 1), "median": round(typical, 1)}}
+
+    def backup_due(self, submission: SubmissionRecord) -> bool:
+        return (submission.info.get("backup") or {}).get("state") == "due"
+
+    def holds_run_open(self, submission: SubmissionRecord) -> bool:
+        backup = submission.info.get("backup") or {}
+        return bool(backup.get("remote_id")) and any(backup.get(lane) != "collected" for lane in LANES)
+
+    def hedges(self, stage: str) -> dict[str, Any]:
+        """What the stage's backups cost: sent, their estimated cost and tokens, and the billed cost
+        of answers dropped because the other batch of their pair answered first."""
+        return {"sent": 0, "estimated_cost": 0.0, "estimated_tokens": 0.0, "extra_cost": 0.0, "dropped": 0,
+                "refused": 0, **self.memory.get("hedges", {}).get(stage, {})}
+
+    def _count_hedge(self, stage: str, **add: float) -> None:
+        counts = self.hedges(stage)
+        for key, value in add.items():
+            counts[key] = counts.get(key, 0) + value
+        self.memory.set("hedges", {**self.memory.get("hedges", {}), stage: counts})
+
+    def extra_spent(self) -> float:
+        """Billed cost of dropped answers over every stage: part of the run's spending."""
+        return sum(float(c.get("extra_cost") or 0.0) for c in self.memory.get("hedges", {}).values())
+
+    def _note_stage_size(self, stage: str, requests: int) -> None:
+        sizes = self.memory.get("stage_size", {})
+        if requests > sizes.get(stage, 0):
+            self.memory.set("stage_size", {**sizes, stage: requests})
+
+    # -- send ------------------------------------------------------------------------------------
+
+    def send_backup(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
+                    all_in_flight: list[SubmissionRecord]) -> dict[str, Any] | None:
+        backup = dict(submission.info["backup"])
+        state = self.state(stage)
+        lane = replace(submission, idempotency_key=backup["key"], created_at=backup["decided_at"], remote_id=None,
+                       submitted_at=None, task_count=len(tasks), info={})
+        entries, _, model = self._render(stage, tasks, state) if tasks else ([], {}, None)
+        if not entries:
+            return {"backup": {**backup, "state": "skipped"}}
+        price = self.price(model)
+        raw_tokens = sum(e.meta["raw_tokens"] for e in entries)
+        tokens = sum(e.tokens for e in entries)
+        out_tokens = self._expected_output(stage, state, entries)
+        cost = price.cost(raw_tokens * state.calibration.factor, out_tokens * len(entries)) if price else None
+        try:
+            found = self.find_batch(stage, lane)
+        except Exception as exc:  # noqa: BLE001 - creating without knowing could pay three times
+            raise TransientError(f"looking up an earlier backup failed: {type(exc).__name__}: {exc}") from None
+        if found is not None:
+            remote_id, extra = found
+            self.log(f"{self.name}: backup {remote_id} of batch {submission.remote_id} adopted after a restart")
+        else:
+            refusal = self._over_cap(stage.name, state, cost, tokens)
+            if refusal:
+                self.log(f"{self.name}: batch {submission.remote_id} is slow but gets no backup: {refusal}")
+                self._count_hedge(stage.name, refused=1)
+                return {"backup": {**backup, "state": "refused", "why": refusal}}
+            capacity = enqueued_capacity(self.settings, state)
+            used = sum(self._in_flight_of(s, state).tokens for s in all_in_flight)
+            if capacity is not None and used + tokens > capacity:
+                self.say(f"stage {stage.name}: a backup of batch {submission.remote_id} waits for room under the "
+                         "enqueued token limit")
+                return None
+            try:
+                remote_id, extra = self.create_batch(stage, lane, entries, model, used)
+            except Exception as exc:
+                if self.error_kind(exc) == ApiErrorKind.TRANSIENT:
+                    raise TransientError(f"creating the backup did not get through: {exc}") from exc
+                raise
+            self.write_journal(stage, backup["key"], remote_id, created_at=self.now(), requests=len(entries))
+            self.log(f"{self.name}: batch {submission.remote_id} has run {backup.get('elapsed', 0) / 60:.0f} min, "
+                     f"past {self.settings.hedge.after}x the median turnaround: backup {remote_id} sent with its "
+                     f"{len(entries)} requests")
+        self._count_hedge(stage.name, sent=1, estimated_cost=cost or 0.0, estimated_tokens=tokens)
+        backup.update(extra, state="sent", remote_id=remote_id, submitted_at=self.now(), model=model,
+                      prefix=submission.info.get("prefix") or self.prefix(stage), tasks=[e.task_id for e in entries],
+                      tokens=tokens, raw_tokens=raw_tokens, requests=len(entries), cost=cost)
+        return {"backup": backup}
+
+    def _over_cap(self, stage: str, state: Any, cost: float | None, tokens: float) -> str | None:
+        """Why this backup would pass ``max_extra_cost`` x the stage's projected cost (None: it fits).
+        Without a price the same share is taken of tokens."""
+        cap = self.settings.hedge.max_extra_cost
+        size = self.memory.get("stage_size", {}).get(stage, 0)
+        counts = self.hedges(stage)
+        if cost is not None and state.cost_per_request:
+            projected, spent, this, unit = size * state.cost_per_request, counts["estimated_cost"], cost, "$"
+        else:
+            projected, spent, this, unit = size * (state.tokens_per_request or 0.0), counts["estimated_tokens"], \
+                tokens, "tokens "
+        if spent + this <= cap * projected:
+            return None
+        return (f"backups would cost {unit}{spent + this:,.2f}, over hedge.max_extra_cost {cap:.0%} of the stage's "
+                f"projected {unit}{projected:,.2f}")
+
+    # -- poll and collect a pair ---------------------------------------------------------------------
+
+    def _lane(self, sub: SubmissionRecord, name: str) -> SubmissionRecord:
+        if name == "original":
+            return sub
+        backup = sub.info["backup"]
+        return replace(sub, idempotency_key=backup["key"], remote_id=backup["remote_id"],
+                       submitted_at=backup["submitted_at"], created_at=backup["decided_at"],
+                       task_count=backup["requests"], info=backup)
+
+    def _poll_pair(self, stage: StageContext, sub: SubmissionRecord,
+                   submissions: list[SubmissionRecord]) -> PollResult | None:
+        backup = dict(sub.info["backup"])
+        answered = set(backup.get("answered") or [])
+        held = dict(backup.get("held") or {})
+        cancelled = list(backup.get("cancelled") or [])
+        results: list[TaskResult] = []
+        info: dict[str, Any] = {}
+        running = False
+        extra_cost, dropped = 0.0, 0
+        for name in LANES:
+            if backup.get(name) == "collected":
+                continue
+            lane = self._lane(sub, name)
+            try:
+                status = self.batch_status(lane)
+            except Exception as exc:
+                kind = self.error_kind(exc)
+                if kind == ApiErrorKind.TRANSIENT:
+                    self.log(f"{self.name}: reading batch {lane.remote_id} failed ({exc}); asking again")
+                    continue
+                if kind != ApiErrorKind.GONE:
+                    raise
+                self.log(f"{self.name}: the provider does not know batch {lane.remote_id} ({exc}); the other batch "
+                         "of its pair answers for it")
+                backup[name] = "collected"
+                continue
+            if not status.ended:
+                running = running or status.running
+                if name == "original":
+                    progress = {"phase": status.phase, **(status.counts or {})}
+                    if sub.info.get("provider") != progress:
+                        info["provider"] = progress
+                continue
+            last = all(backup.get(other) == "collected" for other in LANES if other != name)
+            collected = self._collect(stage, lane, status, submissions,
+                                      raw_name=None if name == "original" else f"{sub.id}-backup",
+                                      learn_turnaround=name not in cancelled)
+            self.batch_ended(lane)
+            backup[name] = "collected"
+            if name == "original":
+                info.update(collected.info or {})
+            else:
+                backup["billed"] = {k: v for k, v in (collected.info or {}).items() if k.startswith("billed_")}
+            for result in collected.results:
+                task = str(result.task_id)
+                if result.task_id in answered:
+                    extra_cost += result.cost or 0.0
+                    dropped += result.outcome == Outcome.DONE
+                elif result.outcome == Outcome.DONE:
+                    answered.add(result.task_id)
+                    if task in held:
+                        extra_cost += held.pop(task)[2] or 0.0
+                    results.append(result)
+                elif not last:
+                    if result.outcome == Outcome.FAILED:   # the other batch may still answer it
+                        held[task] = [result.error_class, result.error_message, result.cost]
+                elif result.outcome != Outcome.FAILED and task in held:
+                    error_class, message, cost = held.pop(task)
+                    results.append(TaskResult(result.task_id, Outcome.FAILED, error_class=error_class,
+                                              error_message=message, cost=cost))
+                else:
+                    held.pop(task, None)
+                    results.append(result)
+            if not last:
+                other = LANES[1 - LANES.index(name)]
+                self._cancel_lane(sub, other, name)
+                cancelled.append(other)
+        finished = all(backup.get(name) == "collected" for name in LANES)
+        if finished:
+            reported = {r.task_id for r in results}
+            for task, (error_class, message, cost) in held.items():
+                if int(task) not in reported:
+                    results.append(TaskResult(int(task), Outcome.FAILED, error_class=error_class,
+                                              error_message=message, cost=cost))
+            held = {}
+        if extra_cost or dropped:
+            self._count_hedge(stage.name, extra_cost=extra_cost, dropped=dropped)
+        backup.update(answered=sorted(answered), held=held, cancelled=cancelled)
+        if backup != sub.info["backup"]:
+            info["backup"] = backup
+        if not (finished or results or info):
+            return PollResult(running=running)
+        return PollResult(finished=finished, running=running, results=results, info=info or None,
+                          lost_message="the batch and its backup ended without a result for this request")
+
+    def _cancel_lane(self, sub: SubmissionRecord, name: str, winner: str) -> None:
+        lane = self._lane(sub, name)
+        try:
+            self.cancel_batch(lane.remote_id)
+        except Exception as exc:  # noqa: BLE001 - it may have ended meanwhile: collected all the same
+            self.log(f"{self.name}: cancelling {lane.remote_id} failed: {exc}")
+            return
+        self.log(f"{self.name}: the {winner} batch of pair {sub.remote_id} ended first: {lane.remote_id} cancelled; "
+                 "its finished answers are still collected")
