@@ -260,7 +260,8 @@ def test_kill_9_during_a_create_never_leaves_two_jobs_recorded(tmp_path, sim_fac
 def test_stragglers_are_cancelled_and_what_they_finished_is_kept(tmp_path, clock, sim_factory):
     sim = sim_factory(turnaround=Turnaround(validating=Phase(10.0), in_progress=Phase(300.0, 1.5),
                                             finalizing=Phase(10.0)))
-    path = campaign(tmp_path, sim, items=60, backend={"max_requests_per_batch": 6, "straggler_after": 1.5})
+    path = campaign(tmp_path, sim, items=60, backend={"max_requests_per_batch": 6, "straggler_after": 1.5,
+                                                                   "hedge": {"mode": "off"}})
     camp = Campaign.load(path)
     run, _ = camp.start(clock=clock)
     run.run(clock=clock, max_interval=600.0, should_stop=lambda: clock.now() > 1e12)

@@ -346,3 +346,17 @@ def test_a_request_stage_needs_an_llm_backend(tmp_path):
             camp.check()
     finally:
         camp.close()
+
+
+def test_two_campaigns_with_a_module_of_the_same_name_each_get_their_own(tmp_path):
+    """A long-lived process (the Python API, a notebook) opening two campaigns whose parse modules
+    share a name loads each campaign's own file."""
+    from corral.llm.requests import load_callable
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, name in ((first, "parse_a"), (second, "parse_b")):
+        folder.mkdir()
+        (folder / "shared_name_labels.py").write_text(f"def {name}(body):\n    return {{'from': {name!r}}}\n")
+    assert load_callable("shared_name_labels:parse_a", first)({}) == {"from": "parse_a"}
+    assert load_callable("shared_name_labels:parse_b", second)({}) == {"from": "parse_b"}
+    assert load_callable("shared_name_labels:parse_a", first)({}) == {"from": "parse_a"}

@@ -186,10 +186,14 @@ def load_callable(ref: str, root: Path | None) -> Callable[..., Any]:
     """``package.module:function``, looked up beside the campaign file first, then installed."""
     module_name, _, func_name = ref.partition(":")
     module = sys.modules.get(module_name)
-    if module is None and root is not None:
+    if root is not None:
         parts = module_name.split(".")
         for candidate in (root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")):
             if candidate.exists():
+                loaded = getattr(module, "__file__", None)
+                if loaded and Path(loaded).resolve() == candidate.resolve():
+                    break   # this campaign's module, imported already
+                # Not imported yet, or a module of the same name from another campaign's folder.
                 spec = importlib.util.spec_from_file_location(module_name, candidate)
                 if spec is None or spec.loader is None:
                     break
