@@ -25,7 +25,11 @@ Policies 1-3 talk to the simulator over HTTP, 1 through corral's backend, 2 and 
 official openai SDK. Cost is priced with corral's shipped table (gpt-4o-mini, batch rate).
 
     python bench/llm_batch_throughput.py [--requests 80614] [--seed 0] [--policies corral,cron,submit-all]
-                                         [--turnaround default|heavy|both]
+                                         [--turnaround default|heavy|both] [--hedge-after 1.5]
+
+Policies: corral (its defaults), corral-backup / corral-flex / corral-off (hedge.mode set), cron,
+submit-all. The simulator takes flex requests for the benchmark's model (OpenAI does not list
+gpt-4o-mini for flex; the lane's policy is what is measured).
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ MODEL = "gpt-4o-mini"
 BATCH = 300                   # their batch size (cron and submit-all)
 CRON_BATCHES = 33
 RESUBMIT_EVERY = 600.0
+#: corral's policies: its defaults, and its hedge modes set explicitly
+CORRAL_POLICIES: dict[str, dict[str, Any] | None] = {
+    "corral": None, "corral-backup": {"mode": "backup"}, "corral-flex": {"mode": "flex"}, "corral-off": {"mode": "off"}}
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["instructions", "descriptions"],
           "properties": {"instructions": {"type": "array", "items": {"type": "string"}, "minItems": 5,
@@ -118,8 +125,10 @@ def jsonl_lines(work: dict[str, Any]) -> list[bytes]:
 
 
 def sim_config(seed: int, turnaround: str) -> SimConfig:
+    # gpt-4o-mini is not among the models OpenAI takes flex requests for; the simulator takes them
+    # here so that the flex lane is measured on the same workload (billed at the Batch price).
     return SimConfig(seed=seed, turnaround=turnaround, enqueued_token_limit=LIMIT, output_tokens=OUT_TOKENS,
-                     keep_input_content=False, retry_after_s=0.01)
+                     keep_input_content=False, retry_after_s=0.01, flex_models=(MODEL,))
 
 
 def billed(sim: SimServer) -> dict[str, Any]:
@@ -130,8 +139,12 @@ def billed(sim: SimServer) -> dict[str, Any]:
             counts = batch.counts(batch.end_time)
             tokens_in += counts["input_tokens"]
             tokens_out += counts["output_tokens"]
+    flex = sim.flex_usage()
     price = price_for(MODEL)
-    return {"tokens_in": tokens_in, "tokens_out": tokens_out, "usd": round(price.cost(tokens_in, tokens_out), 2)}
+    usd = price.cost(tokens_in, tokens_out) + price.cost(flex["input_tokens"], flex["output_tokens"])
+    return {"tokens_in": tokens_in + flex["input_tokens"], "tokens_out": tokens_out + flex["output_tokens"],
+            "usd": round(usd, 2), "flex_answers": flex["answered"],
+            "flex_usd": round(price.cost(flex["input_tokens"], flex["output_tokens"]), 2)}
 
 
 def submissions(sim: SimServer) -> dict[str, int]:
@@ -194,11 +207,13 @@ def last_end(sim: SimServer) -> float:
 
 # -- policy 1: corral ------------------------------------------------------------------------------------
 
-def run_corral(folder: Path, seed: int, requests: int, pilot: int | None, turnaround: str) -> dict[str, Any]:
+def run_corral(folder: Path, seed: int, requests: int, pilot: int | None, turnaround: str,
+               hedge: dict[str, Any] | None = None, policy: str = "corral") -> dict[str, Any]:
     from corral.api import Campaign
-    from corral.engine import VirtualClock
+    from corral.sim.clock import SteppedClock
 
-    clock = VirtualClock(start=T0)
+    # Flex answers come from the simulator's threads: each step of the clock leaves them a moment.
+    clock = SteppedClock(start=T0)
     sim = SimServer(sim_config(seed, turnaround), clock=clock)
     url = sim.start()
     os.environ["OPENAI_API_KEY"] = "sim"
@@ -206,6 +221,8 @@ def run_corral(folder: Path, seed: int, requests: int, pilot: int | None, turnar
                                "expected_output_tokens": OUT_TOKENS, "model": MODEL}
     if pilot is not None:
         backend["pilot"] = pilot
+    if hedge:
+        backend["hedge"] = hedge
     spec = {"name": "frame-labels", "items": {"from": "frame_pairs.json"},
             "stages": {"label": {"backend": "openai", "retries": {"max": 3},
                                  "request": _template()}},
@@ -224,7 +241,9 @@ def run_corral(folder: Path, seed: int, requests: int, pilot: int | None, turnar
     status = run.status()
     wall = time.perf_counter() - started
     sizes = [b.n for b in sim.state.batches.values()]
-    result = {"policy": "corral", "seconds": finished_at - T0, "last_batch_end": last_end(sim) - T0,
+    result = {"policy": policy, "hedge": status["llm"].get("label", {}) and {
+                  k: v for k, v in status["llm"]["label"].items() if k.startswith(("backup", "flex"))},
+              "seconds": finished_at - T0, "last_batch_end": last_end(sim) - T0,
               "timeline": timeline(sim, finished_at - T0),
               "main_phase": main_phase(sim, finished_at - T0, 20 if pilot is None else pilot),
               "finished": bool(report.finished), "done": status["totals"].get("done"),
@@ -385,6 +404,8 @@ def main() -> int:
     parser.add_argument("--turnaround", choices=[*TURNAROUND_MODELS, "both"], default="default",
                         help="the simulator's turnaround model (both: one run of every policy per model)")
     parser.add_argument("--pilot", type=int, default=None, help="corral's pilot batch size (default: its default)")
+    parser.add_argument("--hedge-after", type=float, default=None,
+                        help="hedge.after for the corral-backup and corral-flex policies (default: corral's)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the results here, with a row per batch (created, admitted, ended, "
                              "requests, tokens, final status; seconds from the start)")
@@ -396,7 +417,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="corral-llm-bench-") as tmp:
         started = time.perf_counter()
         work = make_workload(Path(tmp), args.requests)
-        lines = jsonl_lines(work) if set(policies) - {"corral"} else []
+        lines = jsonl_lines(work) if set(policies) - set(CORRAL_POLICIES) else []
         print(f"workload: {args.requests:,} requests ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
         for model in models:
             out["turnaround"][model] = run_model(Path(tmp), model, policies, lines, args)
@@ -416,13 +437,16 @@ def run_model(folder: Path, model: str, policies: list[str], lines: list[bytes],
     results = []
     for policy in policies:
         started = time.perf_counter()
-        if policy == "corral":
-            run_dir = folder / f"corral-{model}"
+        if policy in CORRAL_POLICIES:
+            run_dir = folder / f"{policy}-{model}"
             run_dir.mkdir(exist_ok=True)
             for name in ("frames", "prompt.txt", "frame_pairs.json"):
                 if not (run_dir / name).exists():
                     (run_dir / name).symlink_to(folder / name)
-            result = run_corral(run_dir, args.seed, args.requests, args.pilot, model)
+            hedge = dict(CORRAL_POLICIES[policy] or {})
+            if hedge and args.hedge_after is not None:
+                hedge["after"] = args.hedge_after
+            result = run_corral(run_dir, args.seed, args.requests, args.pilot, model, hedge or None, policy)
         elif policy == "cron":
             result = run_cron(lines, args.seed, model)
         elif policy == "submit-all":
@@ -437,11 +461,15 @@ def run_model(folder: Path, model: str, policies: list[str], lines: list[bytes],
     total_in = args.requests * IN_TOKENS
     config = sim_config(args.seed, model)
     by = {r["key"]: r for r in results}
-    size = by["corral"]["mean_batch_requests"] if "corral" in by else BATCH
+    first = next((by[name] for name in CORRAL_POLICIES if name in by), None)
+    size = first["mean_batch_requests"] if first else BATCH
     bound = {"mean_batch_requests": round(size, 1), "mean_turnaround_s": round(config.turnaround.mean(round(size))),
              "seconds": total_in / LIMIT * config.turnaround.mean(round(size)),
              "seconds_at_300": total_in / LIMIT * config.turnaround.mean(BATCH)}
     ratios = {}
+    for name in CORRAL_POLICIES:
+        if name in by and name != "corral":
+            ratios[f"{name} / bound"] = by[name]["seconds"] / bound["seconds"]
     if "corral" in by:
         ratios["corral / bound"] = by["corral"]["seconds"] / bound["seconds"]
         if "cron" in by:
@@ -472,14 +500,13 @@ def print_table(model: str, part: dict[str, Any], out: dict[str, Any]) -> None:
     for name, value in part["ratios"].items():
         target = f" (target <= {part['corral_target']:g})" if name == "corral / bound" and part["corral_target"] else ""
         print(f"{name}: {value:.2f}{target}", file=sys.stderr)
-    corral = next((r for r in part["results"] if r["key"] == "corral"), None)
-    if corral:
+    for corral in (r for r in part["results"] if r["key"] in CORRAL_POLICIES):
         phase = corral["main_phase"]
-        print(f"corral: share of the limit in use by hour {corral['timeline']['enqueued_share_by_hour']}; "
+        hedged = corral.get("hedge") or {}
+        print(f"{corral['key']}: share of the limit in use by hour {corral['timeline']['enqueued_share_by_hour']}; "
               f"main phase {phase['main_phase_h'][0]}-{phase['main_phase_h'][1]} h at {phase['main_phase_share']} "
               f"({phase['main_phase_share_with_validating']} counting validating batches); "
-              f"tail {phase['tail_h']} h", file=sys.stderr)
-
+              f"tail {phase['tail_h']} h; hedges {hedged}; billed {corral['billed']}", file=sys.stderr)
 
 if __name__ == "__main__":
     sys.exit(main())

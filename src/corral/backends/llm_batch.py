@@ -252,7 +252,9 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
 
     def _in_flight_of(self, sub: SubmissionRecord, state: State) -> InFlight:
         backup = sub.info.get("backup") or {}
-        if backup.get("remote_id") and backup.get("backup") != "collected":
+        if backup.get("lane") == "flex" and backup.get("original") == "collected":
+            return InFlight(tokens=0.0, requests=0, cost=0.0)   # flex requests hold no room in the batch queue
+        if backup.get("remote_id") and backup.get("backup") != "collected" and backup.get("lane") != "flex":
             lane = InFlight(tokens=float(backup.get("tokens") or 0.0), requests=int(backup.get("requests") or 0),
                             cost=float(backup.get("cost") or 0.0))
             if sub.info.get("backup", {}).get("original") == "collected":
@@ -449,7 +451,18 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
             if early:
                 out[sub.id] = PollResult(running=False, results=early, info={"early_reported": True})
                 continue
-            if now - self._last_poll.get(sub.id, -1e18) < self.settings.poll_interval:
+            ask = now - self._last_poll.get(sub.id, -1e18) >= self.settings.poll_interval
+            if (sub.info.get("backup") or {}).get("lane") == "flex" and (sub.info["backup"].get("remote_id")):
+                # Flex answers are taken at every poll; the batch is asked at its interval.
+                if ask:
+                    self._last_poll[sub.id] = now
+                pair = self._poll_flex_pair(stage, sub, submissions, ask_batch=ask)
+                if pair is not None:
+                    out[sub.id] = pair
+                    if pair.finished:
+                        self._last_poll.pop(sub.id, None)
+                continue
+            if not ask:
                 continue
             self._last_poll[sub.id] = now
             if (sub.info.get("backup") or {}).get("remote_id"):
@@ -464,7 +477,7 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
                 self._forget_not_found(sub)
                 if not status.ended:
                     info = {}
-                    if self.settings.hedge.mode == HedgeMode.BACKUP:
+                    if self.settings.hedge.mode in (HedgeMode.BACKUP, HedgeMode.FLEX):
                         info = self._hedge_due(stage, sub, status) or {}
                     # Without backups, or refused one by the cost cap: cancelled past straggler_after.
                     if self.settings.hedge.mode == HedgeMode.OFF or \
@@ -561,13 +574,16 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
         for sub in submissions:
             backup = (sub.info.get("backup") or {}).get("remote_id")
             for remote_id in (sub.remote_id, backup):
-                if remote_id and not remote_id.startswith("none:"):
+                if remote_id and not remote_id.startswith(("none:", "flex:")):
                     try:
                         self.cancel_batch(remote_id)
                     except Exception as exc:  # noqa: BLE001 - already ended, or gone
                         self.log(f"{self.name}: cancelling {remote_id} failed: {exc}")
 
     def close(self) -> None:
+        pool = getattr(self, "_flex", None)
+        if pool is not None:
+            pool.close()
         if self._client is not None:
             try:
                 self._client.close()

@@ -28,9 +28,57 @@ from typing import Any
 from corral.backends.base import PollResult, StageContext, SubmissionRecord, TaskResult, TaskSpec, TransientError
 from corral.backends.llm_results import ApiErrorKind, BatchStatus
 from corral.llm.scheduler import enqueued_capacity
+from corral.spec.llm import HedgeMode
 from corral.states import Outcome
 
 LANES = ("original", "backup")
+
+
+class PairAnswers:
+    """The answers of a hedged pair so far: requests answered (each recorded once), failures held
+    while the other lane may still answer, and what the dropped second answers cost."""
+
+    def __init__(self, backup: dict[str, Any]):
+        self.answered: set[int] = set(backup.get("answered") or [])
+        self.held: dict[str, list[Any]] = dict(backup.get("held") or {})
+        self.extra_cost = 0.0
+        self.dropped = 0
+
+    def take(self, results: list[TaskResult], *, last: bool) -> list[TaskResult]:
+        """The results to record from one lane's; ``last``: the other lane has ended."""
+        out: list[TaskResult] = []
+        for result in results:
+            task = str(result.task_id)
+            if result.task_id in self.answered:
+                self.extra_cost += result.cost or 0.0
+                self.dropped += result.outcome == Outcome.DONE
+            elif result.outcome == Outcome.DONE:
+                self.answered.add(result.task_id)
+                if task in self.held:
+                    self.extra_cost += self.held.pop(task)[2] or 0.0
+                out.append(result)
+            elif not last:
+                if result.outcome == Outcome.FAILED:   # the other lane may still answer it
+                    self.held[task] = [result.error_class, result.error_message, result.cost]
+            elif result.outcome != Outcome.FAILED and task in self.held:
+                error_class, message, cost = self.held.pop(task)
+                out.append(TaskResult(result.task_id, Outcome.FAILED, error_class=error_class,
+                                      error_message=message, cost=cost))
+            else:
+                self.held.pop(task, None)
+                out.append(result)
+        return out
+
+    def unanswered(self, reported: list[TaskResult]) -> list[TaskResult]:
+        """Both lanes ended: the failures held for the other lane are what is left to record."""
+        seen = {r.task_id for r in reported}
+        out = [TaskResult(int(task), Outcome.FAILED, error_class=error_class, error_message=message, cost=cost)
+               for task, (error_class, message, cost) in self.held.items() if int(task) not in seen]
+        self.held = {}
+        return out
+
+    def save(self, backup: dict[str, Any]) -> None:
+        backup.update(answered=sorted(self.answered), held=self.held)
 
 
 class HedgedTail:
@@ -47,8 +95,14 @@ class HedgedTail:
         elapsed = self.now() - (sub.submitted_at or sub.created_at)
         if elapsed <= self.settings.hedge.after * typical:
             return None
-        return {"backup": {"state": "due", "key": f"{sub.idempotency_key}-backup", "decided_at": self.now(),
+        flex = self.settings.hedge.mode == HedgeMode.FLEX and not self.flex_refused_for(stage.name)
+        return {"backup": {"state": "due", "key": f"{sub.idempotency_key}-{'flex' if flex else 'backup'}",
+                           "lane": "flex" if flex else "batch", "decided_at": self.now(),
                            "elapsed": round(elapsed, 1), "median": round(typical, 1)}}
+
+    def flex_refused_for(self, stage: str) -> str | None:
+        """Why this stage's stragglers get no flex requests (None: they may)."""
+        return "this provider has no flex requests"
 
     def backup_due(self, submission: SubmissionRecord) -> bool:
         return (submission.info.get("backup") or {}).get("state") == "due"
@@ -83,6 +137,8 @@ class HedgedTail:
     def send_backup(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
                     all_in_flight: list[SubmissionRecord]) -> dict[str, Any] | None:
         backup = dict(submission.info["backup"])
+        if backup.get("lane") == "flex":
+            return self.send_flex(stage, submission, tasks)
         state = self.state(stage)
         lane = replace(submission, idempotency_key=backup["key"], created_at=backup["decided_at"], remote_id=None,
                        submitted_at=None, task_count=len(tasks), info={})
@@ -155,91 +211,91 @@ class HedgedTail:
                        submitted_at=backup["submitted_at"], created_at=backup["decided_at"],
                        task_count=backup["requests"], info=backup)
 
+    def pair_answers(self, backup: dict[str, Any]) -> PairAnswers:
+        return PairAnswers(backup)
+
     def _poll_pair(self, stage: StageContext, sub: SubmissionRecord,
                    submissions: list[SubmissionRecord]) -> PollResult | None:
         backup = dict(sub.info["backup"])
-        answered = set(backup.get("answered") or [])
-        held = dict(backup.get("held") or {})
+        pair = self.pair_answers(backup)
         cancelled = list(backup.get("cancelled") or [])
         results: list[TaskResult] = []
         info: dict[str, Any] = {}
         running = False
-        extra_cost, dropped = 0.0, 0
         for name in LANES:
             if backup.get(name) == "collected":
                 continue
-            lane = self._lane(sub, name)
-            try:
-                status = self.batch_status(lane)
-            except Exception as exc:
-                kind = self.error_kind(exc)
-                if kind == ApiErrorKind.TRANSIENT:
-                    self.log(f"{self.name}: reading batch {lane.remote_id} failed ({exc}); asking again")
-                    continue
-                if kind != ApiErrorKind.GONE:
-                    raise
-                self.log(f"{self.name}: the provider does not know batch {lane.remote_id} ({exc}); the other batch "
-                         "of its pair answers for it")
-                backup[name] = "collected"
+            polled = self._poll_lane(stage, sub, name, submissions, backup, pair, info, cancelled)
+            if polled is None:
                 continue
-            if not status.ended:
-                running = running or status.running
-                if name == "original":
-                    progress = {"phase": status.phase, **(status.counts or {})}
-                    if sub.info.get("provider") != progress:
-                        info["provider"] = progress
-                continue
-            last = all(backup.get(other) == "collected" for other in LANES if other != name)
-            collected = self._collect(stage, lane, status, submissions,
-                                      raw_name=None if name == "original" else f"{sub.id}-backup",
-                                      learn_turnaround=name not in cancelled)
-            self.batch_ended(lane)
-            backup[name] = "collected"
-            if name == "original":
-                info.update(collected.info or {})
-            else:
-                backup["billed"] = {k: v for k, v in (collected.info or {}).items() if k.startswith("billed_")}
-            for result in collected.results:
-                task = str(result.task_id)
-                if result.task_id in answered:
-                    extra_cost += result.cost or 0.0
-                    dropped += result.outcome == Outcome.DONE
-                elif result.outcome == Outcome.DONE:
-                    answered.add(result.task_id)
-                    if task in held:
-                        extra_cost += held.pop(task)[2] or 0.0
-                    results.append(result)
-                elif not last:
-                    if result.outcome == Outcome.FAILED:   # the other batch may still answer it
-                        held[task] = [result.error_class, result.error_message, result.cost]
-                elif result.outcome != Outcome.FAILED and task in held:
-                    error_class, message, cost = held.pop(task)
-                    results.append(TaskResult(result.task_id, Outcome.FAILED, error_class=error_class,
-                                              error_message=message, cost=cost))
-                else:
-                    held.pop(task, None)
-                    results.append(result)
-            if not last:
+            lane_running, taken = polled
+            running = running or lane_running
+            results += taken
+            if backup.get(name) == "collected" and not all(backup.get(other) == "collected" for other in LANES):
                 other = LANES[1 - LANES.index(name)]
                 self._cancel_lane(sub, other, name)
                 cancelled.append(other)
         finished = all(backup.get(name) == "collected" for name in LANES)
         if finished:
-            reported = {r.task_id for r in results}
-            for task, (error_class, message, cost) in held.items():
-                if int(task) not in reported:
-                    results.append(TaskResult(int(task), Outcome.FAILED, error_class=error_class,
-                                              error_message=message, cost=cost))
-            held = {}
-        if extra_cost or dropped:
-            self._count_hedge(stage.name, extra_cost=extra_cost, dropped=dropped)
-        backup.update(answered=sorted(answered), held=held, cancelled=cancelled)
+            results += pair.unanswered(results)
+        return self._pair_result(stage, sub, backup, pair, results, info, running, finished, cancelled)
+
+    def _poll_original(self, stage: StageContext, sub: SubmissionRecord, submissions: list[SubmissionRecord],
+                       backup: dict[str, Any], pair: PairAnswers, info: dict[str, Any]
+                       ) -> tuple[bool, list[TaskResult]] | None:
+        return self._poll_lane(stage, sub, "original", submissions, backup, pair, info,
+                               list(backup.get("cancelled") or []))
+
+    def _poll_lane(self, stage: StageContext, sub: SubmissionRecord, name: str, submissions: list[SubmissionRecord],
+                   backup: dict[str, Any], pair: PairAnswers, info: dict[str, Any],
+                   cancelled: list[str]) -> tuple[bool, list[TaskResult]] | None:
+        """One batch of a pair: (running, results to record); None when the provider did not answer.
+        An ended batch is collected and marked so in ``backup``; ``info`` gets what to write."""
+        lane = self._lane(sub, name)
+        try:
+            status = self.batch_status(lane)
+        except Exception as exc:
+            kind = self.error_kind(exc)
+            if kind == ApiErrorKind.TRANSIENT:
+                self.log(f"{self.name}: reading batch {lane.remote_id} failed ({exc}); asking again")
+                return None
+            if kind != ApiErrorKind.GONE:
+                raise
+            self.log(f"{self.name}: the provider does not know batch {lane.remote_id} ({exc}); the other lane "
+                     "of its pair answers for it")
+            backup[name] = "collected"
+            return False, []
+        if not status.ended:
+            if name == "original":
+                progress = {"phase": status.phase, **(status.counts or {})}
+                if sub.info.get("provider") != progress:
+                    info["provider"] = progress
+            return status.running, []
+        last = all(backup.get(other) == "collected" for other in LANES if other != name)
+        collected = self._collect(stage, lane, status, submissions,
+                                  raw_name=None if name == "original" else f"{sub.id}-backup",
+                                  learn_turnaround=name not in cancelled)
+        self.batch_ended(lane)
+        backup[name] = "collected"
+        if name == "original":
+            info.update(collected.info or {})
+        else:
+            backup["billed"] = {k: v for k, v in (collected.info or {}).items() if k.startswith("billed_")}
+        return False, pair.take(collected.results, last=last)
+
+    def _pair_result(self, stage: StageContext, sub: SubmissionRecord, backup: dict[str, Any], pair: PairAnswers,
+                     results: list[TaskResult], info: dict[str, Any], running: bool, finished: bool,
+                     cancelled: list[str]) -> PollResult | None:
+        if pair.extra_cost or pair.dropped:
+            self._count_hedge(stage.name, extra_cost=pair.extra_cost, dropped=pair.dropped)
+        pair.save(backup)
+        backup["cancelled"] = cancelled
         if backup != sub.info["backup"]:
             info["backup"] = backup
         if not (finished or results or info):
             return PollResult(running=running)
         return PollResult(finished=finished, running=running, results=results, info=info or None,
-                          lost_message="the batch and its backup ended without a result for this request")
+                          lost_message="the batch and its second copy ended without a result for this request")
 
     def _cancel_lane(self, sub: SubmissionRecord, name: str, winner: str) -> None:
         lane = self._lane(sub, name)

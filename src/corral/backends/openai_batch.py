@@ -13,11 +13,13 @@ with the Anthropic backend (corral.backends.llm_batch).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 from corral.backends.base import CapacityError, StageContext, SubmissionRecord
 from corral.backends.llm_batch import LlmBatchBackend
+from corral.backends.llm_flex import FlexTail
 from corral.backends.llm_results import (
     ApiErrorKind,
     BatchStatus,
@@ -41,13 +43,15 @@ _RUNNING = ("in_progress", "finalizing", "cancelling")
 _ENDED = ("completed", "expired", "cancelled", "failed")
 
 
-class OpenAIBatchBackend(LlmBatchBackend):
+class OpenAIBatchBackend(FlexTail, LlmBatchBackend):
     kind = "openai_batch"
     provider = "openai"
 
     def __init__(self, name: str, settings: OpenAIBatchSettings, **kwargs: Any):
         super().__init__(name, settings, **kwargs)
         self.settings: OpenAIBatchSettings = settings
+        self._flex_client: Any = None
+        self._flex_lock = threading.Lock()
 
     def make_client(self) -> Any:
         import openai
@@ -57,6 +61,19 @@ class OpenAIBatchBackend(LlmBatchBackend):
 
     def price(self, model: str | None) -> ModelPrice | None:
         return backend_price(model, self.settings)
+
+    def flex_request(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One request of the stage's endpoint with ``service_tier: "flex"``, its custom id as the
+        client request id. No retries here: a try that timed out may have run and been billed."""
+        import httpx
+
+        with self._flex_lock:
+            if self._flex_client is None:
+                self._flex_client = self.client.with_options(timeout=self.settings.hedge.flex_timeout, max_retries=0)
+        response = self._flex_client.post(self.settings.endpoint.removeprefix("/v1"), cast_to=httpx.Response,
+                                          body={**body, "service_tier": "flex"},
+                                          options={"headers": {"X-Client-Request-Id": custom_id}})
+        return response.json()
 
     def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"custom_id": custom_id, "method": "POST", "url": self.settings.endpoint, "body": body}

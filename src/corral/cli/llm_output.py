@@ -107,7 +107,11 @@ def progress_lines(data: dict[str, Any]) -> list[str]:
     lines = []
     for stage, llm in (data.get("llm") or {}).items():
         if llm.get("backups_sent") or llm.get("backups_refused"):
-            lines.append(f"{stage}: {llm['backups_sent']} backup batches sent ({llm['backups_in_flight']} in "
+            flex = llm.get("flex_sent") or 0
+            lanes = f"{llm['backups_sent']} backup batches sent" if not flex else \
+                f"{llm['backups_sent']} backups sent ({flex:,} flex requests: {llm['flex_answered']:,} answered, " \
+                f"{llm['flex_refused']:,} refused, {llm['flex_lost']:,} lost)"
+            lines.append(f"{stage}: {lanes} ({llm['backups_in_flight']} in "
                          f"flight, {llm['backups_refused']} refused by hedge.max_extra_cost), "
                          f"~{_usd(llm['backup_estimated_cost'])} estimated, {_usd(llm['backup_extra_cost'])} "
                          "billed for answers not used")

@@ -67,5 +67,9 @@ def llm_progress(loaded: LoadedCampaign, learning: Learning, open_subs: list[dic
                      "backups_sent": int(hedges.get("sent") or 0), "backups_in_flight": pairs,
                      "backups_refused": int(hedges.get("refused") or 0),
                      "backup_estimated_cost": float(hedges.get("estimated_cost") or 0.0),
-                     "backup_extra_cost": float(hedges.get("extra_cost") or 0.0)}
+                     "backup_extra_cost": float(hedges.get("extra_cost") or 0.0),
+                     "flex_sent": int(hedges.get("flex_sent") or 0),
+                     "flex_answered": int(hedges.get("flex_answered") or 0),
+                     "flex_refused": int(hedges.get("flex_refused") or 0) + int(hedges.get("flex_rejected") or 0),
+                     "flex_lost": int(hedges.get("flex_lost") or 0)}
     return out

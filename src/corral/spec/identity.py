@@ -112,6 +112,8 @@ KEY_KINDS: dict[str, KeyKind] = {
     "backends.*.hedge.mode": S,
     "backends.*.hedge.after": S,
     "backends.*.hedge.max_extra_cost": S,
+    "backends.*.hedge.flex_concurrency": S,
+    "backends.*.hedge.flex_timeout": S,
     "backends.*.token_window.window": S,
     "backends.*.prices.*.input": S,
     "backends.*.prices.*.output": S,

@@ -56,6 +56,7 @@ class TokenWindow(Strict):
 class HedgeMode(str, Enum):
     OFF = "off"
     BACKUP = "backup"
+    FLEX = "flex"
 
 
 class Hedge(Strict):
@@ -63,11 +64,18 @@ class Hedge(Strict):
     past ``after`` x the median turnaround gets a second batch with its unanswered requests
     (``backup``), the first answer of each request is recorded and the slower batch cancelled;
     the estimated cost of backups stays under ``max_extra_cost`` x the stage's projected cost.
+    ``flex`` (OpenAI only): the unanswered requests go as synchronous requests with
+    ``service_tier: "flex"`` (billed at the Batch price), ``flex_concurrency`` at a time, each
+    waiting up to ``flex_timeout``; the first answer of each request is recorded.
     ``off``: such a batch is cancelled and its unfinished requests sent again (``straggler_after``)."""
 
     mode: HedgeMode = HedgeMode.BACKUP
     after: float = Field(default=1.5, ge=1.0)
     max_extra_cost: float = Field(default=0.05, ge=0, le=1)
+    flex_concurrency: int = Field(default=128, ge=1, le=1000)
+    flex_timeout: float = 900.0
+
+    _check_timeout = field_validator("flex_timeout", mode="before")(_duration)
 
 
 class LlmBatchSettings(Strict):
@@ -118,6 +126,10 @@ class LlmBatchSettings(Strict):
     def _sizes(self) -> LlmBatchSettings:
         if self.min_requests_per_batch > self.max_requests_per_batch:
             raise ValueError("min_requests_per_batch is larger than max_requests_per_batch")
+        kind = getattr(self, "type", "")
+        if self.hedge.mode == HedgeMode.FLEX and kind != "openai_batch":
+            raise ValueError(f"hedge.mode 'flex' (synchronous requests with service_tier 'flex') is OpenAI's; "
+                             f"{kind} takes hedge.mode 'backup' or 'off'")
         return self
 
 
@@ -161,6 +173,10 @@ class OpenAIBatchSettings(LlmBatchSettings):
         if self.endpoint not in profile.endpoints:
             raise ValueError(f"endpoint {self.endpoint!r} is not served by {profile.provider}'s Batch API "
                              f"(profile {profile.name!r} takes {', '.join(profile.endpoints)})")
+        if self.hedge.mode == HedgeMode.FLEX and (profile.name != "openai" or self.endpoint not in FLEX_ENDPOINTS):
+            raise ValueError(f"hedge.mode 'flex' sends synchronous requests with service_tier 'flex' at the Batch "
+                             f"price: OpenAI's {' and '.join(FLEX_ENDPOINTS)} only (this backend: profile "
+                             f"{profile.name!r}, endpoint {self.endpoint!r}); use hedge.mode 'backup' or 'off'")
         return self
 
     @field_validator("completion_window")
@@ -197,5 +213,8 @@ class GeminiBatchSettings(LlmBatchSettings):
     max_requests_per_batch: int = Field(default=50_000, ge=1)
     max_bytes_per_batch: int = 2 * 1000 * 1000 * 1000
 
+
+#: the OpenAI endpoints that take ``service_tier: "flex"``
+FLEX_ENDPOINTS = ("/v1/chat/completions", "/v1/responses")
 
 LLM_BACKEND_TYPES = ("openai_batch", "anthropic_batch", "gemini_batch")

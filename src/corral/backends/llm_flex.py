@@ -1,0 +1,297 @@
+"""Flex requests for the tail of an OpenAI batch stage (``hedge: {mode: flex}``).
+
+A batch still unfinished past ``after`` x the median turnaround, once all of a stage's work is in
+flight, gets its unanswered requests sent again as synchronous requests with ``service_tier:
+"flex"`` (billed at the Batch price, slower than standard requests, sometimes refused with HTTP 429
+"resource unavailable", which is not billed). The batch keeps running; the pair is one submission,
+as with a backup batch (corral.backends.llm_hedge), its flex lane in the submission's info under
+``backup`` with ``lane: flex``:
+
+- the decision and the requests it covers are written to the ledger before any is sent (the
+  requests go out at the next poll, from threads of this process);
+- each answer is recorded when a poll takes it, if its request has no answer yet; once every
+  request of the batch has one, the batch is cancelled (its finished answers are still collected,
+  and dropped, their billed cost counted as extra spend);
+- a refused request is asked again a few times, then left to the batch;
+- a request is sent by flex at most once: a controller that stops with flex requests in flight
+  loses their answers (they may be billed), and the next one leaves those requests to the batch,
+  so no request is billed more than twice.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from corral.backends.base import PollResult, StageContext, SubmissionRecord, TaskResult, TaskSpec
+from corral.backends.llm_raw import SUFFIX, RawWriter, raw_path
+from corral.backends.llm_results import ResultLine, classify_line, task_of
+
+#: tries of a request refused with 429 (not billed) before it is left to its batch
+FLEX_TRIES = 5
+#: real seconds before the second try of a refused request (doubling, at most ``FLEX_MAX_WAIT``)
+FLEX_FIRST_WAIT = 0.5
+FLEX_MAX_WAIT = 8.0
+
+
+class FlexOutcome(str, Enum):
+    ANSWERED = "answered"
+    REFUSED = "refused"        # 429 after every try (resource unavailable, rate limit): not billed
+    REJECTED = "rejected"      # another 4xx: the provider will not take it (e.g. a model without flex)
+    LOST = "lost"              # no answer (timeout, connection): it may have run and be billed
+
+
+@dataclass
+class FlexAnswer:
+    custom_id: str
+    outcome: FlexOutcome
+    body: Any = None
+    status_code: int | None = None
+    message: str = ""
+
+
+#: sends one request and returns the provider's answer body; raises the SDK's exceptions
+Sender = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+class FlexPool:
+    """Daemon threads that send one request each; answers wait, per submission, for a poll to
+    take them. Threads are daemons so that a stopping controller never waits on a request."""
+
+    def __init__(self, size: int, send: Sender, status_of: Callable[[BaseException], int | None]):
+        self.size = size
+        self._send = send
+        self._status_of = status_of
+        self._jobs: queue.Queue[tuple[int, str, dict[str, Any]]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._answers: dict[int, list[FlexAnswer]] = {}
+        self._pending: dict[int, int] = {}
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def submit(self, sub_id: int, requests: list[tuple[str, dict[str, Any]]]) -> None:
+        with self._lock:
+            self._pending[sub_id] = self._pending.get(sub_id, 0) + len(requests)
+            self._answers.setdefault(sub_id, [])
+            while len(self._threads) < min(self.size, self._jobs.qsize() + len(requests) + len(self._threads)):
+                thread = threading.Thread(target=self._work, name=f"flex-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        for custom_id, body in requests:
+            self._jobs.put((sub_id, custom_id, body))
+
+    def knows(self, sub_id: int) -> bool:
+        with self._lock:
+            return sub_id in self._pending
+
+    def pending(self, sub_id: int) -> int:
+        with self._lock:
+            return self._pending.get(sub_id, 0)
+
+    def take(self, sub_id: int) -> list[FlexAnswer]:
+        with self._lock:
+            answers, self._answers[sub_id] = self._answers.get(sub_id, []), []
+            return answers
+
+    def forget(self, sub_id: int) -> None:
+        with self._lock:
+            self._pending.pop(sub_id, None)
+            self._answers.pop(sub_id, None)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _work(self) -> None:
+        while not self._closed:
+            try:
+                sub_id, custom_id, body = self._jobs.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            answer = self._ask(custom_id, body)
+            with self._lock:
+                if sub_id in self._pending:
+                    self._answers[sub_id].append(answer)
+                    self._pending[sub_id] -= 1
+
+    def _ask(self, custom_id: str, body: dict[str, Any]) -> FlexAnswer:
+        wait = FLEX_FIRST_WAIT
+        for attempt in range(1, FLEX_TRIES + 1):
+            if self._closed:
+                return FlexAnswer(custom_id, FlexOutcome.REFUSED, message="the controller stopped first")
+            try:
+                return FlexAnswer(custom_id, FlexOutcome.ANSWERED, body=self._send(custom_id, body), status_code=200)
+            except Exception as exc:  # noqa: BLE001 - every outcome is reported to the poll
+                status = self._status_of(exc)
+                message = f"{type(exc).__name__}: {exc}"
+                if status is None or status in (408, 409) or status >= 500:
+                    return FlexAnswer(custom_id, FlexOutcome.LOST, status_code=status, message=message)
+                if status != 429:
+                    return FlexAnswer(custom_id, FlexOutcome.REJECTED, status_code=status, message=message)
+                if attempt == FLEX_TRIES:
+                    return FlexAnswer(custom_id, FlexOutcome.REFUSED, status_code=status, message=message)
+            time.sleep(wait)
+            wait = min(FLEX_MAX_WAIT, wait * 2)
+        raise AssertionError("unreachable")
+
+
+class FlexTail:
+    """Mixed into the OpenAI batch backend, with HedgedTail: the flex lane of a hedged pair."""
+
+    _flex: FlexPool | None = None
+
+    def flex_request(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Provider-specific: send one request with ``service_tier: "flex"``, return the answer body."""
+        raise NotImplementedError(f"{self.name}: this provider has no flex requests")
+
+    def flex_status_of(self, exc: BaseException) -> int | None:
+        """The HTTP status of a failed flex request, None when no answer came."""
+        return getattr(exc, "status_code", None)
+
+    def _flex_pool(self) -> FlexPool:
+        if self._flex is None:
+            self._flex = FlexPool(self.settings.hedge.flex_concurrency, self.flex_request, self.flex_status_of)
+            self._flex_ready: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        return self._flex
+
+    def flex_refused_for(self, stage: str) -> str | None:
+        """Why the provider will not take flex requests for this stage (then backups are batches)."""
+        return self.memory.get("flex_off", {}).get(stage)
+
+    def send_flex(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> dict[str, Any]:
+        """Decide the flex lane: its requests are written with the submission before any is sent."""
+        backup = dict(submission.info["backup"])
+        state = self.state(stage)
+        entries, _, model = self._render(stage, tasks, state) if tasks else ([], {}, None)
+        if not entries:
+            return {"backup": {**backup, "state": "skipped"}}
+        price = self.price(model)
+        raw_tokens = sum(e.meta["raw_tokens"] for e in entries)
+        tokens = sum(e.tokens for e in entries)
+        out_tokens = self._expected_output(stage, state, entries)
+        cost = price.cost(raw_tokens * state.calibration.factor, out_tokens * len(entries)) if price else None
+        refusal = self._over_cap(stage.name, state, cost, tokens)
+        if refusal:
+            self.log(f"{self.name}: batch {submission.remote_id} is slow but gets no flex requests: {refusal}")
+            self._count_hedge(stage.name, refused=1)
+            return {"backup": {**backup, "state": "refused", "why": refusal}}
+        self._flex_pool()
+        self._flex_ready[submission.id] = [(e.custom_id, json.loads(e.line)["body"]) for e in entries]
+        self._count_hedge(stage.name, sent=1, flex_sent=len(entries), estimated_cost=cost or 0.0,
+                          estimated_tokens=tokens)
+        self.log(f"{self.name}: batch {submission.remote_id} has run {backup.get('elapsed', 0) / 60:.0f} min, past "
+                 f"{self.settings.hedge.after}x the median turnaround: its {len(entries)} unanswered requests go as "
+                 "flex requests")
+        backup.update(state="sent", lane="flex", remote_id=f"flex:{backup['key']}", submitted_at=self.now(),
+                      model=model, prefix=submission.info.get("prefix") or self.prefix(stage),
+                      tasks=[e.task_id for e in entries], tokens=tokens, raw_tokens=raw_tokens,
+                      requests=len(entries), cost=cost)
+        return {"backup": backup}
+
+    def _poll_flex_pair(self, stage: StageContext, sub: SubmissionRecord, submissions: list[SubmissionRecord],
+                        ask_batch: bool) -> PollResult | None:
+        backup = dict(sub.info["backup"])
+        pair = self.pair_answers(backup)
+        results: list[TaskResult] = []
+        info: dict[str, Any] = {}
+        running = False
+        if backup.get("backup") != "collected":
+            results += self._take_flex(stage, sub, backup, pair)
+        if backup.get("original") != "collected" and ask_batch:
+            polled = self._poll_original(stage, sub, submissions, backup, pair, info)
+            if polled is None:
+                return None
+            running, taken = polled
+            results += taken
+        cancelled = list(backup.get("cancelled") or [])
+        if backup.get("original") != "collected" and "original" not in cancelled and \
+                set(backup.get("tasks") or []) <= pair.answered:
+            try:
+                self.cancel_batch(sub.remote_id)
+                self.log(f"{self.name}: every request of batch {sub.remote_id} has its flex answer: cancelled; its "
+                         "finished answers are still collected")
+            except Exception as exc:  # noqa: BLE001 - it may have ended meanwhile: collected all the same
+                self.log(f"{self.name}: cancelling {sub.remote_id} failed: {exc}")
+            cancelled.append("original")
+        finished = backup.get("backup") == "collected" and backup.get("original") == "collected"
+        if finished:
+            results += pair.unanswered(results)
+            self._flex_pool().forget(sub.id)
+        return self._pair_result(stage, sub, backup, pair, results, info, running, finished, cancelled)
+
+    def _take_flex(self, stage: StageContext, sub: SubmissionRecord, backup: dict[str, Any],
+                   pair: Any) -> list[TaskResult]:
+        pool = self._flex_pool()
+        if sub.id in self._flex_ready:
+            pool.submit(sub.id, self._flex_ready.pop(sub.id))
+        elif not pool.knows(sub.id):
+            # Sent by a controller that stopped: never sent again, so billed at most twice.
+            lost = len(set(backup.get("tasks") or []) - pair.answered)
+            backup.update(backup="collected", lost=lost)
+            if lost:
+                self._count_hedge(stage.name, flex_lost=lost)
+                self.log(f"{self.name}: {lost} flex requests of batch {sub.remote_id} were in flight when an earlier "
+                         "controller stopped: their answers are lost; the batch answers for them")
+            return []
+        answers = pool.take(sub.id)
+        results: list[TaskResult] = []
+        if answers:
+            results = self._flex_results(stage, sub, backup, pair, answers)
+        if pool.pending(sub.id) == 0:
+            backup["backup"] = "collected"
+        return results
+
+    def _flex_results(self, stage: StageContext, sub: SubmissionRecord, backup: dict[str, Any], pair: Any,
+                      answers: list[FlexAnswer]) -> list[TaskResult]:
+        parse, price = self.parser(stage), self.price(backup.get("model"))
+        prefix = backup.get("prefix") or self.prefix(stage)
+        part = int(backup.get("raw_parts") or 0) + 1
+        raw = RawWriter(raw_path(stage.run_dir, stage.name, sub.id).with_name(f"{sub.id}-flex{part}{SUFFIX}"))
+        started, now = backup.get("submitted_at") or self.now(), self.now()
+        lines: list[TaskResult] = []
+        counts = {"flex_answered": 0, "flex_refused": 0, "flex_rejected": 0, "flex_lost": 0}
+        for answer in answers:
+            task_id = task_of(answer.custom_id, prefix)
+            if task_id is None:
+                continue
+            counts[f"flex_{answer.outcome.value}"] += 1
+            if answer.outcome != FlexOutcome.ANSWERED:
+                self._flex_failed(stage.name, sub, answer)
+                continue
+            line = flex_line(answer.custom_id, answer.body)
+            raw.add(task_id, line)
+            result = classify_line(line, parse, price)
+            result.task_id, result.started_at, result.finished_at = task_id, started, now
+            lines.append(result)
+        raw.commit()
+        if raw.count:
+            backup["raw_parts"] = part
+        self._count_hedge(stage.name, **{k: v for k, v in counts.items() if v})
+        return pair.take(lines, last=backup.get("original") == "collected")
+
+    def _flex_failed(self, stage: str, sub: SubmissionRecord, answer: FlexAnswer) -> None:
+        if answer.outcome == FlexOutcome.REJECTED and not self.flex_refused_for(stage):
+            why = f"HTTP {answer.status_code}: {answer.message}"
+            self.memory.set("flex_off", {**self.memory.get("flex_off", {}), stage: why})
+            self.log(f"{self.name}: the provider refused a flex request of stage {stage} ({why}); the stage's later "
+                     "stragglers get backup batches instead")
+        elif answer.outcome == FlexOutcome.LOST:
+            self.log(f"{self.name}: flex request {answer.custom_id} got no answer ({answer.message}); its batch "
+                     "answers for it")
+
+
+def flex_line(custom_id: str, body: Any) -> ResultLine:
+    """A flex answer as a result line, like a batch's (Chat Completions or Responses usage)."""
+    body = body if isinstance(body, dict) else {}
+    usage = body.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    return ResultLine(custom_id, "ok", body=body, status_code=200,
+                      tokens_in=usage.get("prompt_tokens", usage.get("input_tokens")),
+                      tokens_out=usage.get("completion_tokens", usage.get("output_tokens")),
+                      cached_in=details.get("cached_tokens") or 0)
+

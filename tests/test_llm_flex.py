@@ -1,0 +1,249 @@
+"""Flex requests for the tail of an OpenAI batch stage (``hedge: {mode: flex}``), with the official
+SDK against the simulator: the flex answers win and the batch is cancelled, a model without flex
+falls back to the batch, refusals leave requests to the batch, and `corral run` killed with SIGKILL
+ten times while flex requests and their batches are in flight. On SQLite and PostgreSQL.
+
+As in test_llm_hedge, chosen batches are made slow inside the simulator, so which lane answers
+first is known."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+from conftest import cli_env, corral_cli
+from test_llm_backends import MODELS, campaign, tasks
+from test_llm_hedge import ANSWER, ENV, billed, even_turnaround, hedges, slow_down, submission_infos
+
+from corral.api import Campaign
+from corral.engine.clock import VirtualClock
+from corral.sim import SimConfig, SimServer
+
+pytestmark = pytest.mark.usefixtures("campaign_ledger")
+
+FLEXED = {"pilot": 4, "max_requests_per_batch": 8, "batches_in_flight": 8,
+          "hedge": {"mode": "flex", "after": 1.5, "max_extra_cost": 0.5, "flex_concurrency": 8}}
+
+
+@pytest.fixture(autouse=True)
+def api_keys(monkeypatch):
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def clock():
+    return VirtualClock()
+
+
+def make_sim(clock=None, **flex) -> SimServer:
+    settings = {"flex_models": (MODELS["openai"],), "flex_latency_median_s": 20.0, "flex_latency_sigma": 0.3,
+                "flex_unavailable_rate": 0.0, **flex}
+    server = SimServer(SimConfig(seed=2, answer_template=ANSWER, turnaround=even_turnaround(300.0),
+                                 retry_after_s=0.01, **settings), clock=clock)
+    server.start()
+    return server
+
+
+def flex_billed(sim: SimServer) -> Counter:
+    """custom_id -> flex answers the simulator billed for it."""
+    return Counter(sim.summary()["sync"]["flex"]["billed_by_client_id"])
+
+
+def run_with(path, clock, sim, which, factor):
+    camp = Campaign.load(path)
+    run, _ = camp.start(clock=clock)
+    deadline = clock.now() + 48 * 3600
+    slowed: set[str] = set()
+
+    def stop() -> bool:
+        slow_down(sim, which, factor, slowed)
+        return clock.now() > deadline
+
+    run.run(clock=clock, max_interval=30.0, should_stop=stop)
+    return camp, run, slowed
+
+
+def test_flex_requests_answer_a_slow_batch_which_is_then_cancelled(tmp_path, clock):
+    sim = make_sim(clock)
+    try:
+        path = campaign(tmp_path, sim, "openai", items=44, backend=FLEXED)
+        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, 4.0)
+        rows = tasks(run)
+        assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
+        (slow,) = [sim.state.batches[i] for i in slowed]
+        assert slow.cancel_at is not None, "every request had its flex answer: the batch was cancelled"
+        assert len(sim.state.batches) == 6, "no backup batch: the lane is flex"
+        pair = next(i for i in submission_infos(run) if i.get("backup"))
+        lane = pair["backup"]
+        assert lane["lane"] == "flex" and lane["state"] == "sent"
+        assert set(lane["answered"]) == set(pair["tasks"]) and lane["backup"] == lane["original"] == "collected"
+        flex = flex_billed(sim)
+        assert sum(flex.values()) == len(lane["tasks"]) and max(flex.values()) == 1
+        # The slow batch's own finished answers were collected and dropped, their cost counted.
+        by_batch = sum(1 for _, o in slow.results(clock.now()) if o.kind == "succeeded")
+        counts = hedges(run)
+        assert counts["flex_sent"] == counts["flex_answered"] == len(lane["tasks"])
+        assert counts["dropped"] == by_batch
+        both = billed(sim, clock.now()) + flex
+        assert max(both.values()) <= 2
+        # The requests answered by flex are recorded with the flex answer's billed usage.
+        assert all(r["tokens_in"] and r["tokens_out"] for r in rows if r["id"] in lane["tasks"])
+        status = run.status()
+        assert status["llm"]["label"]["flex_answered"] == len(lane["tasks"])
+        camp.close()
+    finally:
+        sim.stop()
+
+
+def test_the_status_line_counts_flex_requests(tmp_path, clock):
+    sim = make_sim(clock)
+    try:
+        path = campaign(tmp_path, sim, "openai", items=44, backend=FLEXED)
+        camp, run, _ = run_with(path, clock, sim, lambda b: b.seq == 5, 4.0)
+        camp.close()
+        out = corral_cli(tmp_path, "status", env=ENV)
+        assert out.returncode == 0, out.stderr
+        assert "flex requests" in out.stdout and "answered" in out.stdout
+    finally:
+        sim.stop()
+
+
+def test_a_model_without_flex_leaves_its_requests_to_the_batch(tmp_path, clock):
+    sim = make_sim(clock, flex_models=())
+    try:
+        path = campaign(tmp_path, sim, "openai", items=44, backend=FLEXED)
+        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, 4.0)
+        rows = tasks(run)
+        assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
+        (slow,) = [sim.state.batches[i] for i in slowed]
+        assert slow.cancel_at is None, "nothing answered by flex: the batch ran to its end"
+        assert not flex_billed(sim)
+        counts = hedges(run)
+        assert counts["flex_rejected"] == counts["flex_sent"] > 0
+        with run.ledger.read() as conn:
+            from corral.ledger import learned
+            memory = learned.load(conn, run.id).get("backend:llm") or {}
+        assert "label" in (memory.get("flex_off") or {}), "later stragglers of the stage get backup batches"
+        camp.close()
+    finally:
+        sim.stop()
+
+
+def test_refused_flex_requests_are_asked_again_then_left_to_the_batch(tmp_path, clock):
+    sim = make_sim(clock, flex_unavailable_rate=1.0)
+    try:
+        path = campaign(tmp_path, sim, "openai", items=44, backend=FLEXED)
+        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, 4.0)
+        assert {r["state"] for r in tasks(run)} == {"done"}
+        counts = hedges(run)
+        assert counts["flex_refused"] == counts["flex_sent"] > 0
+        refused = sim.summary()["sync"]["flex_refused"]["unavailable"]
+        assert refused == 5 * counts["flex_sent"], "each refused request is tried five times"
+        assert not flex_billed(sim), "a refusal is not billed"
+        camp.close()
+    finally:
+        sim.stop()
+
+
+def test_flex_for_a_provider_without_it_is_refused_naming_the_key(tmp_path):
+    campaign(tmp_path, SimpleNamespace(base_url="http://127.0.0.1:9"), "anthropic",
+             backend={"hedge": {"mode": "flex"}})
+    out = corral_cli(tmp_path, "check", env=ENV)
+    assert out.returncode == 2, out.stderr
+    assert "hedge" in out.stderr and "flex" in out.stderr and "backup" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_kill9_while_flex_requests_are_in_flight_records_once_and_bills_at_most_twice(tmp_path):
+    # Real time: batches of about two seconds; every other batch after the pilot runs until the kills
+    # are over. Flex answers take 30-50 s, so those sent before a kill are still waiting at the
+    # simulator through the kills (answered to nobody: billed, never recorded).
+    sim = make_sim(None, flex_latency_median_s=40.0, flex_latency_sigma=0.15)
+    sim.config.turnaround = even_turnaround(2.0)
+    rng = random.Random(7)
+    slowed: set[str] = set()
+    stop = threading.Event()
+
+    def shape() -> None:
+        while not stop.is_set():
+            for batch in list(sim.state.batches.values()):
+                if batch.id not in slowed:
+                    slowed.add(batch.id)
+                    if batch.seq > 1 and batch.seq % 2 == 0:
+                        batch.ip_duration = 3600.0
+            time.sleep(0.02)
+
+    shaper = threading.Thread(target=shape, daemon=True)
+    shaper.start()
+    try:
+        folder = tmp_path / "labels"
+        path = campaign(folder, sim, "openai", items=44, backend={**FLEXED, "poll_interval": "0.3s",
+                                                                  "max_requests_per_batch": 5})
+        del path
+
+        def both_in_flight() -> bool:
+            now = sim.clock.now()
+            batch_running = any(b.id in slowed and b.seq > 1 and b.seq % 2 == 0 and not b.ended(now)
+                                for b in list(sim.state.batches.values()))
+            return batch_running and sim.summary()["sync"]["flex_waiting"] > 0
+
+        def controller() -> subprocess.Popen:
+            return subprocess.Popen([sys.executable, "-m", "corral", "run", "-q"], cwd=folder, env=cli_env(ENV),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        began = time.monotonic()
+        proc = controller()
+        startup = None
+        while not both_in_flight():
+            if startup is None and sim.state.batches:
+                startup = time.monotonic() - began
+            assert time.monotonic() - began < 90 and proc.poll() is None, "no flex request was sent"
+            time.sleep(0.05)
+        kills = during = 0
+        while True:
+            time.sleep(rng.uniform(0.0, 2.0))
+            if proc.poll() is not None:
+                break
+            during += both_in_flight()
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            if kills == 10:
+                break
+            proc = controller()
+            time.sleep(startup or 1.0)
+        assert kills == 10 and during == 10, f"{kills} kills, {during} with both lanes in flight"
+        stop.set()
+        shaper.join()
+        now = sim.clock.now()
+        for batch in list(sim.state.batches.values()):
+            if not batch.ended(now) and batch.cancel_at is None:
+                batch.ip_duration = max(0.0, now - batch.valid_at) + rng.uniform(0.5, 6.0)
+        corral_cli(folder, "run", "-q", env=ENV, check=0, timeout=240)
+        status = json.loads(corral_cli(folder, "status", "--json", env=ENV, check=0).stdout)
+        assert status["stages"]["label"]["done"] == 44
+        assert status["llm"]["label"]["flex_sent"] > 0 and status["llm"]["label"]["flex_lost"] > 0
+        records = json.loads(corral_cli(folder, "export", "-f", "json", env=ENV, check=0).stdout)
+        assert len(records) == 44 and len({r["pair"] for r in records}) == 44
+        deadline = time.monotonic() + 90
+        while sim.summary()["sync"]["flex_waiting"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not sim.summary()["sync"]["flex_waiting"]
+        flex = flex_billed(sim)
+        assert flex and max(flex.values()) == 1, "a request went out by flex more than once"
+        both = billed(sim, sim.clock.now()) + flex
+        assert max(both.values()) <= 2, "a request was billed more than twice"
+    finally:
+        stop.set()
+        shaper.join()
+        sim.stop()
