@@ -321,6 +321,8 @@ def test_bad_requests_are_refused_at_once(make_sim):
         client.chat.completions.create(model="o3", messages=[], service_tier="flex")
     with pytest.raises(openai.BadRequestError, match="service_tier"):
         client.chat.completions.create(**chat_body(8), service_tier="scale")
+    with pytest.raises(openai.BadRequestError, match="service_tier"):
+        client.chat.completions.create(**chat_body(8), extra_body={"service_tier": ["flex"]})
     assert sim.summary()["flex"]["requests"] == 0
 
 

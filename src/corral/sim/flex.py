@@ -112,7 +112,7 @@ class SyncApi:
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_request_error", "The request body must be a JSON object.")
         requested = body.get("service_tier")
-        if requested not in TIERS:
+        if not (requested is None or isinstance(requested, str)) or requested not in TIERS:
             raise ApiError(400, "invalid_request_error", f"Invalid value for 'service_tier': {requested!r}. "
                            "Supported values are: 'auto', 'default', 'flex' and 'priority'.", param="service_tier",
                            code="invalid_value")
