@@ -37,6 +37,7 @@ class VirtualClock:
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._now = start
         self._lock = threading.Lock()
+        self._advanced = threading.Condition(self._lock)
 
     def now(self) -> float:
         with self._lock:
@@ -48,6 +49,13 @@ class VirtualClock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self._now += max(0.0, seconds)
+            self._advanced.notify_all()
+
+    def wait_until(self, t: float, timeout: float | None = None) -> bool:
+        """Block until another thread advances the clock to ``t``, or ``timeout`` real seconds pass;
+        True if the clock has reached ``t``."""
+        with self._lock:
+            return self._advanced.wait_for(lambda: self._now >= t, timeout)
 
     def wake(self) -> None:
         pass

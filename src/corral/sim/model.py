@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from corral.errors import SpecError
 
 MB = 1024 * 1024
+_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}")
 
 
 @dataclass
@@ -69,7 +71,11 @@ TURNAROUND_MODELS = ("default", "heavy")
 
 
 FAULTS = ("http_5xx", "http_429", "timeout", "validation", "expire", "all_failed", "request_error",
-          "malformed_lines", "missing_lines")
+          "malformed_lines", "missing_lines", "flex_unavailable_rate")
+
+#: models that take ``service_tier: "flex"`` (and their dated snapshots, e.g. ``o3-2025-04-16``): those
+#: OpenAI's flex processing guide and the flex column of its pricing page name
+FLEX_MODELS = ("o3", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-5.1", "gpt-5.4", "gpt-5.5", "gpt-5.6")
 
 
 @dataclass
@@ -107,6 +113,17 @@ class SimConfig:
     timeout_delay_s: float = 5.0      # real seconds a "timeout" response is held back (after the effect)
     retry_after_s: float = 1.0        # sent as retry-after(-ms) with 429s and 5xx
 
+    # Flex processing (synchronous requests with service_tier "flex"): an answer is due
+    # flex_latency_median_s * exp(flex_latency_sigma * Z) + flex_seconds_per_output_token * output tokens
+    # after its arrival, in the shared clock's time. This share is refused at once with 429 Resource
+    # Unavailable (not billed); past flex_max_concurrent waiting at once, 429 rate_limit_exceeded.
+    flex_latency_median_s: float = 45.0
+    flex_latency_sigma: float = 0.8
+    flex_seconds_per_output_token: float = 0.01
+    flex_unavailable_rate: float = 0.05
+    flex_max_concurrent: int = 200
+    flex_models: tuple[str, ...] = FLEX_MODELS
+
     # Answers: a JSON template (strings may use {custom_id} and {index}); otherwise shaped by the
     # request's JSON schema; otherwise a short text.
     answer_template: Any = None
@@ -118,6 +135,13 @@ class SimConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.turnaround, Turnaround):
             self.turnaround = _turnaround(self.turnaround, None)
+        if isinstance(self.flex_models, list):
+            self.flex_models = tuple(self.flex_models)
+
+    def flex_supported(self, model: str) -> bool:
+        """Whether ``model`` takes service_tier "flex": one of ``flex_models`` or a dated snapshot of one."""
+        return model in self.flex_models or any(
+            _SNAPSHOT.fullmatch(model[len(name):]) for name in self.flex_models if model.startswith(name))
 
     def token_limit(self, model: str) -> int:
         return int(self.enqueued_token_limits.get(model, self.enqueued_token_limit))
@@ -183,6 +207,17 @@ class SimConfig:
         if not isinstance(self.enqueued_token_limits, dict):
             raise SpecError("enqueued_token_limits must map model names to token counts", file=file,
                             key="enqueued_token_limits")
+        for name in ("flex_latency_median_s", "flex_latency_sigma", "flex_seconds_per_output_token"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise SpecError(f"{name} is {value!r}", file=file, key=name, expected="a number, 0 or more")
+        if isinstance(self.flex_max_concurrent, bool) or not isinstance(self.flex_max_concurrent, int) \
+                or self.flex_max_concurrent < 1:
+            raise SpecError(f"flex_max_concurrent is {self.flex_max_concurrent!r}", file=file,
+                            key="flex_max_concurrent", expected="a whole number of requests, 1 or more")
+        if not isinstance(self.flex_models, tuple) or not all(isinstance(m, str) and m for m in self.flex_models):
+            raise SpecError(f"flex_models is {self.flex_models!r}", file=file, key="flex_models",
+                            expected="a list of model names (an empty list: no model takes flex)")
         if self.output_tokens is not None and (not isinstance(self.output_tokens, int) or self.output_tokens < 0):
             raise SpecError(f"output_tokens is {self.output_tokens!r}", file=file, key="output_tokens",
                             expected="a whole number of tokens, or null")

@@ -61,6 +61,11 @@ class OpenAIApi:
             ("GET", re.compile(r"/v1/batches/([^/]+)"), "GET /v1/batches/{id}", self.retrieve),
             ("POST", re.compile(r"/v1/batches/([^/]+)/cancel"), "POST /v1/batches/{id}/cancel", self.cancel),
         ]
+        from corral.sim.flex import SyncApi
+
+        #: synchronous Chat Completions and Responses requests, standard or flex
+        self.sync = SyncApi(self)
+        self.routes += self.sync.routes
 
     @staticmethod
     def error(exc: ApiError) -> Resp:
@@ -140,10 +145,11 @@ class OpenAIApi:
             parsed.urls.add(str(url))
             model = body.get("model")
             parsed.models.add(str(model))
-            parsed.requests.append(self._request(custom_id, str(url), body, model))
+            parsed.requests.append(self.request_of(custom_id, str(url), body, model))
         return parsed
 
-    def _request(self, custom_id: str, url: str, body: dict[str, Any], model: Any) -> Request:
+    def request_of(self, custom_id: str, url: str, body: dict[str, Any], model: Any) -> Request:
+        """What the simulator keeps of one request body (a batch line's or a synchronous request's)."""
         invalid = None
         if not isinstance(model, str) or not model:
             invalid = "Missing required parameter: 'model'."
@@ -328,28 +334,31 @@ class OpenAIApi:
             body = {"error": {"message": o.message, "type": o.error_type, "param": None, "code": None}}
             return {"id": line_id, "custom_id": req.custom_id, "error": None,
                     "response": {"status_code": o.status_code, "request_id": request_id, "body": body}}
-        created = int(b.valid_at)
-        if b.extra["endpoint"] == "/v1/responses":
-            body = {"id": f"resp_{request_id[4:]}", "object": "response", "created_at": created, "model": req.model,
-                    "status": "completed",
-                    "output": [{"type": "message", "id": f"msg_{request_id[4:]}", "role": "assistant",
-                                "status": "completed",
-                                "content": [{"type": "output_text", "text": o.text, "annotations": []}]}],
-                    "usage": {"input_tokens": o.input_tokens, "output_tokens": o.output_tokens,
-                              "total_tokens": o.input_tokens + o.output_tokens,
-                              "input_tokens_details": {"cached_tokens": 0},
-                              "output_tokens_details": {"reasoning_tokens": 0}}}
-        else:
-            body = {"id": f"chatcmpl-{request_id[4:]}", "object": "chat.completion", "created": created,
-                    "model": req.model, "system_fingerprint": "fp_sim",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": o.text, "refusal": None},
-                                 "logprobs": None, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": o.input_tokens, "completion_tokens": o.output_tokens,
-                              "total_tokens": o.input_tokens + o.output_tokens,
-                              "prompt_tokens_details": {"cached_tokens": 0},
-                              "completion_tokens_details": {"reasoning_tokens": 0}}}
+        body = answer_body(b.extra["endpoint"], request_id, int(b.valid_at), req.model, o)
         return {"id": line_id, "custom_id": req.custom_id, "error": None,
                 "response": {"status_code": 200, "request_id": request_id, "body": body}}
+
+
+def answer_body(endpoint: str, request_id: str, created: int, model: str, o: Outcome) -> dict[str, Any]:
+    """A succeeded request's answer: a ``chat.completion`` or, for /v1/responses, a ``response``."""
+    if endpoint == "/v1/responses":
+        return {"id": f"resp_{request_id[4:]}", "object": "response", "created_at": created, "model": model,
+                "status": "completed",
+                "output": [{"type": "message", "id": f"msg_{request_id[4:]}", "role": "assistant",
+                            "status": "completed",
+                            "content": [{"type": "output_text", "text": o.text, "annotations": []}]}],
+                "usage": {"input_tokens": o.input_tokens, "output_tokens": o.output_tokens,
+                          "total_tokens": o.input_tokens + o.output_tokens,
+                          "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens_details": {"reasoning_tokens": 0}}}
+    return {"id": f"chatcmpl-{request_id[4:]}", "object": "chat.completion", "created": created,
+            "model": model, "system_fingerprint": "fp_sim",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": o.text, "refusal": None},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": o.input_tokens, "completion_tokens": o.output_tokens,
+                      "total_tokens": o.input_tokens + o.output_tokens,
+                      "prompt_tokens_details": {"cached_tokens": 0},
+                      "completion_tokens_details": {"reasoning_tokens": 0}}}
 
 
 def _at(t: float | None, now: float) -> int | None:

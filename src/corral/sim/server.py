@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import urlsplit
 
 from corral.sim.clock import Clock, RealClock
 from corral.sim.core import Account, SimState
+from corral.sim.flex import Due, Tier
 from corral.sim.model import SimConfig
 from corral.sim.web import ApiError, Req, Resp, json_resp
 
@@ -45,6 +46,8 @@ class SimServer:
         self._thread: threading.Thread | None = None
         #: route ("POST /v1/files") -> [how, calls left] for fail_next
         self._scripted: dict[str, list] = {}
+        #: notified as each answer waiting for its time (flex) is settled: stop() waits for them all
+        self._settled = threading.Condition()
 
     @property
     def state(self) -> SimState:
@@ -75,11 +78,14 @@ class SimServer:
 
     def stop(self) -> None:
         if self._httpd is not None:
+            self._httpd.stopping.set()
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd.close_connections()
             if self._thread is not None:
                 self._thread.join(timeout=5)
+            with self._settled:
+                self._settled.wait_for(lambda: self.openai.sync.waiting == 0, timeout=5)
             self._httpd = self._thread = None
 
     def __enter__(self) -> Self:
@@ -131,11 +137,50 @@ class SimServer:
                     "requests_enqueued": dict(state.requests_enqueued), "batches_by_status": phases,
                     "faults": dict(state.faults), "rejections": dict(state.rejections),
                     "token_limit_failures": state.token_limit_failures, "files_uploaded": state.files_uploaded,
-                    "http_requests": dict(state.http_requests), "fault_rates": self.config.fault_rates()}
+                    "http_requests": dict(state.http_requests), "fault_rates": self.config.fault_rates(),
+                    **self.openai.sync.summary()}
+
+    def flex_billed(self) -> Counter:
+        """Flex answers billed per client request id (the X-Client-Request-Id header)."""
+        with self.account.lock:
+            return self.openai.sync.billed((Tier.FLEX,))
+
+    def sync_billed(self) -> Counter:
+        """Synchronous answers billed per client request id, at every tier (flex included)."""
+        with self.account.lock:
+            return self.openai.sync.billed()
+
+    def await_due(self, due: Due, stopping: threading.Event) -> Resp:
+        """Wait, without holding the account's lock, until the clock reaches ``due.at``; then settle and
+        return its answer, or DISCONNECT if the server stops first."""
+        answered = False
+        try:
+            answered = self._wait_until(due.at, stopping)
+        finally:
+            due.settle(answered)
+            with self._settled:
+                self._settled.notify_all()
+        return due.resp if answered else DISCONNECT
+
+    def _wait_until(self, t: float, stopping: threading.Event) -> bool:
+        """Block until the clock reads ``t`` (a virtual clock: until another thread advances it); False if
+        ``stopping`` is set first."""
+        wait_until = getattr(self.clock, "wait_until", None)
+        speed = getattr(self.clock, "speed", 1.0)
+        while not stopping.is_set():
+            now = self.clock.now()
+            if now >= t:
+                return True
+            if wait_until is not None:
+                wait_until(t, 0.5)
+            else:
+                stopping.wait(min((t - now) / speed, 1.0))
+        return False
 
     # -- dispatch -------------------------------------------------------------------------------------
-    def handle(self, req: Req) -> tuple[Resp, float]:
-        """Answer one request; the float is how long to hold the answer back (an injected timeout)."""
+    def handle(self, req: Req) -> tuple[Resp | Due, float]:
+        """Answer one request; the float is how long to hold the answer back (an injected timeout), in
+        real seconds after a ``Due`` answer's time."""
         if req.path.startswith("/sim/") or req.path == "/sim":
             return self._control(req), 0.0
         api = self.anthropic if req.path.startswith("/v1/messages") else \
@@ -229,6 +274,8 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: set by SimServer.stop: answers still waiting for their time are dropped
+        self.stopping = threading.Event()
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
 
@@ -284,16 +331,19 @@ class _Handler(BaseHTTPRequestHandler):
         host = headers.get("host") or f"{self.server.sim.host}:{self.server.server_address[1]}"
         req = Req(self.command, parts.path.rstrip("/") or "/", Req.parse_query(parts.query), headers, body,
                   f"http://{host}")
+        sim, stopping = self.server.sim, self.server.stopping
         try:
-            resp, delay = self.server.sim.handle(req)
+            resp, delay = sim.handle(req)
+            if isinstance(resp, Due):
+                resp = sim.await_due(resp, stopping)
         except Exception as exc:  # noqa: BLE001 (a bug in the simulator: answer like a server would, never hang the client)
             resp, delay = json_resp({"error": {"message": f"simulator error: {type(exc).__name__}: {exc}",
                                                "type": "server_error"}}, 500, {"x-should-retry": "false"}), 0.0
-        if resp is DISCONNECT:
+        if delay:
+            stopping.wait(delay)
+        if resp is DISCONNECT or stopping.is_set():
             self.close_connection = True
             return
-        if delay:
-            time.sleep(delay)
         self._send(resp)
 
     def _read_body(self) -> bytes:
