@@ -139,7 +139,7 @@ def billed(sim: SimServer) -> dict[str, Any]:
             counts = batch.counts(batch.end_time)
             tokens_in += counts["input_tokens"]
             tokens_out += counts["output_tokens"]
-    flex = sim.flex_usage()
+    flex = sim.summary()["flex"]
     price = price_for(MODEL)
     usd = price.cost(tokens_in, tokens_out) + price.cost(flex["input_tokens"], flex["output_tokens"])
     return {"tokens_in": tokens_in + flex["input_tokens"], "tokens_out": tokens_out + flex["output_tokens"],

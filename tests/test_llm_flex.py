@@ -25,7 +25,7 @@ from test_llm_backends import MODELS, campaign, tasks
 from test_llm_hedge import ANSWER, ENV, billed, even_turnaround, hedges, slow_down, submission_infos
 
 from corral.api import Campaign
-from corral.engine.clock import VirtualClock
+from corral.sim.clock import SteppedClock
 from corral.sim import SimConfig, SimServer
 
 pytestmark = pytest.mark.usefixtures("campaign_ledger")
@@ -42,7 +42,7 @@ def api_keys(monkeypatch):
 
 @pytest.fixture
 def clock():
-    return VirtualClock()
+    return SteppedClock()
 
 
 def make_sim(clock=None, **flex) -> SimServer:
@@ -56,7 +56,7 @@ def make_sim(clock=None, **flex) -> SimServer:
 
 def flex_billed(sim: SimServer) -> Counter:
     """custom_id -> flex answers the simulator billed for it."""
-    return Counter(sim.summary()["sync"]["flex"]["billed_by_client_id"])
+    return sim.flex_billed()
 
 
 def run_with(path, clock, sim, which, factor):
@@ -147,7 +147,7 @@ def test_refused_flex_requests_are_asked_again_then_left_to_the_batch(tmp_path, 
         assert {r["state"] for r in tasks(run)} == {"done"}
         counts = hedges(run)
         assert counts["flex_refused"] == counts["flex_sent"] > 0
-        refused = sim.summary()["sync"]["flex_refused"]["unavailable"]
+        refused = sim.summary()["flex"]["refused_unavailable"]
         assert refused == 5 * counts["flex_sent"], "each refused request is tried five times"
         assert not flex_billed(sim), "a refusal is not billed"
         camp.close()
@@ -195,7 +195,7 @@ def test_kill9_while_flex_requests_are_in_flight_records_once_and_bills_at_most_
             now = sim.clock.now()
             batch_running = any(b.id in slowed and b.seq > 1 and b.seq % 2 == 0 and not b.ended(now)
                                 for b in list(sim.state.batches.values()))
-            return batch_running and sim.summary()["sync"]["flex_waiting"] > 0
+            return batch_running and sim.summary()["flex"]["waiting"] > 0
 
         def controller() -> subprocess.Popen:
             return subprocess.Popen([sys.executable, "-m", "corral", "run", "-q"], cwd=folder, env=cli_env(ENV),
@@ -236,9 +236,9 @@ def test_kill9_while_flex_requests_are_in_flight_records_once_and_bills_at_most_
         records = json.loads(corral_cli(folder, "export", "-f", "json", env=ENV, check=0).stdout)
         assert len(records) == 44 and len({r["pair"] for r in records}) == 44
         deadline = time.monotonic() + 90
-        while sim.summary()["sync"]["flex_waiting"] and time.monotonic() < deadline:
+        while sim.summary()["flex"]["waiting"] and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not sim.summary()["sync"]["flex_waiting"]
+        assert not sim.summary()["flex"]["waiting"]
         flex = flex_billed(sim)
         assert flex and max(flex.values()) == 1, "a request went out by flex more than once"
         both = billed(sim, sim.clock.now()) + flex

@@ -65,15 +65,13 @@ class OpenAIBatchBackend(FlexTail, LlmBatchBackend):
     def flex_request(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """One request of the stage's endpoint with ``service_tier: "flex"``, its custom id as the
         client request id. No retries here: a try that timed out may have run and been billed."""
-        import httpx
-
         with self._flex_lock:
             if self._flex_client is None:
                 self._flex_client = self.client.with_options(timeout=self.settings.hedge.flex_timeout, max_retries=0)
-        response = self._flex_client.post(self.settings.endpoint.removeprefix("/v1"), cast_to=httpx.Response,
-                                          body={**body, "service_tier": "flex"},
-                                          options={"headers": {"X-Client-Request-Id": custom_id}})
-        return response.json()
+        answer = self._flex_client.post(self.settings.endpoint.removeprefix("/v1"), cast_to=object,
+                                        body={**body, "service_tier": "flex"},
+                                        options={"headers": {"X-Client-Request-Id": custom_id}})
+        return answer if isinstance(answer, dict) else {}
 
     def line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"custom_id": custom_id, "method": "POST", "url": self.settings.endpoint, "body": body}

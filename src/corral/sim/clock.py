@@ -34,3 +34,17 @@ class RealClock:
 
 #: time that moves only when advanced: the engine's virtual clock, so both can share one
 ManualClock = VirtualClock
+
+
+class SteppedClock(VirtualClock):
+    """A virtual clock whose every sleep also leaves ``pause`` real seconds to the threads that wait
+    on it (the simulator's flex answers, the backend's flex requests), so that an answer due during
+    a step reaches its client before the clock moves on, as it would in real time."""
+
+    def __init__(self, start: float = 1_700_000_000.0, pause: float = 0.01) -> None:
+        super().__init__(start)
+        self.pause = pause
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        time.sleep(self.pause)
