@@ -201,6 +201,13 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
+class OutcomeUnknown(TransientError):
+    """The submit call got no answer, may have taken effect, and the remote side could not be asked
+    whether it did. The submission stays unconfirmed, its tasks with it, and is looked up again
+    (``find``) at the next tick: sent again under its own key only once the remote side says it
+    does not have it, never under a new one."""
+
+
 class Backend(ABC):
     """One execution engine. Subclasses live one per file in this package."""
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from corral.backends.base import CapacityError, StageContext, SubmissionRecord
+from corral.backends.base import CapacityError, OutcomeUnknown, StageContext, SubmissionRecord
 from corral.llm.gemini_request import gemini_request
 from corral.backends.llm_batch import LlmBatchBackend
 from corral.backends.llm_results import ApiErrorKind, BatchStatus, ResultLine, iter_jsonl
@@ -123,6 +123,7 @@ class GeminiBatchBackend(LlmBatchBackend):
     def _look_again(self, stage: StageContext, submission: SubmissionRecord) -> tuple[str, dict[str, Any]] | None:
         """The job a create whose answer was lost made, if any: listed at once, then after
         ``LOOK_AGAIN`` seconds each, while the listing finds nothing or does not answer."""
+        failure = None
         for wait in (0.0, *LOOK_AGAIN):
             time.sleep(wait)
             try:
@@ -131,9 +132,13 @@ class GeminiBatchBackend(LlmBatchBackend):
                 if self.error_kind(exc) != ApiErrorKind.TRANSIENT:
                     raise
                 self.log(f"{self.name}: looking for the job of a create that got no answer failed ({exc})")
+                failure = failure or f"{type(exc).__name__}: {exc}"
                 continue
             if found is not None:
                 return found
+            failure = None   # the list answered without it
+        if failure is not None:
+            raise OutcomeUnknown(f"the create got no answer and the job list did not answer either ({failure})")
         return None
 
     def _forget_file(self, name: str) -> None:

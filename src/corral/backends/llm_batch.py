@@ -400,6 +400,9 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
         except CorralError:
             raise
         except Exception as exc:  # noqa: BLE001 - sending again without knowing could pay twice
+            if self.error_kind(exc) == ApiErrorKind.TRANSIENT:
+                raise TransientError(f"cannot look up whether submission {submission.id} was created before "
+                                     f"({type(exc).__name__}: {exc}); nothing was sent again") from None
             raise CorralError(f"backend {self.name!r}: cannot look up whether submission {submission.id} was "
                               f"created before the last stop ({type(exc).__name__}: {exc}); nothing was sent "
                               "again; run again when the API answers") from None

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from corral.backends.base import CapacityError, StageContext, SubmissionRecord
+from corral.backends.base import CapacityError, Handle, OutcomeUnknown, StageContext, SubmissionRecord
 from corral.backends.llm_batch import LlmBatchBackend
 from corral.backends.llm_flex import FlexTail
 from corral.backends.llm_results import (
@@ -98,7 +98,13 @@ class OpenAIBatchBackend(FlexTail, LlmBatchBackend):
             # Every try went unanswered, but one may have created the batch: adopt it if so.
             # If this lookup fails too, whether the batch exists is unknown: its file stays (the
             # sweep deletes it later unless an open batch of the run uses it).
-            found = self.find_batch(stage, submission)
+            try:
+                found = self.find_batch(stage, submission)
+            except Exception as lookup:
+                if self.error_kind(lookup) != ApiErrorKind.TRANSIENT:
+                    raise
+                raise OutcomeUnknown(f"the create got no answer and the batch list did not answer either "
+                                     f"({type(lookup).__name__}: {lookup})") from None
             if found is None:
                 self._forget_file(upload.id)
                 raise
@@ -196,6 +202,14 @@ class OpenAIBatchBackend(FlexTail, LlmBatchBackend):
             self.client.files.delete(file_id)
         except Exception:  # noqa: BLE001 - an orphan input file costs nothing but space
             pass
+
+    def find(self, stage: StageContext, submission: SubmissionRecord) -> Handle | None:
+        """A batch created before a stop, or by a create whose answer was lost: adopted, and the
+        other batches the SDK's retries of that create made with the same key cancelled."""
+        handle = super().find(stage, submission)
+        if handle is not None and self.settings.max_retries:
+            self._cancel_duplicates(submission.idempotency_key, handle.remote_id, submission.created_at)
+        return handle
 
     def find_batch(self, stage: StageContext, submission: SubmissionRecord) -> tuple[str, dict[str, Any]] | None:
         key = submission.idempotency_key

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from corral.backends.base import (
     Backend,
     CapacityError,
+    OutcomeUnknown,
     PollResult,
     StageContext,
     SubmissionPlan,
@@ -68,6 +69,10 @@ class Sending:
         except CapacityError as exc:
             self._unqueue(sub, retry_after=exc.retry_after or 30.0, message=str(exc), consume=False)
             self.log(f"backend {backend.name!r} refused submission {sub.id} for capacity: {exc}")
+            return False
+        except OutcomeUnknown as exc:
+            self._error(report, f"submission {sub.id} to {backend.name!r} may have been made ({exc}); it is looked "
+                                "up again at the next tick, and sent again only if the backend does not have it")
             return False
         except TransientError as exc:
             delay, message = self._transient.failed(backend.name, exc, len(tasks))

@@ -73,8 +73,8 @@ TURNAROUND_MODELS = ("default", "heavy")
 FAULTS = ("http_5xx", "http_429", "timeout", "validation", "expire", "all_failed", "request_error",
           "malformed_lines", "missing_lines", "flex_unavailable_rate")
 
-#: models that take ``service_tier: "flex"`` (and their dated snapshots, e.g. ``o3-2025-04-16``): those
-#: OpenAI's flex processing guide and the flex column of its pricing page name
+#: models that take ``service_tier: "flex"`` (and their dated snapshots, e.g. ``o3-2025-04-16``): o3 and
+#: o4-mini, for which flex opened, and the gpt-5 family as read from OpenAI's pricing page (it changes)
 FLEX_MODELS = ("o3", "o4-mini", "gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-5.1", "gpt-5.4", "gpt-5.5", "gpt-5.6")
 
 
