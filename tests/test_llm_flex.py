@@ -105,6 +105,31 @@ def test_flex_requests_answer_a_slow_batch_which_is_then_cancelled(tmp_path, clo
         sim.stop()
 
 
+def test_a_straggler_cancelled_in_the_tail_sends_its_unfinished_requests_by_flex(tmp_path, clock):
+    # The cap allows no second copy: the slow batch is cancelled past straggler_after; what it had
+    # not finished goes out as flex requests, not in a new batch, and nothing is billed twice.
+    sim = make_sim(clock)
+    try:
+        backend = {**FLEXED, "hedge": {**FLEXED["hedge"], "max_extra_cost": 0.0}, "straggler_after": 1.5}
+        path = campaign(tmp_path, sim, "openai", items=44, backend=backend)
+        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, 4.0)
+        rows = tasks(run)
+        assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
+        (slow,) = [sim.state.batches[i] for i in slowed]
+        assert slow.cancel_at is not None and len(sim.state.batches) == 6, "the rest went by flex, not a batch"
+        flexed = [s for s in run.submissions(open_only=False) if (s["remote_id"] or "").startswith("flex:")]
+        assert len(flexed) == 1 and flexed[0]["state"] == "finished"
+        unfinished = 8 - sum(1 for _, o in slow.results(clock.now()) if o.kind == "succeeded")
+        flex = flex_billed(sim)
+        assert sum(flex.values()) == unfinished > 0
+        assert max((billed(sim, clock.now()) + flex).values()) == 1, "a request was billed twice"
+        counts = hedges(run)
+        assert counts["refused"] == 1 and counts["flex_sent"] == counts["flex_answered"] == unfinished
+        camp.close()
+    finally:
+        sim.stop()
+
+
 def test_the_status_line_counts_flex_requests(tmp_path, clock):
     sim = make_sim(clock)
     try:

@@ -252,7 +252,8 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
 
     def _in_flight_of(self, sub: SubmissionRecord, state: State) -> InFlight:
         backup = sub.info.get("backup") or {}
-        if backup.get("lane") == "flex" and backup.get("original") == "collected":
+        if (sub.remote_id or "").startswith("flex:") or \
+                (backup.get("lane") == "flex" and backup.get("original") == "collected"):
             return InFlight(tokens=0.0, requests=0, cost=0.0)   # flex requests hold no room in the batch queue
         if backup.get("remote_id") and backup.get("backup") != "collected" and backup.get("lane") != "flex":
             lane = InFlight(tokens=float(backup.get("tokens") or 0.0), requests=int(backup.get("requests") or 0),
@@ -282,6 +283,8 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
                        f"backends.{self.name}.budget.max_usd, then `corral retry --error-class budget`")
             return Handle(f"none:{submission.idempotency_key}",
                           {**base_info, "rejected": {str(t.task_id): ["budget", message] for t in tasks}})
+        if self.flex_resend(stage, tasks):
+            return self.submit_flex(stage, submission, tasks, base_info)
         entries, rejected, model = self._render(stage, tasks, state)
         capacity = enqueued_capacity(self.settings, state)
         used = plan.in_flight_tokens
@@ -454,6 +457,11 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
             if early:
                 out[sub.id] = PollResult(running=False, results=early, info={"early_reported": True})
                 continue
+            if sub.remote_id.startswith("flex:"):
+                flex = self._poll_flex_only(stage, sub)
+                if flex is not None:
+                    out[sub.id] = flex
+                continue
             ask = now - self._last_poll.get(sub.id, -1e18) >= self.settings.poll_interval
             if (sub.info.get("backup") or {}).get("lane") == "flex" and (sub.info["backup"].get("remote_id")):
                 # Flex answers are taken at every poll; the batch is asked at its interval.
@@ -533,34 +541,6 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
         if str(sub.id) in counts:
             counts.pop(str(sub.id))
             self.memory.set("not_found", counts)
-
-    def _cancel_if_straggler(self, stage: StageContext, sub: SubmissionRecord,
-                             status: BatchStatus) -> dict[str, Any] | None:
-        """Once all of a stage's work is in flight, a batch far past the typical turnaround is
-        cancelled: its finished requests come back and only the rest go out again, in a fresh batch
-        with a fresh draw of the turnaround (against a heavy tail, the last batches decide the end)."""
-        factor = self.settings.straggler_after
-        state = self.state(stage)
-        if not factor or sub.info.get("straggler") or status.phase not in ("validating", "in_progress") or \
-                len(state.turnarounds) < 4 or not self.memory.get("tail", {}).get(stage.name):
-            return None
-        # Requests sent again after a cancelled straggler are not cancelled again (each new batch
-        # pays validation and queueing anew): only batches sent before the first one came back.
-        if (sub.submitted_at or sub.created_at) >= self.memory.get("resent_since", {}).get(stage.name, float("inf")):
-            return None
-        typical = sorted(state.turnarounds)[len(state.turnarounds) // 2]
-        elapsed = self.now() - (sub.submitted_at or sub.created_at)
-        if elapsed <= factor * typical:
-            return None
-        try:
-            self.cancel_batch(sub.remote_id)
-        except Exception as exc:  # noqa: BLE001 - it may have ended meanwhile
-            self.log(f"{self.name}: cancelling straggler {sub.remote_id} failed: {exc}")
-            return None
-        ran = f"{elapsed / 60:.0f} min" if elapsed >= 120 else f"{elapsed:.0f} s"
-        self.log(f"{self.name}: batch {sub.remote_id} has run {ran}, {elapsed / typical:.1f}x the "
-                 "median turnaround: cancelled; its finished requests are kept and the rest sent again")
-        return {"straggler": True}
 
     def _early_results(self, sub: SubmissionRecord) -> list[TaskResult]:
         """Requests never sent (rejected alone, or deferred to a later batch), reported at once."""

@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from corral.backends.base import PollResult, StageContext, SubmissionRecord, TaskResult, TaskSpec
+from corral.backends.base import Handle, PollResult, StageContext, SubmissionRecord, TaskResult, TaskSpec
 from corral.backends.llm_raw import SUFFIX, RawWriter, raw_path
 from corral.backends.llm_results import ResultLine, classify_line, task_of
+from corral.spec.llm import HedgeMode
+from corral.states import Outcome
 
 #: tries of a request refused with 429 (not billed) before it is left to its batch
 FLEX_TRIES = 5
@@ -248,13 +250,22 @@ class FlexTail:
 
     def _flex_results(self, stage: StageContext, sub: SubmissionRecord, backup: dict[str, Any], pair: Any,
                       answers: list[FlexAnswer]) -> list[TaskResult]:
-        parse, price = self.parser(stage), self.price(backup.get("model"))
-        prefix = backup.get("prefix") or self.prefix(stage)
-        part = int(backup.get("raw_parts") or 0) + 1
+        lines = self._flex_lines(stage, sub, backup, answers)
+        return pair.take([r for r in lines if r.outcome != Outcome.INTERRUPTED],
+                         last=backup.get("original") == "collected")
+
+    def _flex_lines(self, stage: StageContext, sub: SubmissionRecord, lane: dict[str, Any],
+                    answers: list[FlexAnswer]) -> list[TaskResult]:
+        """Each answer as its task's result (a request without an answer: INTERRUPTED, to go out
+        again by batch); the raw answers kept for ``corral reparse``; the counts in the hedges."""
+        parse, price = self.parser(stage), self.price(lane.get("model"))
+        prefix = lane.get("prefix") or self.prefix(stage)
+        part = int(lane.get("raw_parts") or 0) + 1
         raw = RawWriter(raw_path(stage.run_dir, stage.name, sub.id).with_name(f"{sub.id}-flex{part}{SUFFIX}"))
-        started, now = backup.get("submitted_at") or self.now(), self.now()
-        lines: list[TaskResult] = []
+        started, now = lane.get("submitted_at") or sub.submitted_at or self.now(), self.now()
+        results: list[TaskResult] = []
         counts = {"flex_answered": 0, "flex_refused": 0, "flex_rejected": 0, "flex_lost": 0}
+        unsent = set(self.memory.get("no_flex", {}).get(stage.name, []))
         for answer in answers:
             task_id = task_of(answer.custom_id, prefix)
             if task_id is None:
@@ -262,17 +273,88 @@ class FlexTail:
             counts[f"flex_{answer.outcome.value}"] += 1
             if answer.outcome != FlexOutcome.ANSWERED:
                 self._flex_failed(stage.name, sub, answer)
+                unsent.add(task_id)
+                results.append(TaskResult(task_id, Outcome.INTERRUPTED,
+                                          error_message=f"the flex request got no answer ({answer.message}): sent "
+                                                        "again in a batch"))
                 continue
             line = flex_line(answer.custom_id, answer.body)
             raw.add(task_id, line)
             result = classify_line(line, parse, price)
             result.task_id, result.started_at, result.finished_at = task_id, started, now
-            lines.append(result)
+            results.append(result)
         raw.commit()
         if raw.count:
-            backup["raw_parts"] = part
+            lane["raw_parts"] = part
         self._count_hedge(stage.name, **{k: v for k, v in counts.items() if v})
-        return pair.take(lines, last=backup.get("original") == "collected")
+        self._no_flex(stage.name, unsent)
+        return results
+
+    def _no_flex(self, stage: str, tasks: set[int]) -> None:
+        """Tasks whose flex request got no answer: never sent by flex again (each is billed at most
+        once by flex), so they go by batch."""
+        known = self.memory.get("no_flex", {})
+        if tasks - set(known.get(stage, [])):
+            self.memory.set("no_flex", {**known, stage: sorted(set(known.get(stage, [])) | tasks)})
+
+    # -- requests sent again in the tail: by flex, not in a new batch ----------------------------------
+
+    def flex_resend(self, stage: StageContext, tasks: list[TaskSpec]) -> bool:
+        """Whether these tasks go as flex requests: the stage is in its tail, a straggler was
+        cancelled (these are its unfinished requests, or retries), flex works for the stage, and
+        none of them already went by flex."""
+        if getattr(self.settings.hedge, "mode", None) != HedgeMode.FLEX or self.flex_refused_for(stage.name):
+            return False
+        if not self.memory.get("tail", {}).get(stage.name) or stage.name not in self.memory.get("resent_since", {}):
+            return False
+        unsent = set(self.memory.get("no_flex", {}).get(stage.name, []))
+        return bool(tasks) and not any(t.task_id in unsent for t in tasks)
+
+    def submit_flex(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
+                    base_info: dict[str, Any]) -> Handle:
+        """A submission of flex requests only; they go out at the next poll, once it is recorded."""
+        state = self.state(stage)
+        entries, rejected, model = self._render(stage, tasks, state)
+        info: dict[str, Any] = {**base_info, "rejected": rejected, "model": model, "lane": "flex"}
+        if not entries:
+            return Handle(f"none:{submission.idempotency_key}", info)
+        price = self.price(model)
+        raw_tokens = sum(e.meta["raw_tokens"] for e in entries)
+        cost = price.cost(raw_tokens * state.calibration.factor,
+                          self._expected_output(stage, state, entries) * len(entries)) if price else None
+        self._flex_pool()
+        self._flex_ready[submission.id] = [(e.custom_id, json.loads(e.line)["body"]) for e in entries]
+        self._count_hedge(stage.name, flex_sent=len(entries))
+        self.log(f"{self.name}: {len(entries)} requests of stage {stage.name} sent again in its tail go as flex "
+                 "requests")
+        info.update(tasks=[e.task_id for e in entries], requests=len(entries), raw_tokens=raw_tokens,
+                    tokens=sum(e.tokens for e in entries), cost=cost, submitted_at=self.now())
+        return Handle(f"flex:{submission.idempotency_key}", info)
+
+    def _poll_flex_only(self, stage: StageContext, sub: SubmissionRecord) -> PollResult | None:
+        pool = self._flex_pool()
+        info = dict(sub.info)
+        if sub.id in self._flex_ready:
+            pool.submit(sub.id, self._flex_ready.pop(sub.id))
+        elif not pool.knows(sub.id):
+            # Sent by a controller that stopped: the answers are lost; the requests go by batch.
+            lost = {int(t) for t in info.get("tasks") or []}
+            self._no_flex(stage.name, lost)
+            self._count_hedge(stage.name, flex_lost=len(lost))
+            self.log(f"{self.name}: {len(lost)} flex requests were in flight when an earlier controller stopped: "
+                     "their answers are lost; they go out again in a batch")
+            return PollResult(finished=True, lost_message="the flex request was in flight when the controller stopped: sent "
+                                           "again in a batch")
+        answers = pool.take(sub.id)
+        results = self._flex_lines(stage, sub, info, answers) if answers else []
+        finished = pool.pending(sub.id) == 0
+        if finished:
+            pool.forget(sub.id)
+        if not (results or finished):
+            return PollResult(running=True)
+        return PollResult(finished=finished, running=not finished, results=results,
+                          info={"raw_parts": info["raw_parts"]} if info.get("raw_parts") else None,
+                          lost_message="the flex request ended without an answer")
 
     def _flex_failed(self, stage: str, sub: SubmissionRecord, answer: FlexAnswer) -> None:
         if answer.outcome == FlexOutcome.REJECTED and not self.flex_refused_for(stage):

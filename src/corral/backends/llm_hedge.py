@@ -104,6 +104,10 @@ class HedgedTail:
         """Why this stage's stragglers get no flex requests (None: they may)."""
         return "this provider has no flex requests"
 
+    def flex_resend(self, stage: StageContext, tasks: list[TaskSpec]) -> bool:
+        """Whether these tasks, sent again in the tail, go as flex requests (a provider with flex)."""
+        return False
+
     def backup_due(self, submission: SubmissionRecord) -> bool:
         return (submission.info.get("backup") or {}).get("state") == "due"
 
@@ -131,6 +135,34 @@ class HedgedTail:
         sizes = self.memory.get("stage_size", {})
         if requests > sizes.get(stage, 0):
             self.memory.set("stage_size", {**sizes, stage: requests})
+
+    def _cancel_if_straggler(self, stage: StageContext, sub: SubmissionRecord,
+                             status: BatchStatus) -> dict[str, Any] | None:
+        """Once all of a stage's work is in flight, a batch far past the typical turnaround is
+        cancelled: its finished requests come back and only the rest go out again, in a fresh batch
+        with a fresh draw of the turnaround (against a heavy tail, the last batches decide the end)."""
+        factor = self.settings.straggler_after
+        state = self.state(stage)
+        if not factor or sub.info.get("straggler") or status.phase not in ("validating", "in_progress") or \
+                len(state.turnarounds) < 4 or not self.memory.get("tail", {}).get(stage.name):
+            return None
+        # Requests sent again after a cancelled straggler are not cancelled again (each new batch
+        # pays validation and queueing anew): only batches sent before the first one came back.
+        if (sub.submitted_at or sub.created_at) >= self.memory.get("resent_since", {}).get(stage.name, float("inf")):
+            return None
+        typical = sorted(state.turnarounds)[len(state.turnarounds) // 2]
+        elapsed = self.now() - (sub.submitted_at or sub.created_at)
+        if elapsed <= factor * typical:
+            return None
+        try:
+            self.cancel_batch(sub.remote_id)
+        except Exception as exc:  # noqa: BLE001 - it may have ended meanwhile
+            self.log(f"{self.name}: cancelling straggler {sub.remote_id} failed: {exc}")
+            return None
+        ran = f"{elapsed / 60:.0f} min" if elapsed >= 120 else f"{elapsed:.0f} s"
+        self.log(f"{self.name}: batch {sub.remote_id} has run {ran}, {elapsed / typical:.1f}x the "
+                 "median turnaround: cancelled; its finished requests are kept and the rest sent again")
+        return {"straggler": True}
 
     # -- send ------------------------------------------------------------------------------------
 
