@@ -208,13 +208,18 @@ def last_end(sim: SimServer) -> float:
 # -- policy 1: corral ------------------------------------------------------------------------------------
 
 def run_corral(folder: Path, seed: int, requests: int, pilot: int | None, turnaround: str,
-               hedge: dict[str, Any] | None = None, policy: str = "corral") -> dict[str, Any]:
+               hedge: dict[str, Any] | None = None, policy: str = "corral",
+               straggler_after: float | None = None) -> dict[str, Any]:
     from corral.api import Campaign
     from corral.sim.clock import SteppedClock
 
-    # Flex answers come from the simulator's threads: each step of the clock leaves them a moment.
+    from corral.backends.llm_flex import FlexPool
+
+    # Flex requests and answers travel between threads in real time: each step of the clock waits
+    # until every flex request out is waiting at the simulator (none on its way there or back).
     clock = SteppedClock(start=T0)
     sim = SimServer(sim_config(seed, turnaround), clock=clock)
+    clock.settle = lambda: FlexPool.sending() <= sim.openai.sync.waiting
     url = sim.start()
     os.environ["OPENAI_API_KEY"] = "sim"
     backend: dict[str, Any] = {"type": "openai_batch", "base_url": url + "/v1", "enqueued_token_limit": LIMIT,
@@ -223,6 +228,8 @@ def run_corral(folder: Path, seed: int, requests: int, pilot: int | None, turnar
         backend["pilot"] = pilot
     if hedge:
         backend["hedge"] = hedge
+    if straggler_after is not None:
+        backend["straggler_after"] = straggler_after
     spec = {"name": "frame-labels", "items": {"from": "frame_pairs.json"},
             "stages": {"label": {"backend": "openai", "retries": {"max": 3},
                                  "request": _template()}},
@@ -404,6 +411,10 @@ def main() -> int:
     parser.add_argument("--turnaround", choices=[*TURNAROUND_MODELS, "both"], default="default",
                         help="the simulator's turnaround model (both: one run of every policy per model)")
     parser.add_argument("--pilot", type=int, default=None, help="corral's pilot batch size (default: its default)")
+    parser.add_argument("--straggler-after", type=float, default=None,
+                        help="straggler_after for corral's policies (default: corral's)")
+    parser.add_argument("--flex-concurrency", type=int, default=None,
+                        help="hedge.flex_concurrency for the corral-flex policy (default: corral's)")
     parser.add_argument("--hedge-after", type=float, default=None,
                         help="hedge.after for the corral-backup and corral-flex policies (default: corral's)")
     parser.add_argument("--json", type=Path, default=None,
@@ -446,7 +457,10 @@ def run_model(folder: Path, model: str, policies: list[str], lines: list[bytes],
             hedge = dict(CORRAL_POLICIES[policy] or {})
             if hedge and args.hedge_after is not None:
                 hedge["after"] = args.hedge_after
-            result = run_corral(run_dir, args.seed, args.requests, args.pilot, model, hedge or None, policy)
+            if hedge.get("mode") == "flex" and args.flex_concurrency is not None:
+                hedge["flex_concurrency"] = args.flex_concurrency
+            result = run_corral(run_dir, args.seed, args.requests, args.pilot, model, hedge or None, policy,
+                                args.straggler_after)
         elif policy == "cron":
             result = run_cron(lines, args.seed, model)
         elif policy == "submit-all":

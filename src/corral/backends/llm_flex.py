@@ -66,6 +66,16 @@ class FlexPool:
     """Daemon threads that send one request each; answers wait, per submission, for a poll to
     take them. Threads are daemons so that a stopping controller never waits on a request."""
 
+    _sending = 0                 # requests being sent or waited on, over every pool of the process
+    _sending_lock = threading.Lock()
+
+    @classmethod
+    def sending(cls) -> int:
+        """Flex requests this process has out at the provider now (for a simulation on a shared
+        virtual clock, which waits for them to reach the simulator before moving on)."""
+        with cls._sending_lock:
+            return cls._sending
+
     def __init__(self, size: int, send: Sender, status_of: Callable[[BaseException], int | None]):
         self.size = size
         self._send = send
@@ -115,7 +125,13 @@ class FlexPool:
                 sub_id, custom_id, body = self._jobs.get(timeout=1.0)
             except queue.Empty:
                 continue
-            answer = self._ask(custom_id, body)
+            with FlexPool._sending_lock:
+                FlexPool._sending += 1
+            try:
+                answer = self._ask(custom_id, body)
+            finally:
+                with FlexPool._sending_lock:
+                    FlexPool._sending -= 1
             with self._lock:
                 if sub_id in self._pending:
                     self._answers[sub_id].append(answer)

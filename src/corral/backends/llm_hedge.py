@@ -142,6 +142,9 @@ class HedgedTail:
         cancelled: its finished requests come back and only the rest go out again, in a fresh batch
         with a fresh draw of the turnaround (against a heavy tail, the last batches decide the end)."""
         factor = self.settings.straggler_after
+        if factor and self.settings.hedge.mode == HedgeMode.FLEX and not self.flex_refused_for(stage.name):
+            # Its unfinished requests go out by flex, billed once: no reason to wait longer than a race.
+            factor = min(factor, self.settings.hedge.after)
         state = self.state(stage)
         if not factor or sub.info.get("straggler") or status.phase not in ("validating", "in_progress") or \
                 len(state.turnarounds) < 4 or not self.memory.get("tail", {}).get(stage.name):

@@ -72,7 +72,7 @@ class Hedge(Strict):
     mode: HedgeMode = HedgeMode.BACKUP
     after: float = Field(default=1.5, ge=1.0)
     max_extra_cost: float = Field(default=0.05, ge=0, le=1)
-    flex_concurrency: int = Field(default=128, ge=1, le=1000)
+    flex_concurrency: int = Field(default=192, ge=1, le=1000)
     flex_timeout: float = 900.0
 
     _check_timeout = field_validator("flex_timeout", mode="before")(_duration)
