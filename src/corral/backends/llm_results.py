@@ -141,7 +141,9 @@ def early_results(info: dict[str, Any]) -> list[TaskResult]:
     """Requests of a submission never sent (rejected alone, or deferred to a later batch)."""
     results = []
     for task_id, (error_class, message) in (info.get("rejected") or {}).items():
-        results.append(TaskResult(int(task_id), Outcome.FAILED, error_class=error_class, error_message=message))
+        # Not sent because of the budget: stopped, not failed (no attempt used).
+        outcome = Outcome.BUDGET if error_class == ErrorClass.BUDGET else Outcome.FAILED
+        results.append(TaskResult(int(task_id), outcome, error_class=error_class, error_message=message))
     for task_id in info.get("deferred") or []:
         results.append(TaskResult(int(task_id), Outcome.CAPACITY, error_class=ErrorClass.CAPACITY,
                                   error_message="did not fit this batch; goes in a later one",

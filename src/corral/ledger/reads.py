@@ -83,10 +83,10 @@ def failure_counts(ledger: Ledger, run_id: str) -> list[dict[str, Any]]:
 
 
 def common_errors(ledger: Ledger, run_id: str) -> list[dict[str, Any]]:
-    """Per stage and end state (failed, or cancelled with a cause): how many tasks, the most common
-    error class, how many have it, its most common message and one task with it."""
+    """Per stage and end state (failed, stopped by the budget, or cancelled with a cause): how many
+    tasks, the most common error class, how many have it, its most common message and one task with it."""
     t = schema.tasks
-    ended_badly = (t.c.run_id == run_id) & ((t.c.state == TaskState.FAILED) |
+    ended_badly = (t.c.run_id == run_id) & (t.c.state.in_([TaskState.FAILED, TaskState.BUDGET]) |
                                             ((t.c.state == TaskState.CANCELLED) & t.c.error_class.is_not(None)))
     by_class = (select(t.c.stage, t.c.state, t.c.error_class, func.count()).where(ended_badly)
                 .group_by(t.c.stage, t.c.state, t.c.error_class))
