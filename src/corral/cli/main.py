@@ -261,7 +261,8 @@ def retry(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_
           error_class: Optional[str] = typer.Option(None, "--error-class", help="Only failures of this class."),
           cancelled: bool = typer.Option(False, "--cancelled", help="Also tasks cancelled by the user."),
           as_json: bool = JSON) -> None:
-    """Send failed tasks back to pending (attempt numbers go on, retries count afresh); then `corral run` or `tick`."""
+    """Send failed tasks, and those the budget stopped, back to pending (attempt numbers go on, retries count
+    afresh); then `corral run` or `tick`."""
     campaign, _ = _campaign(args, ledger)
     done = campaign.retry(run_id=run_id, stage=stage, error_class=error_class, cancelled=cancelled)
     if as_json:
