@@ -223,7 +223,7 @@ class Campaign:
         report = run.tick(clock)
         return {"run_id": run.id, "created": created, "messages": run.messages, "locked": report.locked, "submitted": report.submitted,
                 "submitted_tasks": report.submitted_tasks, "completed": report.completed, "failed": report.failed,
-                "in_flight": report.in_flight, "status": report.status, "errors": report.errors}
+                "stopped_by_budget": report.stopped, "in_flight": report.in_flight, "status": report.status, "errors": report.errors}
 
     # -- one run -----------------------------------------------------------------------
 

@@ -212,17 +212,20 @@ def billed_requests(campaign, stage: str, resumable: str | None):
     from corral.ledger.reads import billed_requests as read_billed, stage_spending
     from corral.llm.cost_range import MIN_OBSERVED, Billed
 
-    ledger = campaign.ledger()
-    runs = [r["id"] for r in ledger.find_runs(name=campaign.spec.name)][:RUNS_LOOKED_AT]
-    if resumable in runs:
-        runs.remove(resumable)
-        runs.insert(0, resumable)
-    for run_id in runs:
-        rows = read_billed(ledger, run_id, stage)
-        if len(rows) < MIN_OBSERVED:
-            continue
-        spent, done = stage_spending(ledger, run_id, stage) if run_id == resumable else (0.0, 0)
-        return Billed(run_id=run_id, requests=rows, continues=run_id == resumable, spent_usd=spent, done=done)
+    try:
+        ledger = campaign.ledger()
+        runs = [r["id"] for r in ledger.find_runs(name=campaign.spec.name)][:RUNS_LOOKED_AT]
+        if resumable in runs:
+            runs.remove(resumable)
+            runs.insert(0, resumable)
+        for run_id in runs:
+            rows = read_billed(ledger, run_id, stage)
+            if len(rows) < MIN_OBSERVED:
+                continue
+            spent, done = stage_spending(ledger, run_id, stage) if run_id == resumable else (0.0, 0)
+            return Billed(run_id=run_id, requests=rows, continues=run_id == resumable, spent_usd=spent, done=done)
+    except CorralError:   # a ledger that cannot be read: the range comes from the assumptions
+        return None
     return None
 
 

@@ -175,7 +175,9 @@ def tick(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_i
         err.print(f"run {data['run_id']}: another controller is ticking; nothing done")
     else:
         err.print(f"run {data['run_id']}: submitted {data['submitted_tasks']} tasks in {data['submitted']} "
-                  f"submissions, recorded {data['completed']} done and {data['failed']} failed; {data['status']}",
+                  f"submissions, recorded {data['completed']} done and {data['failed']} failed"
+                  + (f", {data['stopped_by_budget']} stopped by the budget" if data["stopped_by_budget"] else "")
+                  + f"; {data['status']}",
                   highlight=False)
         for message in data["errors"]:
             err.print(f"  {message}", highlight=False)

@@ -76,7 +76,8 @@ def _line(provider: str, settings: Any, body: dict[str, Any]) -> dict[str, Any]:
     return {"custom_id": custom_id, "method": "POST", "url": getattr(settings, "endpoint", ""), "body": body}
 
 
-def project(loaded: Any, name: str, stage: Any, items: list[Any], billed: Billed | None = None) -> dict[str, Any] | None:
+def project(loaded: Any, name: str, stage: Any, items: list[Any],
+            billed: Billed | None = None) -> dict[str, Any] | None:
     """Render a sample of the items and extrapolate to all of them; ``billed``: what the ledger knows
     of the stage's billed requests, for the cost range."""
     if not is_llm(loaded, stage):
@@ -148,9 +149,9 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any], billed: Billed
     if price is not None:
         tokenizer = estimator.tokenizer if estimator else None
         output = output_assumption(settings.expected_output_tokens, max(outputs) if outputs else None, output_key)
-        out["cost_range"] = cost_range(price, requests=count, per_in=per_in, in_error=input_error(provider, tokenizer),
-                                       tokenizer=tokenizer, output=output, billed=billed,
-                                       max_usd=settings.budget.max_usd if settings.budget is not None else None)
+        out["cost_range"] = cost_range(
+            price, requests=count, per_in=per_in, in_error=input_error(provider, tokenizer), tokenizer=tokenizer,
+            output=output, billed=billed, max_usd=settings.budget.max_usd if settings.budget is not None else None)
     out.update(tokens_per_request=round(per_in, 1), bytes_per_request=round(per_bytes), output_basis=out_basis,
                requests_per_batch=min(per_batch, max(1, count - pilot)), batches=batches, pilot=pilot, tokens_in=round(tokens_in),
                tokens_out=round(tokens_out), cost_usd=round(price.cost(tokens_in, tokens_out), 4) if price else None,
