@@ -306,7 +306,7 @@ class LlmBatchBackend(BudgetGate, HedgedTail, BatchCollection, Backend):
                 state.budget_waits = plan.open_batches
                 self.save_state()
             else:   # nothing in flight will free budget: what does not fit now never will
-                message = self._spent_message(plan, would_pass=True)
+                message = self._spent_message(plan)
                 rejected.update({str(e.task_id): [ErrorClass.BUDGET.value, message] for e in over})
                 over = []
         deferred = [e.task_id for e in packed.deferred + over]

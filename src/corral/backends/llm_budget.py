@@ -27,12 +27,9 @@ class BudgetGate:
         state.follow_calibration()
         return price.cost(state.tokens_per_request, self._expected_output(stage, state, []))
 
-    def _spent_message(self, plan: Any, would_pass: bool = False) -> str:
-        max_usd = self.settings.budget.max_usd
-        what = f"its estimated cost would pass the budget of ${max_usd:,.2f}" if would_pass else \
-            f"the budget of ${max_usd:,.2f} is spent"
-        return (f"not sent: {what} (${plan.spent:,.2f} recorded); raise backends.{self.name}.budget.max_usd, "
-                "then `corral retry --error-class budget`")
+    def _spent_message(self, plan: Any) -> str:
+        return (f"not sent: it would pass the budget of ${self.settings.budget.max_usd:,.2f} (${plan.spent:,.2f} "
+                f"recorded); raise backends.{self.name}.budget.max_usd, then `corral retry --error-class budget`")
 
     def _within_budget(self, entries: list[Entry], price: ModelPrice | None, out_tokens: float,
                        plan: Any) -> tuple[list[Entry], list[Entry]]:
