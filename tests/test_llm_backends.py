@@ -263,11 +263,13 @@ def test_budget_stops_before_the_cap(tmp_path, clock, sim_factory):
     camp, run = run_to_end(path, clock)
     rows = tasks(run)
     done = [r for r in rows if r["state"] == "done"]
-    over = [r for r in rows if r["state"] == "failed"]
-    assert done and over
+    over = [r for r in rows if r["state"] == "budget"]
+    assert done and over and len(done) + len(over) == len(rows)   # stopped by the budget, none failed
     assert {r["error_class"] for r in over} == {"budget"}
+    assert {r["attempts"] for r in over} == {0}   # never sent: no attempt used
     assert sum(r["cost"] for r in done) <= 0.25
     assert "budget" in over[0]["error_message"]
+    assert run.status()["run"]["status"] == "budget_reached"
     camp.close()
 
 

@@ -128,9 +128,9 @@ def test_a_model_without_a_price_under_a_budget_fails_its_requests_with_a_clear_
     out = corral_cli(folder, "run", "-q", env=ENV, timeout=120)
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr
-    assert states(folder) == {"failed": 4, "total": 4}
+    assert states(folder) == {"budget": 4, "total": 4}
     rows = query_ledger(folder, "SELECT error_class, error_message, attempts FROM tasks")
-    assert {r[0] for r in rows} == {"budget"}
+    assert {r[0] for r in rows} == {"budget"} and {r[2] for r in rows} == {0}
     message = rows[0][1]
     assert "model 'gpt-unpriced' has no price" in message and "backends.llm.prices" in message
     assert sim.state.requests_enqueued["openai"] == 0

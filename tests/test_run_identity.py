@@ -403,8 +403,9 @@ def test_raising_max_usd_then_retrying_the_budget_failures_continues_the_same_ru
                                      "backends": {"llm": backend}})
     corral_cli(tmp_path, "run", "-q", env=env, check=1)
     run_id = runs_of(tmp_path)[0]["id"]
-    failed = query_ledger(tmp_path, "SELECT error_class FROM tasks WHERE state = 'failed'")
+    failed = query_ledger(tmp_path, "SELECT error_class FROM tasks WHERE state = 'budget'")
     assert failed and {r[0] for r in failed} == {"budget"}
+    assert not query_ledger(tmp_path, "SELECT id FROM tasks WHERE state = 'failed'")
     sent = sim.state.requests_enqueued["openai"]
     assert sent < 12
     # The documented workflow: raise max_usd, retry the budget failures, run again.

@@ -13,17 +13,22 @@ class TaskState(str, Enum):
     DONE = "done"
     FAILED = "failed"        # attempts exhausted or not retryable; the last error is kept
     CANCELLED = "cancelled"  # by the user, or because a needed task failed (error class "upstream")
+    #: not sent because sending it would pass the backend's money budget: no attempt used, not a
+    #: failure; `corral retry --error-class budget` after raising the budget sends it
+    BUDGET = "budget"
 
     def __str__(self) -> str:
         return self.value
 
 
-TERMINAL = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)
+TERMINAL = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED, TaskState.BUDGET)
 IN_FLIGHT = (TaskState.QUEUED, TaskState.RUNNING)
 #: not finished: waiting on needs, ready, or with a backend
 ACTIVE = (TaskState.WAITING, TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING)
 #: ended without a result
-ENDED_BADLY = (TaskState.FAILED, TaskState.CANCELLED)
+ENDED_BADLY = (TaskState.FAILED, TaskState.CANCELLED, TaskState.BUDGET)
+#: ended without a result because something went wrong (a stop by the budget is not a failure)
+FAILURES = (TaskState.FAILED, TaskState.CANCELLED)
 ALL_STATES = tuple(TaskState)
 
 
@@ -48,6 +53,9 @@ class RunStatus(str, Enum):
     ACTIVE = "active"
     FINISHED = "finished"
     FINISHED_WITH_FAILURES = "finished_with_failures"
+    #: nothing left to do but tasks the budget stopped (state ``budget``): raise the budget and
+    #: `corral retry --error-class budget` to finish it
+    BUDGET_REACHED = "budget_reached"
     CANCELLED = "cancelled"
 
     def __str__(self) -> str:
@@ -100,6 +108,7 @@ class Outcome(str, Enum):
     INTERRUPTED = "interrupted"  # stopped by a signal or preemption: run again, attempt kept
     CAPACITY = "capacity"        # rate limit or capacity: run again, attempt kept
     LOST = "lost"                # never started (worker gone): run again, attempt kept
+    BUDGET = "budget"            # not sent: it would pass the budget (state budget, attempt kept)
 
     def __str__(self) -> str:
         return self.value

@@ -223,7 +223,7 @@ class Campaign:
         report = run.tick(clock)
         return {"run_id": run.id, "created": created, "messages": run.messages, "locked": report.locked, "submitted": report.submitted,
                 "submitted_tasks": report.submitted_tasks, "completed": report.completed, "failed": report.failed,
-                "in_flight": report.in_flight, "status": report.status, "errors": report.errors}
+                "stopped_by_budget": report.stopped, "in_flight": report.in_flight, "status": report.status, "errors": report.errors}
 
     # -- one run -----------------------------------------------------------------------
 
@@ -245,7 +245,8 @@ class Campaign:
 
     def retry(self, run_id: str | None = None, stage: str | None = None, error_class: str | None = None,
               cancelled: bool = False) -> dict[str, Any]:
-        """``corral retry``: failed (and with ``cancelled``, cancelled) tasks back to pending, their
+        """``corral retry``: failed tasks and those the budget stopped (state ``budget``; with
+        ``cancelled``, cancelled ones too) back to pending, their
         attempt numbers going on and their retries counted afresh. Returns ``{"run_id", "tasks"}``:
         how many will run again."""
         from corral.api.checks import check_stage

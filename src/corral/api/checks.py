@@ -154,6 +154,19 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
     from corral.engine.results_files import check_template as check_results_template
 
     check_results_template(loaded, sample)
+    resumable, adds, drops = None, 0, 0
+    ledger_path = campaign.sqlite_path() if campaign.ledger_url.startswith("sqlite") else None
+    known = ledger_path is None or ledger_path.exists()
+    if known:
+        try:
+            run = find_resumable(campaign.ledger(), loaded, chosen)
+            resumable = run["id"] if run else None
+            if run is not None:
+                from corral.engine.continuing import membership_preview
+
+                adds, drops = membership_preview(campaign.ledger(), loaded, run, chosen)
+        except CorralError:
+            resumable = None
     for name in loaded.stage_order():
         stage = spec.stages[name]
         failures = sampled_template_failures(loaded, name, stage, items)
@@ -167,23 +180,12 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
         if stage.request is not None:
             from corral.llm.projection import project
 
+            billed = billed_requests(campaign, name, resumable) if known else None
             stages[name].update(kind="request", action=f"LLM request ({stage.request.get('model') or 'model'})",
-                                llm=project(loaded, name, stage, items))
+                                llm=project(loaded, name, stage, items, billed=billed))
     found = preflight(loaded)
     for name, slots in found.slots.items():
         stages[name]["slots"] = slots
-    resumable, adds, drops = None, 0, 0
-    ledger_path = campaign.sqlite_path() if campaign.ledger_url.startswith("sqlite") else None
-    if ledger_path is None or ledger_path.exists():
-        try:
-            run = find_resumable(campaign.ledger(), loaded, chosen)
-            resumable = run["id"] if run else None
-            if run is not None:
-                from corral.engine.continuing import membership_preview
-
-                adds, drops = membership_preview(campaign.ledger(), loaded, run, chosen)
-        except CorralError:
-            resumable = None
     preview_part = {}
     if preview:
         from corral.engine.preview import preview_submissions
@@ -198,6 +200,33 @@ def plan(campaign, chosen, preview: bool = False) -> dict[str, Any]:
         "adds_items": adds, "drops_items": drops,
         "sample_item": sample, "gpus": found.to_dict()["gpus"], "secrets": found.to_dict()["secrets"],
     }
+
+
+#: the newest runs of a campaign whose billed requests ``corral check`` looks at for a cost range
+RUNS_LOOKED_AT = 20
+
+
+def billed_requests(campaign, stage: str, resumable: str | None):
+    """What the ledger knows of a stage's billed requests, for its cost range: the run ``corral run``
+    would continue (with what it spent), else the newest run of the campaign that billed some."""
+    from corral.ledger.reads import billed_requests as read_billed, stage_spending
+    from corral.llm.cost_range import MIN_OBSERVED, Billed
+
+    try:
+        ledger = campaign.ledger()
+        runs = [r["id"] for r in ledger.find_runs(name=campaign.spec.name)][:RUNS_LOOKED_AT]
+        if resumable in runs:
+            runs.remove(resumable)
+            runs.insert(0, resumable)
+        for run_id in runs:
+            rows = read_billed(ledger, run_id, stage)
+            if len(rows) < MIN_OBSERVED:
+                continue
+            spent, done = stage_spending(ledger, run_id, stage) if run_id == resumable else (0.0, 0)
+            return Billed(run_id=run_id, requests=rows, continues=run_id == resumable, spent_usd=spent, done=done)
+    except CorralError:   # a ledger that cannot be read: the range comes from the assumptions
+        return None
+    return None
 
 
 def display_url(url: str) -> str:

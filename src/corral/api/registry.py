@@ -50,6 +50,7 @@ class Registry:
             out.append({"id": row["id"], "name": row["name"], "status": row["status"],
                         "created_at": row["created_at"], "items": row["item_count"], "tasks": tasks,
                         "done": totals.get(TaskState.DONE, 0), "failed": totals.get(TaskState.FAILED, 0),
+                        "budget": totals.get(TaskState.BUDGET, 0),
                         "progress": (finished / tasks) if tasks else 1.0, "host": row["host"],
                         "code_revision": row["code_revision"], "config_hash": row["config_hash"],
                         "tags": registry.run_tags(row), "notes": len(registry.run_notes(row))})

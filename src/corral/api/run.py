@@ -125,7 +125,8 @@ class Run:
         return report
 
     def retry(self, stage: str | None = None, error_class: str | None = None, cancelled: bool = False) -> int:
-        """Failed tasks (and with ``cancelled`` the cancelled ones) back to pending; attempt numbers go on, retries count afresh."""
+        """Failed tasks and those the budget stopped (and with ``cancelled`` the cancelled ones) back to
+        pending; attempt numbers go on, retries count afresh."""
         from corral.spec.models import ERROR_CLASSES
 
         if error_class is not None and error_class not in ERROR_CLASSES and not error_class[:1].isupper():

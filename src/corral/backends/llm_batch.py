@@ -30,6 +30,7 @@ from corral.backends.base import (
     TaskSpec,
     TransientError,
 )
+from corral.backends.llm_budget import BudgetGate
 from corral.backends.llm_collect import BatchCollection
 from corral.backends.llm_hedge import HedgedTail
 from corral.backends.llm_raw import raw_path
@@ -68,9 +69,10 @@ class LlmPlan(SubmissionPlan):
     in_flight_cost: float = 0.0
     spent: float = 0.0
     over_budget: bool = False
+    open_batches: int = 0     # batches in flight before it, those planned before it in the round included
 
 
-class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
+class LlmBatchBackend(BudgetGate, HedgedTail, BatchCollection, Backend):
     provider = "openai"
 
     @property
@@ -228,7 +230,7 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
         spent = backlog.cost_spent + self.extra_spent()
         decision = plan_sizes(self.settings, state, now=self.now(), ready=backlog.ready,
                               remaining=max(backlog.remaining, backlog.ready), in_flight=flying,
-                              spent=spent)
+                              spent=spent, cost_per_request=self._cost_per_request(stage, state))
         # Everything left is being sent: from now on the stage ends when its slowest batch does.
         self._set_tail(stage.name, not backlog.more_coming and sum(decision.sizes) >= backlog.remaining)
         if decision.reason not in ("fill", "nothing ready"):
@@ -238,7 +240,7 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
         plans = []
         for size in decision.sizes:
             plans.append(LlmPlan(size=size, in_flight_tokens=tokens, in_flight_cost=cost, spent=spent,
-                                 over_budget=decision.over_budget))
+                                 over_budget=decision.over_budget, open_batches=len(flying) + len(plans)))
             tokens += size * (state.tokens_per_request or 0.0)
             cost += size * (state.cost_per_request or 0.0)
         return plans
@@ -274,15 +276,15 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
     def submit(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
                plan: SubmissionPlan) -> Handle:
         if not isinstance(plan, LlmPlan):
-            plan = LlmPlan(size=len(tasks))   # sent again after a restart: nothing known in flight
+            # Sent again after a restart: what is in flight is not known, so what the budget does not
+            # allow now waits for a later plan rather than ending.
+            plan = LlmPlan(size=len(tasks), open_batches=1)
         state = self.state(stage)
         base_info = {"prefix": self.prefix(stage), "tasks": [t.task_id for t in tasks]}
         if plan.over_budget:
-            max_usd = self.settings.budget.max_usd
-            message = (f"not sent: the budget of ${max_usd:,.2f} is spent (${plan.spent:,.2f} recorded); raise "
-                       f"backends.{self.name}.budget.max_usd, then `corral retry --error-class budget`")
             return Handle(f"none:{submission.idempotency_key}",
-                          {**base_info, "rejected": {str(t.task_id): ["budget", message] for t in tasks}})
+                          {**base_info, "rejected": {str(t.task_id): [ErrorClass.BUDGET.value, self._spent_message(plan)]
+                                                     for t in tasks}})
         if self.flex_resend(stage, tasks):
             return self.submit_flex(stage, submission, tasks, base_info)
         entries, rejected, model = self._render(stage, tasks, state)
@@ -304,6 +306,14 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
             taken = []
         out_tokens = self._expected_output(stage, state, entries)
         taken, over = self._within_budget(taken, price, out_tokens, plan)
+        if over and not taken:
+            if plan.open_batches:   # planned again only once a batch in flight is billed
+                state.budget_waits = plan.open_batches
+                self.save_state()
+            else:   # nothing in flight will free budget: what does not fit now never will
+                message = self._spent_message(plan)
+                rejected.update({str(e.task_id): [ErrorClass.BUDGET.value, message] for e in over})
+                over = []
         deferred = [e.task_id for e in packed.deferred + over]
         info: dict[str, Any] = {**base_info, "rejected": rejected, "deferred": deferred, "model": model}
         if not taken:
@@ -375,27 +385,13 @@ class LlmBatchBackend(HedgedTail, BatchCollection, Backend):
         return entries, rejected, model
 
     def _expected_output(self, stage: StageContext, state: State, entries: list[Entry]) -> float:
-        if self.settings.expected_output_tokens is not None:
-            return float(self.settings.expected_output_tokens)
+        # What the provider billed wins: expected_output_tokens is the figure before any batch is.
         if state.output_per_request:
             return float(state.output_per_request)
+        if self.settings.expected_output_tokens is not None:
+            return float(self.settings.expected_output_tokens)
         caps = [e.meta["max_out"] for e in entries if e.meta.get("max_out")]
         return float(sum(caps) / len(caps)) if caps else 1000.0
-
-    def _within_budget(self, entries: list[Entry], price: ModelPrice | None, out_tokens: float,
-                       plan: LlmPlan) -> tuple[list[Entry], list[Entry]]:
-        budget = self.settings.budget
-        if budget is None or price is None or not entries:   # without a price, the caller refused them
-            return entries, []
-        room = budget.max_usd - plan.spent - plan.in_flight_cost
-        taken: list[Entry] = []
-        for index, entry in enumerate(entries):
-            cost = price.cost(entry.tokens, out_tokens)
-            if cost > room:
-                return taken, entries[index:]
-            room -= cost
-            taken.append(entry)
-        return taken, []
 
     def find(self, stage: StageContext, submission: SubmissionRecord) -> Handle | None:
         try:

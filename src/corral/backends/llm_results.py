@@ -74,19 +74,43 @@ def sdk_error_kind(exc: BaseException, connection_error: type, status_error: typ
     return ApiErrorKind.OTHER
 
 
+def reasoning_tokens(body: Any) -> int:
+    """The reasoning ("thinking") tokens of an answer where the provider reports them apart (they are
+    billed as output, and counted in its output tokens): OpenAI's ``completion_tokens_details`` or
+    ``output_tokens_details``, Gemini's ``thoughtsTokenCount``."""
+    if not isinstance(body, dict):
+        return 0
+    usage = body.get("usage") or {}
+    for key in ("completion_tokens_details", "output_tokens_details"):
+        details = usage.get(key) if isinstance(usage, dict) else None
+        if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
+            return details["reasoning_tokens"]
+    thoughts = (body.get("usageMetadata") or {}).get("thoughtsTokenCount")
+    return thoughts if isinstance(thoughts, int) else 0
+
+
+def usage_detail(line: ResultLine) -> dict[str, Any] | None:
+    """What a task's ``info`` keeps of its billed usage beyond tokens in and out (``corral check``'s
+    cost range reads it): cached input and reasoning tokens, where there were any."""
+    detail = {"cached_in": line.cached_in or 0, "reasoning_out": reasoning_tokens(line.body)}
+    detail = {k: v for k, v in detail.items() if v}
+    return {"usage": detail} if detail else None
+
+
 def classify_line(line: ResultLine, parse: Any, price: ModelPrice | None) -> TaskResult:
     """The task result for one result line (``task_id`` left 0 for the caller to set)."""
     usage = {"tokens_in": line.tokens_in, "tokens_out": line.tokens_out}
     cost = (price.cost(line.tokens_in or 0, line.tokens_out or 0, line.cached_in)
             if price and line.tokens_in is not None else None)
     if line.kind == "ok":
+        detail = usage_detail(line)
         try:
             value = parse(line.body)
         except Exception as exc:  # noqa: BLE001 - the user's parse function failed on this answer
             return TaskResult(0, Outcome.FAILED, error_class=ErrorClass.PARSE,
-                              error_message=f"{type(exc).__name__}: {exc}", cost=cost, info={"raw": line.body},
-                              **usage)
-        return TaskResult(0, Outcome.DONE, result=value, cost=cost, **usage)
+                              error_message=f"{type(exc).__name__}: {exc}", cost=cost,
+                              info={"raw": line.body, **(detail or {})}, **usage)
+        return TaskResult(0, Outcome.DONE, result=value, cost=cost, info=detail, **usage)
     if line.kind in ("expired", "cancelled"):
         return TaskResult(0, Outcome.INTERRUPTED, error_class=ErrorClass.EXPIRED if line.kind == "expired" else None,
                           error_message=f"the batch {line.kind} before this request ran")
@@ -141,7 +165,9 @@ def early_results(info: dict[str, Any]) -> list[TaskResult]:
     """Requests of a submission never sent (rejected alone, or deferred to a later batch)."""
     results = []
     for task_id, (error_class, message) in (info.get("rejected") or {}).items():
-        results.append(TaskResult(int(task_id), Outcome.FAILED, error_class=error_class, error_message=message))
+        # Not sent because of the budget: stopped, not failed (no attempt used).
+        outcome = Outcome.BUDGET if error_class == ErrorClass.BUDGET else Outcome.FAILED
+        results.append(TaskResult(int(task_id), outcome, error_class=error_class, error_message=message))
     for task_id in info.get("deferred") or []:
         results.append(TaskResult(int(task_id), Outcome.CAPACITY, error_class=ErrorClass.CAPACITY,
                                   error_message="did not fit this batch; goes in a later one",

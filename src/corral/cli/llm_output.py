@@ -47,12 +47,24 @@ def projection_lines(stages: dict[str, Any]) -> list[str]:
             f"{format_duration(llm['turnaround'])} per batch")
         if llm.get("cost_by_type"):
             lines.extend(cost_table_lines(llm["model"], llm["cost_by_type"]))
+        if llm.get("cost_range"):
+            lines.extend(cost_range_lines(llm["cost_range"]))
         if llm["render_failures"]:
             estimated = round(llm["render_failures"] / llm["sampled"] * llm["requests"])
             lines.append(f"  {llm['render_failures']} of {llm['sampled']} sampled requests would fail (about "
                          f"{estimated:,} of {llm['requests']:,}): " + "; ".join(llm["render_errors"]))
         if llm["oversized_in_sample"]:
             lines.append(f"  {llm['oversized_in_sample']} sampled requests are too large for any batch")
+    return lines
+
+
+def cost_range_lines(spread: dict[str, Any]) -> list[str]:
+    """The cost as a range, the assumption that decides its spread, and the budget against it."""
+    lines = [f"  cost range: ~{_usd(spread['low_usd'])} to ~{_usd(spread['high_usd'])}, expected "
+             f"~{_usd(spread['expected_usd'])} ({spread['interval']})",
+             f"  spread: {spread['note']}"]
+    if spread.get("budget_note"):
+        lines.append(f"  {spread['budget_note']}")
     return lines
 
 

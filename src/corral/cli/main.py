@@ -17,7 +17,7 @@ from corral.cli import sim_cmd
 from corral.cli.args import split_args
 from corral.cli.output import err, print_json, when
 from corral.errors import CorralError
-from corral.states import RunStatus
+from corral.states import RunStatus, TaskState
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run research campaigns from one campaign file, with one durable ledger.",
@@ -175,7 +175,9 @@ def tick(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_i
         err.print(f"run {data['run_id']}: another controller is ticking; nothing done")
     else:
         err.print(f"run {data['run_id']}: submitted {data['submitted_tasks']} tasks in {data['submitted']} "
-                  f"submissions, recorded {data['completed']} done and {data['failed']} failed; {data['status']}",
+                  f"submissions, recorded {data['completed']} done and {data['failed']} failed"
+                  + (f", {data['stopped_by_budget']} stopped by the budget" if data["stopped_by_budget"] else "")
+                  + f"; {data['status']}",
                   highlight=False)
         for message in data["errors"]:
             err.print(f"  {message}", highlight=False)
@@ -192,7 +194,7 @@ def status(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run
     data = campaign.status(run_id=run_id, submissions=submissions)
     if fmt != "table" or out_file is not None:
         rows = [{"stage": stage, **states} for stage, states in data["stages"].items()]
-        formats.emit(rows, STATUS_COLUMNS, fmt, out_file, title=f"run {data['run']['id']}: {data['run']['status']}",
+        formats.emit(rows, status_columns(data), fmt, out_file, title=f"run {data['run']['id']}: {data['run']['status']}",
                      data=data)
         return
     _print_summary(data, to=output.out)
@@ -209,8 +211,10 @@ def _print_summary(data, to=None, quiet: bool = False) -> None:
     per stage; ``quiet``: the result line and the errors only."""
     console = to or err
     run = data["run"]
+    stopped = data["totals"].get(TaskState.BUDGET.value, 0)
     console.print(f"run [bold]{run['id']}[/bold]: {run['status']} ({data['progress']:.1%} of "
-                  f"{data['totals']['total']} tasks finished)", highlight=False)
+                  f"{data['totals']['total']} tasks finished" + (f", {stopped:,} of them stopped by the budget"
+                                                                  if stopped else "") + ")", highlight=False)
     if quiet:
         for line in output.error_lines(data.get("errors") or []):
             console.print(line, highlight=False)
@@ -218,7 +222,7 @@ def _print_summary(data, to=None, quiet: bool = False) -> None:
     rows = []
     for stage, states in data["stages"].items():
         rows.append({"stage": stage, **{k: v for k, v in states.items()}})
-    console.print(output.table(rows, STATUS_COLUMNS))
+    console.print(output.table(rows, status_columns(data)))
     from corral.cli.llm_output import progress_lines, usage_lines
 
     for line in usage_lines(data) + progress_lines(data):
@@ -245,13 +249,22 @@ def _print_summary(data, to=None, quiet: bool = False) -> None:
 STATUS_COLUMNS = ["stage", "total", "done", "failed", "cancelled", "running", "queued", "pending", "waiting"]
 
 
+def status_columns(data) -> list[str]:
+    """The status table's columns: ``budget`` (tasks the budget stopped) when a run has any."""
+    if not data["totals"].get(TaskState.BUDGET.value):
+        return STATUS_COLUMNS
+    at = STATUS_COLUMNS.index("cancelled") + 1
+    return STATUS_COLUMNS[:at] + [TaskState.BUDGET.value] + STATUS_COLUMNS[at:]
+
+
 @app.command()
 def retry(args: Optional[List[str]] = ARGS, ledger: Optional[str] = LEDGER, run_id: Optional[str] = RUN_ID,
           stage: Optional[str] = typer.Option(None, "--stage", help="Only this stage."),
           error_class: Optional[str] = typer.Option(None, "--error-class", help="Only failures of this class."),
           cancelled: bool = typer.Option(False, "--cancelled", help="Also tasks cancelled by the user."),
           as_json: bool = JSON) -> None:
-    """Send failed tasks back to pending (attempt numbers go on, retries count afresh); then `corral run` or `tick`."""
+    """Send failed tasks, and those the budget stopped, back to pending (attempt numbers go on, retries count
+    afresh); then `corral run` or `tick`."""
     campaign, _ = _campaign(args, ledger)
     done = campaign.retry(run_id=run_id, stage=stage, error_class=error_class, cancelled=cancelled)
     if as_json:

@@ -50,6 +50,8 @@ class RunProgress:
                 detail = f"run {states['running']} queued {states['queued']}"
                 if states["failed"]:
                     detail += f" [red]failed {states['failed']}[/red]"
+                if states["budget"]:
+                    detail += f" [yellow]stopped by the budget {states['budget']}[/yellow]"
                 elapsed = max(1e-6, time.monotonic() - self._started)
                 if stage not in self._bars:
                     self._bars[stage] = (self._progress.add_task(stage, total=states["total"], detail=detail,
@@ -68,5 +70,7 @@ class RunProgress:
                 text += f" (running {states['running']}, queued {states['queued']})"
             if states["failed"]:
                 text += f" failed {states['failed']}"
+            if states["budget"]:
+                text += f" stopped by the budget {states['budget']}"
             parts.append(text)
         err.print(f"[{time.strftime('%H:%M:%S')}] " + "; ".join(parts), highlight=False)

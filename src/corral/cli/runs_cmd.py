@@ -65,7 +65,11 @@ def runs(args: Optional[List[str]] = typer.Argument(
                 # A percentage to read; CSV and JSON keep the fraction.
                 shown.append({**row, "progress": row["progress"] if fmt in ("csv", "json") else
                               f"{row['progress']:.1%}"})
-            emit(shown, LIST_COLUMNS, fmt, out_file, data=rows)
+            columns = LIST_COLUMNS
+            if any(row.get("budget") for row in rows):   # tasks the budget stopped: their own column
+                at = LIST_COLUMNS.index("failed") + 1
+                columns = LIST_COLUMNS[:at] + ["budget"] + LIST_COLUMNS[at:]
+            emit(shown, columns, fmt, out_file, data=rows)
         elif action == "show":
             _need(rest, 1, "corral runs show ID")
             _show(registry.show(rest[0]), fmt, out_file)

@@ -16,7 +16,7 @@ from corral.engine import registry
 from corral.ledger import Ledger, dumps, loads
 from corral.ledger import registry_queries as queries
 from corral.spec.identity import KeyKind, UnclassifiedKey, kind_of
-from corral.states import ACTIVE, ENDED_BADLY, TERMINAL, RunStatus, TaskState
+from corral.states import ACTIVE, FAILURES, TERMINAL, RunStatus, TaskState
 
 ONCE = "(all)"  # the identity of a once-per-run task (item_idx -1)
 _TASK_FIELDS = ("state", "attempts", "result", "error_class", "error_message", "started_at", "finished_at", "host",
@@ -94,7 +94,7 @@ def same_outcome(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def choose(sources: list[SourceRun], prefer: str | None) -> dict[tuple[str, str], dict[str, Any]]:
     """One task per (stage, identity): a done task over any other state; among done ones, the
     preferred run's, else the newest (latest finish); among unfinished ones, the most advanced."""
-    rank = {TaskState.DONE: 3, TaskState.FAILED: 2, TaskState.CANCELLED: 1}
+    rank = {TaskState.DONE: 3, TaskState.FAILED: 2, TaskState.BUDGET: 2, TaskState.CANCELLED: 1}
     chosen: dict[tuple[str, str], dict[str, Any]] = {}
     for source in sources:
         for key, task in source.tasks.items():
@@ -201,7 +201,9 @@ def run_status(conn, run_id: str) -> RunStatus:
     states = queries.task_states(conn, run_id)
     if states & set(ACTIVE):
         return RunStatus.ACTIVE
-    return RunStatus.FINISHED_WITH_FAILURES if states & set(ENDED_BADLY) else RunStatus.FINISHED
+    if TaskState.BUDGET in states:
+        return RunStatus.BUDGET_REACHED
+    return RunStatus.FINISHED_WITH_FAILURES if states & set(FAILURES) else RunStatus.FINISHED
 
 
 def add_event(ledger: Ledger, run_id: str, kind: str, now: float, message: Any, count: int | None = None) -> None:

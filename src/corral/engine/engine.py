@@ -23,8 +23,8 @@ from corral.engine.sending import Sending, gone
 from corral.ledger import Ledger, dumps, loads, task_key
 from corral.ledger import engine_queries as queries
 from corral.spec import LoadedCampaign
-from corral.states import (ACTIVE, ENDED_BADLY, IN_FLIGHT, POLLED_SUBMISSIONS, ErrorClass, Outcome, RunStatus,
-                           SubmissionState, TaskState)
+from corral.states import (ACTIVE, ENDED_BADLY, FAILURES, IN_FLIGHT, POLLED_SUBMISSIONS, ErrorClass, Outcome,
+                           RunStatus, SubmissionState, TaskState)
 
 
 @dataclass
@@ -36,6 +36,7 @@ class TickReport:
     failed: int = 0
     retried: int = 0
     requeued: int = 0
+    stopped: int = 0          # tasks the budget stopped (state budget)
     in_flight: int = 0
     finished: bool = False
     status: str = RunStatus.ACTIVE
@@ -44,7 +45,7 @@ class TickReport:
 
     @property
     def changed(self) -> bool:
-        return bool(self.submitted or self.completed or self.failed or self.retried or self.requeued)
+        return bool(self.submitted or self.completed or self.failed or self.retried or self.requeued or self.stopped)
 
 
 class Engine(Sending):
@@ -210,10 +211,12 @@ class Engine(Sending):
         report.failed += changes.failed
         report.retried += changes.retried
         report.requeued += changes.requeued
+        report.stopped += changes.stopped
         report.in_flight = len(open_subs) - len(finished)
         if changes.any:
+            stopped = f", {changes.stopped} stopped by the budget" if changes.stopped else ""
             self.log(f"collected: {changes.completed} done, {changes.failed} failed, {changes.retried} to retry, "
-                     f"{changes.requeued} to run again")
+                     f"{changes.requeued} to run again{stopped}")
         return finished
 
     def _holds_open(self, sub: SubmissionRecord) -> bool:
@@ -424,14 +427,17 @@ class Engine(Sending):
         now = self.clock.now()
         with self.ledger.read() as conn:
             active = self.ledger.any_in_states(conn, self.run_id, self.order, ACTIVE)
-            bad = (not active) and self.ledger.any_in_states(conn, self.run_id, self.order, ENDED_BADLY)
+            stopped = (not active) and self.ledger.any_in_states(conn, self.run_id, self.order, (TaskState.BUDGET,))
+            bad = (not active) and self.ledger.any_in_states(conn, self.run_id, self.order, FAILURES)
             stamp = self.ledger.run_stamp(conn, self.run_id)
             current = stamp[0] if stamp else None
             # Only needed to sleep until a backoff ends when nothing else will wake the loop.
             idle = active and not report.in_flight and not report.submitted
             next_retry = self.ledger.next_not_before(conn, self.run_id, now) if idle else None
         active = active or self._held_open
-        status = RunStatus.ACTIVE if active else (RunStatus.FINISHED_WITH_FAILURES if bad else RunStatus.FINISHED)
+        # A run the budget stopped is not finished: raising the budget and retrying finishes it.
+        status = RunStatus.ACTIVE if active else RunStatus.BUDGET_REACHED if stopped else \
+            RunStatus.FINISHED_WITH_FAILURES if bad else RunStatus.FINISHED
         if current == RunStatus.CANCELLED and not active:
             status = RunStatus.CANCELLED
         if status != current:
@@ -510,9 +516,10 @@ class Engine(Sending):
 
     def retry(self, stage: str | None = None, error_class: str | None = None,
               include_cancelled: bool = False) -> int:
-        """Failed tasks (and their dependents cancelled because of them) run again: their attempt numbers go on, with the retries `retries` allows counted afresh."""
+        """Failed tasks and those the budget stopped (and their dependents cancelled because of them) run
+        again: their attempt numbers go on, with the retries `retries` allows counted afresh."""
         now = self.clock.now()
-        states = [TaskState.FAILED] + ([TaskState.CANCELLED] if include_cancelled else [])
+        states = [TaskState.FAILED, TaskState.BUDGET] + ([TaskState.CANCELLED] if include_cancelled else [])
         with self.ledger.write() as conn:
             rows = queries.retryable(conn, self.run_id, states, stage, error_class)
             ids = [r[0] for r in rows]

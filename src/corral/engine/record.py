@@ -29,19 +29,22 @@ class Changes:
 
     done: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     ended_badly: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
-    #: those of ``ended_badly`` that were cancelled (the others failed)
+    #: those of ``ended_badly`` that were cancelled (the others failed, or were stopped by the budget)
     cancelled: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    #: those of ``ended_badly`` stopped by the budget
+    budget: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     #: tasks sent back to pending (interrupted, lost, refused): stages with needs re-check them
     requeued_items: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     retried: int = 0
     requeued: int = 0
     failed: int = 0
     completed: int = 0
+    stopped: int = 0       # by the budget
     events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def any(self) -> bool:
-        return bool(self.completed or self.failed or self.retried or self.requeued)
+        return bool(self.completed or self.failed or self.retried or self.requeued or self.stopped)
 
 
 class Recorder:
@@ -128,6 +131,15 @@ class Recorder:
                 changes.ended_badly[row["stage"]].append(row["item_idx"])
                 changes.failed += 1
                 event["message"] = f"{error_class}: {(res.error_message or '')[:500]}"
+        elif outcome == Outcome.BUDGET:
+            # Not sent: the budget would be passed. It ends here without using an attempt, and what
+            # needs it waits no more (a retry after raising the budget reopens both).
+            base.update(state=TaskState.BUDGET, error_class=ErrorClass.BUDGET, error_message=res.error_message,
+                        submission_id=None, started_at=None, finished_at=now)
+            changes.ended_badly[row["stage"]].append(row["item_idx"])
+            changes.budget[row["stage"]].append(row["item_idx"])
+            changes.stopped += 1
+            event["message"] = f"budget: {(res.error_message or '')[:500]}"
         else:
             # Interrupted, refused for capacity, or never started: the attempt is not used, and the
             # last failure's class stays (the next attempt's memory or time is scaled by it).
@@ -176,9 +188,11 @@ class Recorder:
     def _blocking_ends(self, name: str, need: str, changes: Changes) -> list[int]:
         """Items of ``need`` that ended badly in this transaction in a way ``name`` does not allow."""
         allowed = self.stages[name].allowed_ends(need)
-        cancelled = set(changes.cancelled.get(need, []))
-        return [i for i in changes.ended_badly.get(need, [])
-                if (TaskState.CANCELLED if i in cancelled else TaskState.FAILED).value not in allowed]
+        cancelled, budget = set(changes.cancelled.get(need, [])), set(changes.budget.get(need, []))
+
+        def end(i: int) -> TaskState:
+            return TaskState.CANCELLED if i in cancelled else TaskState.BUDGET if i in budget else TaskState.FAILED
+        return [i for i in changes.ended_badly.get(need, []) if end(i).value not in allowed]
 
     def _finished(self, name: str, need: str, changes: Changes) -> list[int]:
         """Items of ``need`` that finished in this transaction as ``name`` needs: done, or ended as allowed."""

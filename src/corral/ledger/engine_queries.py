@@ -21,7 +21,7 @@ from corral.states import ACTIVE, IN_FLIGHT, OPEN_SUBMISSIONS, ErrorClass, TaskS
 CHUNK = 900
 # "not done" as a list, so the (run, stage, state, item) index answers it with a few seeks.
 NOT_DONE = (TaskState.WAITING, TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED,
-            TaskState.CANCELLED)
+            TaskState.CANCELLED, TaskState.BUDGET)
 #: the columns ``write_outcomes`` sets, from dicts that also carry the task's id as ``tid``
 OUTCOME_COLUMNS = ("state", "result", "error_class", "error_message", "started_at", "finished_at", "host",
                    "tokens_in", "tokens_out", "cost", "info", "attempts", "not_before", "submission_id", "ready_at")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from corral.ledger import schema
 from corral.ledger.store import Ledger, loads
@@ -47,6 +47,34 @@ def stage_usage(ledger: Ledger, run_id: str) -> list[tuple[str, int | None, int 
         return [tuple(r) for r in conn.execute(query).all()]
 
 
+def billed_requests(ledger: Ledger, run_id: str, stage: str, limit: int = 2000) -> list[dict[str, Any]]:
+    """The billed usage of a stage's done tasks (the latest ``limit``): tokens in and out, and what
+    their ``info`` says of cached input and reasoning tokens (``usage``)."""
+    t = schema.tasks
+    query = (select(t.c.tokens_in, t.c.tokens_out, t.c.info)
+             .where(t.c.run_id == run_id, t.c.stage == stage, t.c.state == TaskState.DONE,
+                    t.c.tokens_in.is_not(None))
+             .order_by(t.c.id.desc()).limit(limit))
+    with ledger.read() as conn:
+        rows = conn.execute(query).all()
+    out = []
+    for tokens_in, tokens_out, info in rows:
+        usage = (loads(info) or {}).get("usage") or {} if info else {}
+        out.append({"tokens_in": int(tokens_in), "tokens_out": int(tokens_out or 0),
+                    "cached_in": int(usage.get("cached_in") or 0), "reasoning_out": int(usage.get("reasoning_out") or 0)})
+    return out
+
+
+def stage_spending(ledger: Ledger, run_id: str, stage: str) -> tuple[float, int]:
+    """What a stage's tasks have cost in a run, and how many of them are done."""
+    t = schema.tasks
+    query = select(func.sum(t.c.cost), func.sum(case((t.c.state == TaskState.DONE, 1), else_=0))).where(
+        t.c.run_id == run_id, t.c.stage == stage)
+    with ledger.read() as conn:
+        cost, done = conn.execute(query).one()
+    return float(cost or 0.0), int(done or 0)
+
+
 def failed_submissions(ledger: Ledger, run_id: str, limit: int = 5) -> tuple[int, list[dict[str, Any]]]:
     """How many of the run's submissions failed as a whole, and the latest ``limit`` of them."""
     s = schema.submissions
@@ -83,10 +111,10 @@ def failure_counts(ledger: Ledger, run_id: str) -> list[dict[str, Any]]:
 
 
 def common_errors(ledger: Ledger, run_id: str) -> list[dict[str, Any]]:
-    """Per stage and end state (failed, or cancelled with a cause): how many tasks, the most common
-    error class, how many have it, its most common message and one task with it."""
+    """Per stage and end state (failed, stopped by the budget, or cancelled with a cause): how many
+    tasks, the most common error class, how many have it, its most common message and one task with it."""
     t = schema.tasks
-    ended_badly = (t.c.run_id == run_id) & ((t.c.state == TaskState.FAILED) |
+    ended_badly = (t.c.run_id == run_id) & (t.c.state.in_([TaskState.FAILED, TaskState.BUDGET]) |
                                             ((t.c.state == TaskState.CANCELLED) & t.c.error_class.is_not(None)))
     by_class = (select(t.c.stage, t.c.state, t.c.error_class, func.count()).where(ended_badly)
                 .group_by(t.c.stage, t.c.state, t.c.error_class))

@@ -18,6 +18,7 @@ from corral.ledger.report_source import CellQuery, CellRow, ErrorRow, cell_row, 
 from corral.states import IN_FLIGHT, TaskState
 
 DONE, FAILED, CANCELLED = TaskState.DONE.value, TaskState.FAILED.value, TaskState.CANCELLED.value
+BUDGET = TaskState.BUDGET.value
 
 
 def stage_counts(conn: Connection, run_ids: Sequence[str]) -> dict[str, int]:
@@ -126,7 +127,8 @@ def cell_rows(conn: Connection, query: CellQuery) -> list[CellRow]:
                func.sum(case((s.c.state == DONE, 1), else_=0)),
                func.sum(case((s.c.state == FAILED, 1), else_=0)),
                func.sum(case((s.c.state.in_([x.value for x in IN_FLIGHT]), 1), else_=0)),
-               func.sum(case((s.c.state == CANCELLED, 1), else_=0))]
+               func.sum(case((s.c.state == CANCELLED, 1), else_=0)),
+               func.sum(case((s.c.state == BUDGET, 1), else_=0))]
     for n, _ in enumerate(query.fields):
         v = s.c[f"v{n}"]
         is_bool = n == 0 and query.bool_field is not None

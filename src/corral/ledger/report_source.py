@@ -65,6 +65,7 @@ class CellRow(NamedTuple):
     failed: int
     running: int
     cancelled: int
+    budget: int           # stopped by the budget (state budget)
     bool_n: int
     bool_k: int
     numeric: tuple[tuple[int, float, float], ...]  # per numeric field: (count, sum, sum of squares)
@@ -72,11 +73,11 @@ class CellRow(NamedTuple):
 
 def cell_row(values: Sequence[Any], query: CellQuery) -> CellRow:
     """A CellRow from the columns the queries select: run_id, the groups, COUNT(*), the done,
-    failed, in-flight and cancelled counts, then (count, sum) of the boolean field and (count,
+    failed, in-flight, cancelled and budget counts, then (count, sum) of the boolean field and (count,
     sum, sum of squares) of each numeric field."""
     width = 1 + len(query.groups)
-    counts = [int(v or 0) for v in values[width:width + 5]]
-    rest = values[width + 5:]
+    counts = [int(v or 0) for v in values[width:width + 6]]
+    rest = values[width + 6:]
     bool_n = bool_k = 0
     if query.bool_field is not None:
         bool_n, bool_k = int(rest[0] or 0), int(rest[1] or 0)

@@ -20,6 +20,7 @@ from corral.ledger.report_source import CellQuery, CellRow, ErrorRow, cell_row, 
 from corral.states import IN_FLIGHT, TaskState
 
 DONE, FAILED, CANCELLED = TaskState.DONE.value, TaskState.FAILED.value, TaskState.CANCELLED.value
+BUDGET = TaskState.BUDGET.value
 
 
 class SqliteReader:
@@ -175,8 +176,8 @@ def cell_rows(conn: sqlite3.Connection, query: CellQuery) -> list[CellRow]:
     columns = ["run_id", *groups, "COUNT(*)", "SUM(CASE WHEN state = ? THEN 1 ELSE 0 END)",
                "SUM(CASE WHEN state = ? THEN 1 ELSE 0 END)",
                f"SUM(CASE WHEN state IN ({_marks(in_flight)}) THEN 1 ELSE 0 END)",
-               "SUM(CASE WHEN state = ? THEN 1 ELSE 0 END)"]
-    params += [DONE, FAILED, *in_flight, CANCELLED]
+               "SUM(CASE WHEN state = ? THEN 1 ELSE 0 END)", "SUM(CASE WHEN state = ? THEN 1 ELSE 0 END)"]
+    params += [DONE, FAILED, *in_flight, CANCELLED, BUDGET]
     for n, _ in enumerate(query.fields):
         if n == 0 and query.bool_field is not None:
             columns += [f"SUM(typeof(v{n}) = 'integer')", f"SUM(v{n} = 1)"]

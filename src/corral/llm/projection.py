@@ -10,6 +10,7 @@ from typing import Any
 
 from corral.errors import SpecError
 from corral.extras import Extra, missing
+from corral.llm.cost_range import Billed, cost_range, input_error, output_assumption
 from corral.llm.gemini_request import gemini_request
 from corral.llm.pricing import PRICES, ModelPrice, price_for
 from corral.llm.requests import RenderError, RequestTemplate
@@ -75,8 +76,10 @@ def _line(provider: str, settings: Any, body: dict[str, Any]) -> dict[str, Any]:
     return {"custom_id": custom_id, "method": "POST", "url": getattr(settings, "endpoint", ""), "body": body}
 
 
-def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, Any] | None:
-    """Render a sample of the items and extrapolate to all of them."""
+def project(loaded: Any, name: str, stage: Any, items: list[Any],
+            billed: Billed | None = None) -> dict[str, Any] | None:
+    """Render a sample of the items and extrapolate to all of them; ``billed``: what the ledger knows
+    of the stage's billed requests, for the cost range."""
     if not is_llm(loaded, stage):
         return None
     settings = loaded.backends[stage.backend]
@@ -88,6 +91,7 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
     tokens: list[int] = []
     sizes: list[int] = []
     outputs: list[int] = []
+    output_key = "max_tokens"
     errors: list[str] = []
     model = settings.model
     estimator: TokenEstimator | None = None
@@ -108,6 +112,7 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
         for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
             if isinstance(body.get(key), int):
                 outputs.append(body[key])
+                output_key = key
                 break
     out: dict[str, Any] = {"provider": provider_summary(settings), "requests": count, "model": model,
                            "sampled": len(sample), "render_errors": errors[:5], "render_failures": len(errors)}
@@ -141,6 +146,12 @@ def project(loaded: Any, name: str, stage: Any, items: list[Any]) -> dict[str, A
         bound = f"max_batches_per_hour ({settings.max_batches_per_hour})"
     oversized = [t for t, b in zip(tokens, sizes) if b > settings.max_bytes_per_batch or (capacity and t > capacity)]
     out.update(cost_by_type=cost_by_type(price, tokens_in, tokens_out) if price else None)
+    if price is not None:
+        tokenizer = estimator.tokenizer if estimator else None
+        output = output_assumption(settings.expected_output_tokens, max(outputs) if outputs else None, output_key)
+        out["cost_range"] = cost_range(
+            price, requests=count, per_in=per_in, in_error=input_error(provider, tokenizer), tokenizer=tokenizer,
+            output=output, billed=billed, max_usd=settings.budget.max_usd if settings.budget is not None else None)
     out.update(tokens_per_request=round(per_in, 1), bytes_per_request=round(per_bytes), output_basis=out_basis,
                requests_per_batch=min(per_batch, max(1, count - pilot)), batches=batches, pilot=pilot, tokens_in=round(tokens_in),
                tokens_out=round(tokens_out), cost_usd=round(price.cost(tokens_in, tokens_out), 4) if price else None,

@@ -67,6 +67,9 @@ class State:
     backoff: float = 0.0
     history: list[tuple[float, float]] = field(default_factory=list)   # (submitted at, tokens)
     turnarounds: list[float] = field(default_factory=list)             # seconds, last finished batches
+    #: batches that were in flight when a request did not fit the budget: none is planned for it
+    #: again until fewer are (one finished, and its bill says what is left)
+    budget_waits: int | None = None
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -143,8 +146,9 @@ class Decision:
 
 
 def plan_sizes(settings: Any, state: State, *, now: float, ready: int, remaining: int,
-               in_flight: list[InFlight], spent: float = 0.0) -> Decision:
-    """Sizes of the batches to create now from ``ready`` requests."""
+               in_flight: list[InFlight], spent: float = 0.0, cost_per_request: float | None = None) -> Decision:
+    """Sizes of the batches to create now from ``ready`` requests; ``cost_per_request``: the cost of
+    a request as estimated now (default: the mean of the estimates the batches were sent with)."""
     if ready <= 0:
         return Decision([], "nothing ready")
     state.follow_calibration()
@@ -160,8 +164,10 @@ def plan_sizes(settings: Any, state: State, *, now: float, ready: int, remaining
         return Decision([min(ready, 100, settings.max_requests_per_batch)], "first batch")
     per_tokens = max(1.0, per_tokens)
 
-    budget = _budget_requests(settings, state, spent, in_flight)
-    if budget is not None and budget < 1:
+    budget = _budget_requests(settings, state, spent, in_flight, cost_per_request)
+    if state.budget_waits is not None and len(in_flight) < state.budget_waits:
+        state.budget_waits = None
+    if budget is not None and (budget < 1 or state.budget_waits is not None):
         if in_flight:
             return Decision([], "budget: waiting for the batches in flight to be billed")
         return Decision([ready], "budget reached", over_budget=True)
@@ -250,10 +256,11 @@ def target_batch_requests(settings: Any, state: State, remaining: int) -> int:
     return max(1, max(target, settings.min_requests_per_batch))
 
 
-def _budget_requests(settings: Any, state: State, spent: float, in_flight: list[InFlight]) -> int | None:
+def _budget_requests(settings: Any, state: State, spent: float, in_flight: list[InFlight],
+                     cost_per_request: float | None = None) -> int | None:
     if settings.budget is None:
         return None
-    per_cost = state.cost_per_request
+    per_cost = cost_per_request if cost_per_request is not None else state.cost_per_request
     if per_cost is None or per_cost <= 0:
         return None
     room = settings.budget.max_usd - spent - sum(b.cost for b in in_flight)

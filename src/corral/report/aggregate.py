@@ -103,7 +103,7 @@ def _sql_cells(queries, conn, run_ids: list[str], stage: str | None, dims: list[
     cells: dict[tuple, Stats] = {}
     for row in queries.cell_rows(conn, query):
         stats = Stats(expected=row.expected, done=row.done, failed=row.failed, running=row.running,
-                      cancelled=row.cancelled, bool_n=row.bool_n, bool_k=row.bool_k)
+                      cancelled=row.cancelled, budget=row.budget, bool_n=row.bool_n, bool_k=row.bool_k)
         for name, (n, total, total_sq) in zip(numeric, row.numeric):
             stats.numeric[name] = [n, total, total_sq]
         # PostgreSQL groups a JSON null apart from a missing field; both are one group here.
@@ -164,6 +164,8 @@ def _python_cells(queries, conn, run_ids: list[str], stage: str | None, dims: li
                 stats.running += 1
             elif state == TaskState.CANCELLED:
                 stats.cancelled += 1
+            elif state == TaskState.BUDGET:
+                stats.budget += 1
     return cells
 
 

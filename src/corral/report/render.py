@@ -112,7 +112,9 @@ def display_table(report: Report) -> tuple[list[str], list[list[str]]]:
         body_rows.append(([ALL] + [""] * (len(dims) - 1), report.total))
     label = report.metric or ""
     if not report.compare:
-        header += ["expected", "done", "failed", "running", "progress"]
+        # Items the budget stopped get their own column (not failures), where there are any.
+        stopped = bool(report.total["all"].get("budget"))
+        header += ["expected", "done", "failed"] + (["budget"] if stopped else []) + ["running", "progress"]
         if report.metric_kind == "bool":
             header += [f"{label} rate", "95% CI"]
         for name in report.numeric:
@@ -121,8 +123,9 @@ def display_table(report: Report) -> tuple[list[str], list[list[str]]]:
         rows = []
         for key, cells in body_rows:
             m = cells["all"]
-            line = key + [str(m["expected"]), str(m["done"]), str(m["failed"]), str(m["running"]),
-                          "-" if m["progress"] is None else f"{m['progress']:.1%}"]
+            line = key + [str(m["expected"]), str(m["done"]), str(m["failed"])] + \
+                ([str(m.get("budget", 0))] if stopped else []) + \
+                [str(m["running"]), "-" if m["progress"] is None else f"{m['progress']:.1%}"]
             if report.metric_kind == "bool":
                 s = m["success"]
                 line += [fmt_num(s["rate"]), _interval(s["lo"], s["hi"])]
@@ -239,8 +242,9 @@ def to_csv(report: Report) -> str:
     if report.pivot is not None:
         return _pivot_csv(report)
     dims = [d.name for d in report.dims]
+    stopped = any(row["cells"][c].get("budget") for row in report.rows for c in report.columns_keys)
     columns = list(dims) + (["run"] if report.compare else []) + [
-        "expected", "done", "failed", "running", "cancelled", "progress"]
+        "expected", "done", "failed", "running", "cancelled"] + (["budget"] if stopped else []) + ["progress"]
     if report.metric_kind == "bool":
         m = report.metric
         columns += [f"{m}_n", f"{m}_k", f"{m}_rate", f"{m}_lo", f"{m}_hi"]
@@ -256,7 +260,8 @@ def to_csv(report: Report) -> str:
             line: list[Any] = [("" if v is None else v) for v in row["key"]]
             if report.compare:
                 line.append(column)
-            line += [m["expected"], m["done"], m["failed"], m["running"], m["cancelled"], csv_value(m["progress"])]
+            line += [m["expected"], m["done"], m["failed"], m["running"], m["cancelled"]] + \
+                ([m.get("budget", 0)] if stopped else []) + [csv_value(m["progress"])]
             if report.metric_kind == "bool":
                 s = m["success"]
                 line += [s["n"], s["k"], csv_value(s["rate"]), csv_value(s["lo"]), csv_value(s["hi"])]

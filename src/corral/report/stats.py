@@ -52,6 +52,7 @@ class Stats:
     failed: int = 0
     running: int = 0
     cancelled: int = 0
+    budget: int = 0           # stopped by the budget: not sent, not a failure
     bool_n: int = 0
     bool_k: int = 0
     numeric: dict[str, list[float]] = field(default_factory=dict)  # name -> [n, sum, sum of squares]
@@ -63,6 +64,7 @@ class Stats:
         self.failed += other.failed
         self.running += other.running
         self.cancelled += other.cancelled
+        self.budget += other.budget
         self.bool_n += other.bool_n
         self.bool_k += other.bool_k
         for name, (n, s, ss) in other.numeric.items():
@@ -73,10 +75,10 @@ class Stats:
         self.errors.update(other.errors)
 
     def metrics(self, metric: str | None, numeric: Sequence[str]) -> dict[str, Any]:
-        finished = self.done + self.failed + self.cancelled
+        finished = self.done + self.failed + self.cancelled + self.budget
         out: dict[str, Any] = {
             "expected": self.expected, "done": self.done, "failed": self.failed, "running": self.running,
-            "cancelled": self.cancelled, "progress": finished / self.expected if self.expected else None,
+            "cancelled": self.cancelled, "budget": self.budget, "progress": finished / self.expected if self.expected else None,
         }
         if metric is not None:
             interval = wilson(self.bool_k, self.bool_n)
