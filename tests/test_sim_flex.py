@@ -164,9 +164,8 @@ def test_a_standard_request_is_answered_at_once_and_billed_at_the_standard_price
     summary = sim.summary()
     default = summary["standard"]["default"]
     assert (default["requests"], default["answered"], default["billed_by_client_id"]["pair-2"]) == (2, 2, 2)
-    # one flex answer at the Batch API price, half the standard price of each of the two standard answers
+    # one flex answer, billed the tokens of each of the two standard answers
     assert summary["flex"]["input_tokens"] * 2 == default["input_tokens"]
-    assert summary["flex"]["cost_usd"] == pytest.approx(default["cost_usd"] / 2 * 0.5)
 
 
 # -- billing ---------------------------------------------------------------------------------------------
@@ -364,7 +363,7 @@ def test_counters_in_sim_state(make_sim, clock):
     flex = seen["flex"]
     assert (flex["requests"], flex["answered"], flex["refused_concurrency"], flex["waiting"]) == (3, 2, 1, 0)
     assert flex["billed_by_client_id"] == {"pair-9": 2}
-    assert flex["input_tokens"] == 2 * openai_request_tokens(chat_body(9)) and flex["cost_usd"] > 0
+    assert flex["input_tokens"] == 2 * openai_request_tokens(chat_body(9))
     assert seen["standard"]["default"]["billed_by_client_id"] == {"pair-9": 1}
     assert sim.flex_billed() == {"pair-9": 2} and sim.sync_billed() == {"pair-9": 3}
 

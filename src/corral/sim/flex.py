@@ -59,19 +59,17 @@ class TierUsage:
     answered: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0
     billed_by_client_id: Counter = field(default_factory=Counter)
 
-    def bill(self, client_id: str, outcome: Outcome, cost: float | None) -> None:
+    def bill(self, client_id: str, outcome: Outcome) -> None:
         self.answered += 1
         self.input_tokens += outcome.input_tokens
         self.output_tokens += outcome.output_tokens
-        self.cost_usd += cost or 0.0
         self.billed_by_client_id[client_id] += 1
 
     def json(self) -> dict[str, Any]:
         return {"requests": self.requests, "answered": self.answered, "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens, "cost_usd": self.cost_usd,
+                "output_tokens": self.output_tokens,
                 "billed_by_client_id": dict(self.billed_by_client_id)}
 
 
@@ -133,9 +131,8 @@ class SyncApi:
         answer_json = answer_body(endpoint, request_id, int(now), request.model, outcome)
         answer_json["service_tier"] = tier.value
         resp = json_resp(answer_json, headers={"x-request-id": request_id})
-        cost = self._cost(request.model, outcome, tier)
         if tier is not Tier.FLEX:
-            usage.bill(client_id, outcome, cost)
+            usage.bill(client_id, outcome)
             return resp
         self.waiting += 1
         latency = self.config.flex_latency_median_s * math.exp(self.config.flex_latency_sigma * self.rng.gauss(0, 1))
@@ -145,7 +142,7 @@ class SyncApi:
             with self.acct.lock:
                 self.waiting -= 1
                 if answered:
-                    usage.bill(client_id, outcome, cost)
+                    usage.bill(client_id, outcome)
                 else:
                     self.refused.unanswered += 1
 
@@ -176,15 +173,6 @@ class SyncApi:
         if request.max_tokens:
             out = min(out, request.max_tokens)
         return Outcome("succeeded", text=text, input_tokens=request.tokens, output_tokens=out)
-
-    @staticmethod
-    def _cost(model: str, outcome: Outcome, tier: Tier) -> float | None:
-        from corral.llm.pricing import price_for
-
-        price = price_for(model)
-        if price is None:
-            return None
-        return price.cost(outcome.input_tokens, outcome.output_tokens, batch=tier is Tier.FLEX)
 
     def _retry_headers(self) -> dict[str, str]:
         seconds = self.config.retry_after_s
