@@ -191,9 +191,9 @@ def test_flex_for_a_provider_without_it_is_refused_naming_the_key(tmp_path):
 
 def test_kill9_while_flex_requests_are_in_flight_records_once_and_bills_at_most_twice(tmp_path):
     # Real time: batches of about two seconds; every other batch after the pilot runs until the kills
-    # are over. Flex answers take 30-50 s, so those sent before a kill are still waiting at the
+    # are over. Flex answers take 60-90 s, so those sent before a kill are still waiting at the
     # simulator through the kills (answered to nobody: billed, never recorded).
-    sim = make_sim(None, flex_latency_median_s=40.0, flex_latency_sigma=0.15)
+    sim = make_sim(None, flex_latency_median_s=75.0, flex_latency_sigma=0.15)
     sim.config.turnaround = even_turnaround(2.0)
     rng = random.Random(7)
     slowed: set[str] = set()
@@ -260,7 +260,7 @@ def test_kill9_while_flex_requests_are_in_flight_records_once_and_bills_at_most_
         assert status["llm"]["label"]["flex_sent"] > 0 and status["llm"]["label"]["flex_lost"] > 0
         records = json.loads(corral_cli(folder, "export", "-f", "json", env=ENV, check=0).stdout)
         assert len(records) == 44 and len({r["pair"] for r in records}) == 44
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 150
         while sim.summary()["flex"]["waiting"] and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not sim.summary()["flex"]["waiting"]
