@@ -159,13 +159,10 @@ class FlexPool:
 
 
 class FlexTail:
-    """Mixed into the OpenAI batch backend, with HedgedTail: the flex lane of a hedged pair."""
+    """Mixed into the OpenAI batch backend, with HedgedTail: the flex lane of a hedged pair. The
+    backend sends each request with its ``flex_request(custom_id, body) -> answer body``."""
 
     _flex: FlexPool | None = None
-
-    def flex_request(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Provider-specific: send one request with ``service_tier: "flex"``, return the answer body."""
-        raise NotImplementedError(f"{self.name}: this provider has no flex requests")
 
     def flex_status_of(self, exc: BaseException) -> int | None:
         """The HTTP status of a failed flex request, None when no answer came."""
