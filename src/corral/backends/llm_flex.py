@@ -182,14 +182,10 @@ class FlexTail:
         """Decide the flex lane: its requests are written with the submission before any is sent."""
         backup = dict(submission.info["backup"])
         state = self.state(stage)
-        entries, _, model = self._render(stage, tasks, state) if tasks else ([], {}, None)
-        if not entries:
+        copy = self.second_copy(stage, tasks)
+        if copy is None:
             return {"backup": {**backup, "state": "skipped"}}
-        price = self.price(model)
-        raw_tokens = sum(e.meta["raw_tokens"] for e in entries)
-        tokens = sum(e.tokens for e in entries)
-        out_tokens = self._expected_output(stage, state, entries)
-        cost = price.cost(raw_tokens * state.calibration.factor, out_tokens * len(entries)) if price else None
+        entries, model, raw_tokens, tokens, cost = copy
         refusal = self._over_cap(stage.name, state, cost, tokens)
         if refusal:
             self.log(f"{self.name}: batch {submission.remote_id} is slow but gets no flex requests: {refusal}")

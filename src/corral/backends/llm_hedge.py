@@ -169,6 +169,21 @@ class HedgedTail:
 
     # -- send ------------------------------------------------------------------------------------
 
+    def second_copy(self, stage: StageContext, tasks: list[TaskSpec]) -> tuple[list[Any], str | None, int, float,
+                                                                             float | None] | None:
+        """The requests of a second copy of these tasks, rendered: (entries, model, raw tokens,
+        estimated tokens, estimated cost); None when none renders."""
+        state = self.state(stage)
+        entries, _, model = self._render(stage, tasks, state) if tasks else ([], {}, None)
+        if not entries:
+            return None
+        price = self.price(model)
+        raw_tokens = sum(e.meta["raw_tokens"] for e in entries)
+        tokens = sum(e.tokens for e in entries)
+        out_tokens = self._expected_output(stage, state, entries)
+        cost = price.cost(raw_tokens * state.calibration.factor, out_tokens * len(entries)) if price else None
+        return entries, model, raw_tokens, tokens, cost
+
     def send_backup(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
                     all_in_flight: list[SubmissionRecord]) -> dict[str, Any] | None:
         backup = dict(submission.info["backup"])
@@ -177,14 +192,10 @@ class HedgedTail:
         state = self.state(stage)
         lane = replace(submission, idempotency_key=backup["key"], created_at=backup["decided_at"], remote_id=None,
                        submitted_at=None, task_count=len(tasks), info={})
-        entries, _, model = self._render(stage, tasks, state) if tasks else ([], {}, None)
-        if not entries:
+        copy = self.second_copy(stage, tasks)
+        if copy is None:
             return {"backup": {**backup, "state": "skipped"}}
-        price = self.price(model)
-        raw_tokens = sum(e.meta["raw_tokens"] for e in entries)
-        tokens = sum(e.tokens for e in entries)
-        out_tokens = self._expected_output(stage, state, entries)
-        cost = price.cost(raw_tokens * state.calibration.factor, out_tokens * len(entries)) if price else None
+        entries, model, raw_tokens, tokens, cost = copy
         try:
             found = self.find_batch(stage, lane)
         except Exception as exc:  # noqa: BLE001 - creating without knowing could pay three times
