@@ -35,6 +35,7 @@ gpt-4o-mini for flex; the lane's policy is what is measured).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -417,15 +418,22 @@ def main() -> int:
                         help="hedge.flex_concurrency for the corral-flex policy (default: corral's)")
     parser.add_argument("--hedge-after", type=float, default=None,
                         help="hedge.after for the corral-backup and corral-flex policies (default: corral's)")
+    parser.add_argument("--max-extra-cost", type=float, default=None,
+                        help="hedge.max_extra_cost for the corral-backup and corral-flex policies (default: corral's)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the results here, with a row per batch (created, admitted, ended, "
                              "requests, tokens, final status; seconds from the start)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="work in this folder and keep it (the runs' ledgers and logs) instead of a temporary one")
     args = parser.parse_args()
     policies = args.policies.split(",")
     models = list(TURNAROUND_MODELS) if args.turnaround == "both" else [args.turnaround]
     out: dict[str, Any] = {"requests": args.requests, "seed": args.seed, "limit": LIMIT, "model": MODEL,
                            "tokens_per_request": [IN_TOKENS, OUT_TOKENS], "turnaround": {}}
-    with tempfile.TemporaryDirectory(prefix="corral-llm-bench-") as tmp:
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep else
+          tempfile.TemporaryDirectory(prefix="corral-llm-bench-")) as tmp:
         started = time.perf_counter()
         work = make_workload(Path(tmp), args.requests)
         lines = jsonl_lines(work) if set(policies) - set(CORRAL_POLICIES) else []
@@ -457,6 +465,8 @@ def run_model(folder: Path, model: str, policies: list[str], lines: list[bytes],
             hedge = dict(CORRAL_POLICIES[policy] or {})
             if hedge and args.hedge_after is not None:
                 hedge["after"] = args.hedge_after
+            if hedge and args.max_extra_cost is not None:
+                hedge["max_extra_cost"] = args.max_extra_cost
             if hedge.get("mode") == "flex" and args.flex_concurrency is not None:
                 hedge["flex_concurrency"] = args.flex_concurrency
             result = run_corral(run_dir, args.seed, args.requests, args.pilot, model, hedge or None, policy,

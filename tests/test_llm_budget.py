@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 from conftest import corral_cli, query_ledger, write_campaign, write_module
+from test_llm_backends import campaign
 
 from corral.backends.llm_results import ResultLine, classify_line, reasoning_tokens
 from corral.llm.cost_range import Billed, OutputAssumption, cost_range
@@ -282,3 +284,12 @@ def test_a_budget_estimated_from_too_short_an_output_ends_the_run_instead_of_def
             assert server.state.requests_enqueued["openai"] == counts["done"]
     finally:
         server.stop()
+
+
+def test_check_says_the_cost_is_unknown_for_a_model_without_a_price(tmp_path):
+    request = {"model": "ft:my-own-model", "max_tokens": 100,
+               "messages": [{"role": "user", "content": "{{ item.note }}"}]}
+    campaign(tmp_path, SimpleNamespace(base_url="http://127.0.0.1:9"), "openai", stage={"request": request})
+    out = corral_cli(tmp_path, "check", env=ENV)
+    assert out.returncode == 0, out.stderr
+    assert "cost unknown (no price for this model)" in out.stdout and "~unknown" not in out.stdout

@@ -73,11 +73,16 @@ def run_with(path, clock, sim, which, factor):
     return camp, run, slowed
 
 
+#: a batch slowed this much has finished none of its requests when it is found slow: it shows no pace
+STUCK = 40.0
+
+
 def test_flex_requests_answer_a_slow_batch_which_is_then_cancelled(tmp_path, clock):
+    # A straggler that shows no progress races flex requests (it may still start and end soon).
     sim = make_sim(clock)
     try:
         path = campaign(tmp_path, sim, "openai", items=44, backend=FLEXED)
-        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, 4.0)
+        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, STUCK)
         rows = tasks(run)
         assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
         (slow,) = [sim.state.batches[i] for i in slowed]
@@ -105,26 +110,65 @@ def test_flex_requests_answer_a_slow_batch_which_is_then_cancelled(tmp_path, clo
         sim.stop()
 
 
-def test_a_straggler_cancelled_in_the_tail_sends_its_unfinished_requests_by_flex(tmp_path, clock):
-    # The cap allows no second copy: the slow batch is cancelled past straggler_after; what it had
-    # not finished goes out as flex requests, not in a new batch, and nothing is billed twice.
+def unfinished_go_by_flex(run, sim, clock, slowed) -> dict:
+    (slow,) = [sim.state.batches[i] for i in slowed]
+    assert slow.cancel_at is not None and len(sim.state.batches) == 6, "the rest went by flex, not a batch"
+    flexed = flex_only(run)
+    assert len(flexed) == 1 and flexed[0]["state"] == "finished"
+    unfinished = 8 - sum(1 for _, o in slow.results(clock.now()) if o.kind == "succeeded")
+    flex = flex_billed(sim)
+    assert sum(flex.values()) == unfinished > 0
+    assert max((billed(sim, clock.now()) + flex).values()) == 1, "a request was billed twice"
+    counts = hedges(run)
+    assert counts["flex_sent"] == counts["flex_answered"] == unfinished
+    assert not counts.get("extra_cost"), "nothing was billed twice"
+    return counts
+
+
+@pytest.mark.parametrize("factor", [4.0, 8.0])
+def test_a_straggler_that_shows_its_pace_is_cancelled_and_its_rest_sent_by_flex(tmp_path, clock, factor):
+    # Found slow with a third (or a sixth) of its requests done: flex answers the rest sooner than
+    # the batch would at its pace, so it is cancelled rather than raced, whatever the cap allows.
+    sim = make_sim(clock)
+    try:
+        path = campaign(tmp_path, sim, "openai", items=44, backend=FLEXED)
+        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, factor)
+        rows = tasks(run)
+        assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
+        counts = unfinished_go_by_flex(run, sim, clock, slowed)
+        assert not counts.get("sent") and not counts.get("refused"), "no race"
+        camp.close()
+    finally:
+        sim.stop()
+
+
+def test_a_straggler_near_its_end_is_left_to_finish(tmp_path, clock):
+    # Found slow with 7 of its 8 requests done: at its pace it ends before flex would; left alone.
+    sim = make_sim(clock)
+    try:
+        path = campaign(tmp_path, sim, "openai", items=44, backend=FLEXED)
+        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, 1.8)
+        assert {r["state"] for r in tasks(run)} == {"done"}
+        (slow,) = [sim.state.batches[i] for i in slowed]
+        assert slow.cancel_at is None and not flex_billed(sim) and not flex_only(run)
+        assert not hedges(run).get("sent")
+        camp.close()
+    finally:
+        sim.stop()
+
+
+def test_a_straggler_refused_a_race_by_the_cap_sends_its_unfinished_requests_by_flex(tmp_path, clock):
+    # It shows no pace and the cap allows no second copy: the slow batch is cancelled past
+    # straggler_after; what it had not finished goes out as flex requests, not in a new batch.
     sim = make_sim(clock)
     try:
         backend = {**FLEXED, "hedge": {**FLEXED["hedge"], "max_extra_cost": 0.0}, "straggler_after": 1.5}
         path = campaign(tmp_path, sim, "openai", items=44, backend=backend)
-        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, 4.0)
+        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, STUCK)
         rows = tasks(run)
         assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
-        (slow,) = [sim.state.batches[i] for i in slowed]
-        assert slow.cancel_at is not None and len(sim.state.batches) == 6, "the rest went by flex, not a batch"
-        flexed = [s for s in run.submissions(open_only=False) if (s["remote_id"] or "").startswith("flex:")]
-        assert len(flexed) == 1 and flexed[0]["state"] == "finished"
-        unfinished = 8 - sum(1 for _, o in slow.results(clock.now()) if o.kind == "succeeded")
-        flex = flex_billed(sim)
-        assert sum(flex.values()) == unfinished > 0
-        assert max((billed(sim, clock.now()) + flex).values()) == 1, "a request was billed twice"
-        counts = hedges(run)
-        assert counts["refused"] == 1 and counts["flex_sent"] == counts["flex_answered"] == unfinished
+        counts = unfinished_go_by_flex(run, sim, clock, slowed)
+        assert counts["refused"] == 1
         camp.close()
     finally:
         sim.stop()
@@ -134,7 +178,7 @@ def test_the_status_line_counts_flex_requests(tmp_path, clock):
     sim = make_sim(clock)
     try:
         path = campaign(tmp_path, sim, "openai", items=44, backend=FLEXED)
-        camp, run, _ = run_with(path, clock, sim, lambda b: b.seq == 5, 4.0)
+        camp, run, _ = run_with(path, clock, sim, lambda b: b.seq == 5, STUCK)
         camp.close()
         out = corral_cli(tmp_path, "status", env=ENV)
         assert out.returncode == 0, out.stderr
@@ -147,7 +191,7 @@ def test_a_model_without_flex_leaves_its_requests_to_the_batch(tmp_path, clock):
     sim = make_sim(clock, flex_models=())
     try:
         path = campaign(tmp_path, sim, "openai", items=44, backend=FLEXED)
-        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, 4.0)
+        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, STUCK)
         rows = tasks(run)
         assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
         (slow,) = [sim.state.batches[i] for i in slowed]
@@ -168,13 +212,69 @@ def test_refused_flex_requests_are_asked_again_then_left_to_the_batch(tmp_path, 
     sim = make_sim(clock, flex_unavailable_rate=1.0)
     try:
         path = campaign(tmp_path, sim, "openai", items=44, backend=FLEXED)
-        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, 4.0)
+        camp, run, slowed = run_with(path, clock, sim, lambda b: b.seq == 5, STUCK)
         assert {r["state"] for r in tasks(run)} == {"done"}
         counts = hedges(run)
         assert counts["flex_refused"] == counts["flex_sent"] > 0
         refused = sim.summary()["flex"]["refused_unavailable"]
         assert refused == 5 * counts["flex_sent"], "each refused request is tried five times"
         assert not flex_billed(sim), "a refusal is not billed"
+        camp.close()
+    finally:
+        sim.stop()
+
+
+DRAINED = {**FLEXED, "max_concurrent_batches": 2, "hedge": {**FLEXED["hedge"], "max_extra_cost": 0.0}}
+
+
+def flex_only(run) -> list[dict]:
+    return [s for s in run.submissions(open_only=False) if (s["remote_id"] or "").startswith("flex:")]
+
+
+def drain_tasks(run) -> list[int]:
+    return [t for info in submission_infos(run) if info.get("lane") == "flex" for t in info["tasks"]]
+
+
+def test_the_last_of_a_stage_goes_by_flex_when_flex_answers_it_within_a_turnaround(tmp_path, clock):
+    # Two batches of 8 at a time, 5 min each; flex answers 8 at a time in about 20 s (taken as 90 s
+    # until 20 are seen): once four batches have told the turnaround, the 16 requests left would be
+    # answered by flex in 3 min, so they go as flex requests, not in one more round of batches.
+    sim = make_sim(clock)
+    try:
+        path = campaign(tmp_path, sim, "openai", items=60, backend=DRAINED)
+        camp, run, _ = run_with(path, clock, sim, lambda b: False, 1.0)
+        rows = tasks(run)
+        assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
+        (drain,) = flex_only(run)
+        assert drain["state"] == "finished"
+        drained = set(drain_tasks(run))
+        in_batches = sum(b.n for b in sim.state.batches.values())
+        assert len(drained) + in_batches == 60, "each request went once, by batch or by flex"
+        assert 0 < len(drained) <= 300 * 8 / 90
+        flex = flex_billed(sim)
+        assert sum(flex.values()) == len(drained)
+        assert max((billed(sim, clock.now()) + flex).values()) == 1, "a request was billed twice"
+        counts = hedges(run)
+        assert counts["flex_sent"] == counts["flex_answered"] == len(drained)
+        assert counts.get("extra_cost", 0) == 0, "the last requests by flex are billed once, at the batch price"
+        assert all(r["tokens_in"] and r["tokens_out"] for r in rows if r["id"] in drained)
+        camp.close()
+    finally:
+        sim.stop()
+
+
+def test_the_last_of_a_stage_goes_by_batch_when_the_model_has_no_flex(tmp_path, clock):
+    sim = make_sim(clock, flex_models=())
+    try:
+        path = campaign(tmp_path, sim, "openai", items=60, backend=DRAINED)
+        camp, run, _ = run_with(path, clock, sim, lambda b: False, 1.0)
+        rows = tasks(run)
+        assert {r["state"] for r in rows} == {"done"} and all(r["attempts"] == 1 for r in rows)
+        assert not flex_billed(sim)
+        assert sum(b.n for b in sim.state.batches.values()) == 60, "every request answered by a batch, once"
+        counts = hedges(run)
+        assert counts["flex_rejected"] == counts["flex_sent"] > 0
+        assert sim.summary()["flex"]["refused_model"] <= 8, "once refused, the rest was not sent"
         camp.close()
     finally:
         sim.stop()
@@ -272,3 +372,4 @@ def test_kill9_while_flex_requests_are_in_flight_records_once_and_bills_at_most_
         stop.set()
         shaper.join()
         sim.stop()
+

@@ -50,7 +50,7 @@ from corral.llm.requests import (
     default_parse,
     load_callable,
 )
-from corral.llm.scheduler import InFlight, State, enqueued_capacity, plan_sizes
+from corral.llm.scheduler import InFlight, State, budget_requests, enqueued_capacity, plan_sizes
 from corral.llm.tokens import TokenEstimator
 from corral.spec.llm import HedgeMode
 from corral.states import ErrorClass
@@ -70,6 +70,7 @@ class LlmPlan(SubmissionPlan):
     spent: float = 0.0
     over_budget: bool = False
     open_batches: int = 0     # batches in flight before it, those planned before it in the round included
+    by_flex: bool = False     # the rest of the stage, as flex requests
 
 
 class LlmBatchBackend(BudgetGate, HedgedTail, BatchCollection, Backend):
@@ -228,6 +229,13 @@ class LlmBatchBackend(BudgetGate, HedgedTail, BatchCollection, Backend):
         flying = [self._in_flight_of(s, state) for s in all_in_flight]
         self._note_stage_size(stage.name, max(backlog.remaining, backlog.ready) + sum(s.task_count for s in in_flight))
         spent = backlog.cost_spent + self.extra_spent()
+        if backlog.ready and not backlog.more_coming and backlog.ready >= backlog.remaining and \
+                self.drain_by_flex(stage, backlog.ready) and \
+                self._budget_allows(state, spent, flying, self._cost_per_request(stage, state), backlog.ready):
+            # All that is left fits the flex lane's answers within a batch turnaround: one more round of
+            # batches would end the stage a turnaround draw later.
+            self._set_tail(stage.name, True)
+            return [LlmPlan(size=backlog.ready, spent=spent, open_batches=len(flying), by_flex=True)]
         decision = plan_sizes(self.settings, state, now=self.now(), ready=backlog.ready,
                               remaining=max(backlog.remaining, backlog.ready), in_flight=flying,
                               spent=spent, cost_per_request=self._cost_per_request(stage, state))
@@ -244,6 +252,11 @@ class LlmBatchBackend(BudgetGate, HedgedTail, BatchCollection, Backend):
             tokens += size * (state.tokens_per_request or 0.0)
             cost += size * (state.cost_per_request or 0.0)
         return plans
+
+    def _budget_allows(self, state: State, spent: float, flying: list[InFlight], cost_per_request: float | None,
+                       requests: int) -> bool:
+        room = budget_requests(self.settings, state, spent, flying, cost_per_request)
+        return state.budget_waits is None and (room is None or room >= requests)
 
     def _set_tail(self, stage: str, tail: bool) -> None:
         """Per stage: everything left was sent (from then on the slowest batch decides its end).
@@ -285,8 +298,8 @@ class LlmBatchBackend(BudgetGate, HedgedTail, BatchCollection, Backend):
             return Handle(f"none:{submission.idempotency_key}",
                           {**base_info, "rejected": {str(t.task_id): [ErrorClass.BUDGET.value, self._spent_message(plan)]
                                                      for t in tasks}})
-        if self.flex_resend(stage, tasks):
-            return self.submit_flex(stage, submission, tasks, base_info)
+        if plan.by_flex or self.flex_resend(stage, tasks):
+            return self.submit_flex(stage, submission, tasks, base_info, drain=plan.by_flex)
         entries, rejected, model = self._render(stage, tasks, state)
         capacity = enqueued_capacity(self.settings, state)
         used = plan.in_flight_tokens
@@ -486,10 +499,12 @@ class LlmBatchBackend(BudgetGate, HedgedTail, BatchCollection, Backend):
                     info = {}
                     if self.settings.hedge.mode in (HedgeMode.BACKUP, HedgeMode.FLEX):
                         info = self._hedge_due(stage, sub, status) or {}
-                    # Without backups, or refused one by the cost cap: cancelled past straggler_after.
+                    # Without backups, refused one by the cost cap, or before the tail: cancelled past
+                    # straggler_after.
                     if self.settings.hedge.mode == HedgeMode.OFF or \
-                            (sub.info.get("backup") or {}).get("state") == "refused":
-                        info = self._cancel_if_straggler(stage, sub, status) or {}
+                            (sub.info.get("backup") or {}).get("state") == "refused" or \
+                            not self.memory.get("tail", {}).get(stage.name):
+                        info = info or self._cancel_if_straggler(stage, sub, status) or {}
                     if sub.info.get("not_found"):
                         info["not_found"] = 0   # known again
                     progress = {"phase": status.phase, **(status.counts or {})}

@@ -70,7 +70,7 @@ class BatchCollection:
             state.calibration.add(raw_per_request * ok, billed_in)
             state.output_per_request = billed_out / ok
         state.pilot_done = True
-        if sub.info.get("straggler"):
+        if sub.info.get("straggler") and self.memory.get("tail", {}).get(stage.name):
             resent = self.memory.get("resent_since", {})
             if stage.name not in resent:
                 self.memory.set("resent_since", {**resent, stage.name: self.now()})

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from statistics import median
 from typing import Any
 
 from corral.backends.base import Handle, PollResult, StageContext, SubmissionRecord, TaskResult, TaskSpec
@@ -40,6 +41,11 @@ FLEX_TRIES = 5
 #: real seconds before the second try of a refused request (doubling, at most ``FLEX_MAX_WAIT``)
 FLEX_FIRST_WAIT = 0.5
 FLEX_MAX_WAIT = 8.0
+#: seconds a flex request is taken to need until a stage has seen ``FLEX_LATENCY_AFTER`` answers
+FLEX_LATENCY_GUESS = 90.0
+FLEX_LATENCY_AFTER = 20
+#: seconds a cancelled batch is taken to need before what it finished comes back
+CANCEL_ALLOWANCE = 120.0
 
 
 class FlexOutcome(str, Enum):
@@ -47,6 +53,7 @@ class FlexOutcome(str, Enum):
     REFUSED = "refused"        # 429 after every try (resource unavailable, rate limit): not billed
     REJECTED = "rejected"      # another 4xx: the provider will not take it (e.g. a model without flex)
     LOST = "lost"              # no answer (timeout, connection): it may have run and be billed
+    WITHDRAWN = "withdrawn"    # not sent: its batch answered first
 
 
 @dataclass
@@ -56,6 +63,7 @@ class FlexAnswer:
     body: Any = None
     status_code: int | None = None
     message: str = ""
+    seconds: float | None = None   # from sending to the answer, on the backend's clock
 
 
 #: sends one request and returns the provider's answer body; raises the SDK's exceptions
@@ -76,18 +84,25 @@ class FlexPool:
         with cls._sending_lock:
             return cls._sending
 
-    def __init__(self, size: int, send: Sender, status_of: Callable[[BaseException], int | None]):
+    def __init__(self, size: int, send: Sender, status_of: Callable[[BaseException], int | None],
+                 clock: Callable[[], float] = time.time):
         self.size = size
+        self._clock = clock
         self._send = send
         self._status_of = status_of
-        self._jobs: queue.Queue[tuple[int, str, dict[str, Any]]] = queue.Queue()
+        # (priority, order, submission, custom_id, body): lower priority first, then in order
+        self._jobs: queue.PriorityQueue[tuple[int, int, int, str, dict[str, Any]]] = queue.PriorityQueue()
+        self._order = 0
         self._lock = threading.Lock()
         self._answers: dict[int, list[FlexAnswer]] = {}
         self._pending: dict[int, int] = {}
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._rejected: set[int] = set()   # submissions whose requests the provider will not take
+        self._withdrawn: set[int] = set()  # submissions whose requests not yet sent are dropped
 
-    def submit(self, sub_id: int, requests: list[tuple[str, dict[str, Any]]]) -> None:
+    def submit(self, sub_id: int, requests: list[tuple[str, dict[str, Any]]], priority: int = 0) -> None:
+        """Queue a submission's requests; ``priority`` 0 (a straggler's) goes before 1 (the last of a stage)."""
         with self._lock:
             self._pending[sub_id] = self._pending.get(sub_id, 0) + len(requests)
             self._answers.setdefault(sub_id, [])
@@ -95,12 +110,18 @@ class FlexPool:
                 thread = threading.Thread(target=self._work, name=f"flex-{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
-        for custom_id, body in requests:
-            self._jobs.put((sub_id, custom_id, body))
+            order, self._order = self._order, self._order + len(requests)
+        for i, (custom_id, body) in enumerate(requests):
+            self._jobs.put((priority, order + i, sub_id, custom_id, body))
 
     def knows(self, sub_id: int) -> bool:
         with self._lock:
             return sub_id in self._pending
+
+    def backlog(self) -> int:
+        """Requests queued or out, over every submission."""
+        with self._lock:
+            return sum(self._pending.values())
 
     def pending(self, sub_id: int) -> int:
         with self._lock:
@@ -112,9 +133,17 @@ class FlexPool:
             return answers
 
     def forget(self, sub_id: int) -> None:
+        """Nothing more of the submission is wanted: its requests not yet sent never are."""
         with self._lock:
             self._pending.pop(sub_id, None)
             self._answers.pop(sub_id, None)
+            self._withdrawn.discard(sub_id)
+
+    def withdraw(self, sub_id: int) -> None:
+        """The submission's requests not yet sent are not sent (and not waited for); those out are."""
+        with self._lock:
+            if sub_id in self._pending:
+                self._withdrawn.add(sub_id)
 
     def close(self) -> None:
         self._closed = True
@@ -122,13 +151,29 @@ class FlexPool:
     def _work(self) -> None:
         while not self._closed:
             try:
-                sub_id, custom_id, body = self._jobs.get(timeout=1.0)
+                _, _, sub_id, custom_id, body = self._jobs.get(timeout=1.0)
             except queue.Empty:
                 continue
+            with self._lock:
+                if sub_id not in self._pending:
+                    continue        # forgotten: never sent
+                if sub_id in self._withdrawn:
+                    self._answers[sub_id].append(FlexAnswer(custom_id, FlexOutcome.WITHDRAWN,
+                                                            message="not sent: the batch answered first"))
+                    self._pending[sub_id] -= 1
+                    continue
             with FlexPool._sending_lock:
                 FlexPool._sending += 1
+            started = self._clock()
             try:
-                answer = self._ask(custom_id, body)
+                if sub_id in self._rejected:
+                    answer = FlexAnswer(custom_id, FlexOutcome.REJECTED,
+                                        message="not sent: the provider refused the flex requests sent before it")
+                else:
+                    answer = self._ask(custom_id, body)
+                    answer.seconds = self._clock() - started
+                    if answer.outcome == FlexOutcome.REJECTED:
+                        self._rejected.add(sub_id)
             finally:
                 with FlexPool._sending_lock:
                     FlexPool._sending -= 1
@@ -170,7 +215,8 @@ class FlexTail:
 
     def _flex_pool(self) -> FlexPool:
         if self._flex is None:
-            self._flex = FlexPool(self.settings.hedge.flex_concurrency, self.flex_request, self.flex_status_of)
+            self._flex = FlexPool(self.settings.hedge.flex_concurrency, self.flex_request, self.flex_status_of,
+                                  clock=self.now)
             self._flex_ready: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         return self._flex
 
@@ -219,6 +265,12 @@ class FlexTail:
                 return None
             running, taken = polled
             results += taken
+        if backup.get("original") == "collected" and backup.get("backup") != "collected":
+            # The batch answered first: its requests still queued for flex are not sent.
+            pool = self._flex_pool()
+            pool.withdraw(sub.id)
+            if pool.knows(sub.id) and pool.pending(sub.id) == 0:
+                results += self._take_flex(stage, sub, backup, pair)
         cancelled = list(backup.get("cancelled") or [])
         if backup.get("original") != "collected" and "original" not in cancelled and \
                 set(backup.get("tasks") or []) <= pair.answered:
@@ -273,13 +325,15 @@ class FlexTail:
         raw = RawWriter(raw_path(stage.run_dir, stage.name, sub.id).with_name(f"{sub.id}-flex{part}{SUFFIX}"))
         started, now = lane.get("submitted_at") or sub.submitted_at or self.now(), self.now()
         results: list[TaskResult] = []
-        counts = {"flex_answered": 0, "flex_refused": 0, "flex_rejected": 0, "flex_lost": 0}
+        counts = {f"flex_{outcome.value}": 0 for outcome in FlexOutcome}
         unsent = set(self.memory.get("no_flex", {}).get(stage.name, []))
         for answer in answers:
             task_id = task_of(answer.custom_id, prefix)
             if task_id is None:
                 continue
             counts[f"flex_{answer.outcome.value}"] += 1
+            if answer.outcome == FlexOutcome.WITHDRAWN:
+                continue
             if answer.outcome != FlexOutcome.ANSWERED:
                 self._flex_failed(stage.name, sub, answer)
                 unsent.add(task_id)
@@ -297,7 +351,57 @@ class FlexTail:
             lane["raw_parts"] = part
         self._count_hedge(stage.name, **{k: v for k, v in counts.items() if v})
         self._no_flex(stage.name, unsent)
+        self._learn_flex_latency(stage.name, [a.seconds for a in answers
+                                              if a.outcome == FlexOutcome.ANSWERED and a.seconds is not None])
         return results
+
+    def _learn_flex_latency(self, stage: str, seconds: list[float]) -> None:
+        if not seconds:
+            return
+        known = self.memory.get("flex_latency", {})
+        seen = known.get(stage) or {"n": 0, "mean": 0.0}
+        n = seen["n"] + len(seconds)
+        mean = (seen["mean"] * seen["n"] + sum(seconds)) / n
+        self.memory.set("flex_latency", {**known, stage: {"n": n, "mean": round(mean, 3)}})
+
+    def flex_latency(self, stage: str) -> float:
+        """Mean seconds from sending a flex request of the stage to its answer (a guess at first)."""
+        seen = self.memory.get("flex_latency", {}).get(stage) or {}
+        return float(seen["mean"]) if seen.get("n", 0) >= FLEX_LATENCY_AFTER else FLEX_LATENCY_GUESS
+
+    def flex_sooner(self, stage: StageContext, sub: SubmissionRecord, status: Any) -> bool | None:
+        """For a straggler of the tail: True when cancelling it and sending its unfinished requests
+        by flex answers them sooner than the batch would at the pace it shows (a cancellation bills
+        nothing more); False when the batch should end first; None when it shows no progress (then
+        it races flex requests, under the cost cap)."""
+        counts = status.counts or {}
+        total = int(counts.get("total") or sub.task_count or 0)
+        done = int(counts.get("done") or 0) + int(counts.get("failed") or 0)
+        if not counts or done <= 0 or not total or not self.settings.straggler_after:
+            return None
+        left = max(0, total - done)
+        batch_needs = (self.now() - (sub.submitted_at or sub.created_at)) * left / done
+        latency = self.flex_latency(stage.name)
+        flex_needs = (self._flex_pool().backlog() + left) * latency / self.settings.hedge.flex_concurrency + \
+            latency + CANCEL_ALLOWANCE
+        return batch_needs > flex_needs
+
+    # -- the last of a stage's work: by flex, not in one more round of batches --------------------------
+
+    def drain_by_flex(self, stage: StageContext, remaining: int) -> bool:
+        """Whether the rest of the stage, ``remaining`` requests not yet sent, goes as flex requests
+        rather than in batches: flex works for the stage, the stage has not drained before, and the
+        flex lane answers them all within the median batch turnaround (a batch sent now would, at
+        best, take that long; the batches in flight run on meanwhile)."""
+        if getattr(self.settings.hedge, "mode", None) != HedgeMode.FLEX or self.flex_refused_for(stage.name):
+            return False
+        if remaining <= 0 or self.memory.get("drained", {}).get(stage.name):
+            return False
+        state = self.state(stage)
+        if len(state.turnarounds) < 4:
+            return False
+        typical = float(median(state.turnarounds))
+        return remaining * self.flex_latency(stage.name) / self.settings.hedge.flex_concurrency <= typical
 
     def _no_flex(self, stage: str, tasks: set[int]) -> None:
         """Tasks whose flex request got no answer: never sent by flex again (each is billed at most
@@ -320,11 +424,18 @@ class FlexTail:
         return bool(tasks) and not any(t.task_id in unsent for t in tasks)
 
     def submit_flex(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec],
-                    base_info: dict[str, Any]) -> Handle:
-        """A submission of flex requests only; they go out at the next poll, once it is recorded."""
+                    base_info: dict[str, Any], *, drain: bool = False) -> Handle:
+        """A submission of flex requests only; they go out at the next poll, once it is recorded.
+        ``drain``: the rest of the stage, sent once (later requests of the stage go by batch)."""
         state = self.state(stage)
-        entries, rejected, model = self._render(stage, tasks, state)
-        info: dict[str, Any] = {**base_info, "rejected": rejected, "model": model, "lane": "flex"}
+        unsent = set(self.memory.get("no_flex", {}).get(stage.name, []))
+        deferred = [t.task_id for t in tasks if t.task_id in unsent]   # they go by batch
+        entries, rejected, model = self._render(stage, [t for t in tasks if t.task_id not in unsent], state)
+        info: dict[str, Any] = {**base_info, "rejected": rejected, "deferred": deferred, "model": model,
+                                "lane": "flex"}
+        if drain:
+            self.memory.set("drained", {**self.memory.get("drained", {}), stage.name: True})
+            info["drain"] = True
         if not entries:
             return Handle(f"none:{submission.idempotency_key}", info)
         price = self.price(model)
@@ -334,8 +445,13 @@ class FlexTail:
         self._flex_pool()
         self._flex_ready[submission.id] = [(e.custom_id, json.loads(e.line)["body"]) for e in entries]
         self._count_hedge(stage.name, flex_sent=len(entries))
-        self.log(f"{self.name}: {len(entries)} requests of stage {stage.name} sent again in its tail go as flex "
-                 "requests")
+        if drain:
+            self.log(f"{self.name}: the last {len(entries)} requests of stage {stage.name} go as flex requests: "
+                     f"about {len(entries) * self.flex_latency(stage.name) / self.settings.hedge.flex_concurrency / 60:.0f}"
+                     " min, against a batch's median turnaround")
+        else:
+            self.log(f"{self.name}: {len(entries)} requests of stage {stage.name} sent again in its tail go as "
+                     "flex requests")
         info.update(tasks=[e.task_id for e in entries], requests=len(entries), raw_tokens=raw_tokens,
                     tokens=sum(e.tokens for e in entries), cost=cost, submitted_at=self.now())
         return Handle(f"flex:{submission.idempotency_key}", info)
@@ -344,7 +460,7 @@ class FlexTail:
         pool = self._flex_pool()
         info = dict(sub.info)
         if sub.id in self._flex_ready:
-            pool.submit(sub.id, self._flex_ready.pop(sub.id))
+            pool.submit(sub.id, self._flex_ready.pop(sub.id), priority=1 if info.get("drain") else 0)
         elif not pool.knows(sub.id):
             # Sent by a controller that stopped: the answers are lost; the requests go by batch.
             lost = {int(t) for t in info.get("tasks") or []}

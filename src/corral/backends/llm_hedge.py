@@ -93,9 +93,15 @@ class HedgedTail:
             return None
         typical = float(median(state.turnarounds))
         elapsed = self.now() - (sub.submitted_at or sub.created_at)
+        flex = self.settings.hedge.mode == HedgeMode.FLEX and not self.flex_refused_for(stage.name)
+        if flex and elapsed > typical:
+            # Past its expected turnaround and showing its pace: cancelled if flex ends its rest
+            # sooner (that bills nothing twice), else left to finish.
+            sooner = self.flex_sooner(stage, sub, status)
+            if sooner is not None:
+                return self._cancel_if_straggler(stage, sub, status, factor=1.0) if sooner else None
         if elapsed <= self.settings.hedge.after * typical:
             return None
-        flex = self.settings.hedge.mode == HedgeMode.FLEX and not self.flex_refused_for(stage.name)
         return {"backup": {"state": "due", "key": f"{sub.idempotency_key}-{'flex' if flex else 'backup'}",
                            "lane": "flex" if flex else "batch", "decided_at": self.now(),
                            "elapsed": round(elapsed, 1), "median": round(typical, 1)}}
@@ -106,6 +112,14 @@ class HedgedTail:
 
     def flex_resend(self, stage: StageContext, tasks: list[TaskSpec]) -> bool:
         """Whether these tasks, sent again in the tail, go as flex requests (a provider with flex)."""
+        return False
+
+    def flex_sooner(self, stage: StageContext, sub: SubmissionRecord, status: BatchStatus) -> bool | None:
+        """Whether cancelling a straggler and sending its rest by flex ends sooner (a provider with flex)."""
+        return None
+
+    def drain_by_flex(self, stage: StageContext, remaining: int) -> bool:
+        """Whether the rest of the stage goes as flex requests (a provider with flex)."""
         return False
 
     def backup_due(self, submission: SubmissionRecord) -> bool:
@@ -136,22 +150,26 @@ class HedgedTail:
         if requests > sizes.get(stage, 0):
             self.memory.set("stage_size", {**sizes, stage: requests})
 
-    def _cancel_if_straggler(self, stage: StageContext, sub: SubmissionRecord,
-                             status: BatchStatus) -> dict[str, Any] | None:
-        """Once all of a stage's work is in flight, a batch far past the typical turnaround is
-        cancelled: its finished requests come back and only the rest go out again, in a fresh batch
-        with a fresh draw of the turnaround (against a heavy tail, the last batches decide the end)."""
-        factor = self.settings.straggler_after
-        if factor and self.settings.hedge.mode == HedgeMode.FLEX and not self.flex_refused_for(stage.name):
+    def _cancel_if_straggler(self, stage: StageContext, sub: SubmissionRecord, status: BatchStatus,
+                             factor: float | None = None) -> dict[str, Any] | None:
+        """A batch far past the typical turnaround (``straggler_after`` x the median) is cancelled:
+        its finished requests come back and only the rest go out again, in a fresh batch with a
+        fresh draw of the turnaround. Before the tail this frees the room under the enqueued-token
+        limit that its finished requests hold until it ends; in the tail (all of the stage's work in
+        flight) the last batches decide the end."""
+        factor = factor or self.settings.straggler_after
+        tail = bool(self.memory.get("tail", {}).get(stage.name))
+        if tail and factor and self.settings.hedge.mode == HedgeMode.FLEX and not self.flex_refused_for(stage.name):
             # Its unfinished requests go out by flex, billed once: no reason to wait longer than a race.
             factor = min(factor, self.settings.hedge.after)
         state = self.state(stage)
         if not factor or sub.info.get("straggler") or status.phase not in ("validating", "in_progress") or \
-                len(state.turnarounds) < 4 or not self.memory.get("tail", {}).get(stage.name):
+                len(state.turnarounds) < 4:
             return None
-        # Requests sent again after a cancelled straggler are not cancelled again (each new batch
-        # pays validation and queueing anew): only batches sent before the first one came back.
-        if (sub.submitted_at or sub.created_at) >= self.memory.get("resent_since", {}).get(stage.name, float("inf")):
+        # Requests sent again after a cancelled straggler of the tail are not cancelled again (each
+        # new batch pays validation and queueing anew): only batches sent before the first came back.
+        if tail and (sub.submitted_at or sub.created_at) >= \
+                self.memory.get("resent_since", {}).get(stage.name, float("inf")):
             return None
         typical = sorted(state.turnarounds)[len(state.turnarounds) // 2]
         elapsed = self.now() - (sub.submitted_at or sub.created_at)

@@ -36,13 +36,13 @@ def projection_lines(stages: dict[str, Any]) -> list[str]:
             lines.append(f"{name}: no request could be built from the sampled items: "
                          + "; ".join(llm.get("render_errors") or []))
             continue
-        cost = _usd(llm["cost_usd"]) if llm["cost_usd"] is not None else "unknown (no price for this model)"
+        cost = f"~{_usd(llm['cost_usd'])}" if llm["cost_usd"] is not None else "unknown (no price for this model)"
         pilot = f" (a pilot of {llm['pilot']} first)" if llm["pilot"] else ""
         lines.append(
             f"{name}: {llm['requests']:,} requests to {llm['model']} in about {llm['batches']:,} batches of up to "
             f"{llm['requests_per_batch']:,}{pilot}; input ~{_tokens(llm['tokens_in'])} tokens "
             f"({llm['tokens_per_request']:,.0f} per request, {llm['tokenizer']}), output ~{_tokens(llm['tokens_out'])} "
-            f"tokens ({llm['output_basis']}); cost ~{cost} at the batch price; about "
+            f"tokens ({llm['output_basis']}); cost {cost} at the batch price; about "
             f"{format_duration(llm['seconds_to_finish'])} to finish, bound by {llm['bound_by']} with "
             f"{format_duration(llm['turnaround'])} per batch")
         if llm.get("cost_by_type"):
@@ -118,11 +118,13 @@ def progress_lines(data: dict[str, Any]) -> list[str]:
     """Per LLM stage still running: the provider's counts of its batches in flight and the ETA."""
     lines = []
     for stage, llm in (data.get("llm") or {}).items():
-        if llm.get("backups_sent") or llm.get("backups_refused"):
+        if llm.get("backups_sent") or llm.get("backups_refused") or llm.get("flex_sent"):
             flex = llm.get("flex_sent") or 0
+            withdrawn = llm.get("flex_withdrawn") or 0
             lanes = f"{llm['backups_sent']} backup batches sent" if not flex else \
                 f"{llm['backups_sent']} backups sent ({flex:,} flex requests: {llm['flex_answered']:,} answered, " \
-                f"{llm['flex_refused']:,} refused, {llm['flex_lost']:,} lost)"
+                f"{llm['flex_refused']:,} refused, {llm['flex_lost']:,} lost" + \
+                (f", {withdrawn:,} not sent as their batch answered first)" if withdrawn else ")")
             lines.append(f"{stage}: {lanes} ({llm['backups_in_flight']} in "
                          f"flight, {llm['backups_refused']} refused by hedge.max_extra_cost), "
                          f"~{_usd(llm['backup_estimated_cost'])} estimated, {_usd(llm['backup_extra_cost'])} "

@@ -71,5 +71,6 @@ def llm_progress(loaded: LoadedCampaign, learning: Learning, open_subs: list[dic
                      "flex_sent": int(hedges.get("flex_sent") or 0),
                      "flex_answered": int(hedges.get("flex_answered") or 0),
                      "flex_refused": int(hedges.get("flex_refused") or 0) + int(hedges.get("flex_rejected") or 0),
-                     "flex_lost": int(hedges.get("flex_lost") or 0)}
+                     "flex_lost": int(hedges.get("flex_lost") or 0),
+                     "flex_withdrawn": int(hedges.get("flex_withdrawn") or 0)}
     return out

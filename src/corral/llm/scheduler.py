@@ -164,7 +164,7 @@ def plan_sizes(settings: Any, state: State, *, now: float, ready: int, remaining
         return Decision([min(ready, 100, settings.max_requests_per_batch)], "first batch")
     per_tokens = max(1.0, per_tokens)
 
-    budget = _budget_requests(settings, state, spent, in_flight, cost_per_request)
+    budget = budget_requests(settings, state, spent, in_flight, cost_per_request)
     if state.budget_waits is not None and len(in_flight) < state.budget_waits:
         state.budget_waits = None
     if budget is not None and (budget < 1 or state.budget_waits is not None):
@@ -256,7 +256,7 @@ def target_batch_requests(settings: Any, state: State, remaining: int) -> int:
     return max(1, max(target, settings.min_requests_per_batch))
 
 
-def _budget_requests(settings: Any, state: State, spent: float, in_flight: list[InFlight],
+def budget_requests(settings: Any, state: State, spent: float, in_flight: list[InFlight],
                      cost_per_request: float | None = None) -> int | None:
     if settings.budget is None:
         return None
