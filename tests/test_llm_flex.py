@@ -26,7 +26,7 @@ from test_llm_hedge import ANSWER, ENV, billed, even_turnaround, hedges, slow_do
 
 from corral.api import Campaign
 from corral.sim.clock import SteppedClock
-from corral.sim import SimConfig, SimServer
+from corral.sim import Phase, SimConfig, SimServer, Turnaround
 
 pytestmark = pytest.mark.usefixtures("campaign_ledger")
 
@@ -373,3 +373,73 @@ def test_kill9_while_flex_requests_are_in_flight_records_once_and_bills_at_most_
         shaper.join()
         sim.stop()
 
+
+
+def test_under_cron_ticks_flex_is_not_used_and_stragglers_get_backup_batches(tmp_path):
+    # Each `corral tick` is a process that ends with the tick: flex answers would arrive to nobody.
+    # The same campaign under ticks hedges with backup batches, and no flex request is sent.
+    from test_llm_faults import tick_until_finished
+
+    sim = make_sim(None)
+    sim.config.turnaround = Turnaround(validating=Phase(0.1), in_progress=Phase(6.0, 1.5), finalizing=Phase(0.1),
+                                       cancelling=Phase(0.3))
+    try:
+        folder = tmp_path / "labels"
+        campaign(folder, sim, "openai", items=30, backend={
+            "pilot": 0, "poll_interval": "0.2s", "max_requests_per_batch": 3, "batches_in_flight": 10,
+            "hedge": {"mode": "flex", "after": 1.5, "max_extra_cost": 0.5}})
+        tick_until_finished(folder)
+        status = json.loads(corral_cli(folder, "status", "--json", env=ENV, check=0).stdout)
+        assert status["stages"]["label"]["done"] == 30
+        llm = status["llm"]["label"]
+        assert llm["flex_sent"] == llm["flex_lost"] == 0
+        assert not flex_billed(sim) and sim.summary()["flex"]["waiting"] == 0
+        assert llm["backups_sent"] > 0, "the stragglers got backup batches instead"
+    finally:
+        sim.stop()
+
+
+def test_a_tick_beside_a_running_controller_leaves_its_flex_requests_alone(tmp_path):
+    # `corral run` holds flex requests (20 s each) for batches that will not end; `corral tick`
+    # from cron meanwhile must not take them for lost: the run collects every answer itself.
+    sim = make_sim(None, flex_latency_median_s=20.0, flex_latency_sigma=0.1)
+    sim.config.turnaround = even_turnaround(2.0)
+    slowed: set[str] = set()
+    stop = threading.Event()
+
+    def shape() -> None:
+        while not stop.is_set():
+            for batch in list(sim.state.batches.values()):
+                if batch.id not in slowed:
+                    slowed.add(batch.id)
+                    if batch.seq > 1 and batch.seq % 2 == 0:
+                        batch.ip_duration = 3600.0
+            time.sleep(0.02)
+
+    shaper = threading.Thread(target=shape, daemon=True)
+    shaper.start()
+    try:
+        folder = tmp_path / "labels"
+        campaign(folder, sim, "openai", items=44, backend={**FLEXED, "poll_interval": "0.3s",
+                                                           "max_requests_per_batch": 5})
+        proc = subprocess.Popen([sys.executable, "-m", "corral", "run", "-q"], cwd=folder, env=cli_env(ENV),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        began = time.monotonic()
+        while not sim.summary()["flex"]["waiting"]:
+            assert time.monotonic() - began < 90 and proc.poll() is None, "no flex request was sent"
+            time.sleep(0.05)
+        for _ in range(3):
+            out = corral_cli(folder, "tick", env=ENV, check=0)
+            assert out.returncode in (0, 1), out.stderr
+            time.sleep(0.5)
+        assert proc.wait(timeout=240) == 0
+        status = json.loads(corral_cli(folder, "status", "--json", env=ENV, check=0).stdout)
+        assert status["stages"]["label"]["done"] == 44
+        llm = status["llm"]["label"]
+        assert llm["flex_sent"] > 0 and llm["flex_lost"] == 0, llm
+        assert llm["flex_answered"] == llm["flex_sent"]
+        assert max(flex_billed(sim).values()) == 1
+    finally:
+        stop.set()
+        shaper.join()
+        sim.stop()

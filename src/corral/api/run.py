@@ -89,6 +89,7 @@ class Run:
 
         clock = clock or SystemClock()
         engine = self.engine(clock)
+        engine.keep_polling()
         interval = engine.poll_interval()
         report = TickReport()
         files = self.result_files()

@@ -232,6 +232,10 @@ class Backend(ABC):
         self.wake = wake or (lambda: None)
         #: what this backend learned in the run so far (kept in the ledger by the engine)
         self.memory = memory if memory is not None else LearnedState()
+        #: whether the controller keeps polling after this tick (``corral run``), so that work this
+        #: process holds itself (threads waiting on answers) is collected; False for one pass
+        #: (``corral tick``), whose process ends with the tick
+        self.polls_on = False
 
     def now(self) -> float:
         return self.clock.now()

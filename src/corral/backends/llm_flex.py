@@ -21,9 +21,12 @@ as with a backup batch (corral.backends.llm_hedge), its flex lane in the submiss
 from __future__ import annotations
 
 import json
+import os
 import queue
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -203,6 +206,16 @@ class FlexPool:
         raise AssertionError("unreachable")
 
 
+_CONTROLLER: dict[str, Any] = {}
+
+
+def this_controller() -> dict[str, Any]:
+    """Who holds the flex requests this process sends: its host, pid and a token of its own."""
+    if _CONTROLLER.get("pid") != os.getpid():
+        _CONTROLLER.update(host=socket.gethostname(), pid=os.getpid(), token=uuid.uuid4().hex)
+    return dict(_CONTROLLER)
+
+
 class FlexTail:
     """Mixed into the OpenAI batch backend, with HedgedTail: the flex lane of a hedged pair. The
     backend sends each request with its ``flex_request(custom_id, body) -> answer body``."""
@@ -221,7 +234,10 @@ class FlexTail:
         return self._flex
 
     def flex_refused_for(self, stage: str) -> str | None:
-        """Why the provider will not take flex requests for this stage (then backups are batches)."""
+        """Why this stage gets no flex requests now (then backups are batches): the provider refused
+        them, or this controller makes one pass (``corral tick``) and could not collect answers."""
+        if not self.polls_on:
+            return "flex requests need a controller that keeps running (corral run); one tick ends first"
         return self.memory.get("flex_off", {}).get(stage)
 
     def send_flex(self, stage: StageContext, submission: SubmissionRecord, tasks: list[TaskSpec]) -> dict[str, Any]:
@@ -245,6 +261,7 @@ class FlexTail:
                  f"{self.settings.hedge.after}x the median turnaround: its {len(entries)} unanswered requests go as "
                  "flex requests")
         backup.update(state="sent", lane="flex", remote_id=f"flex:{backup['key']}", submitted_at=self.now(),
+                      holder=this_controller(),
                       model=model, prefix=submission.info.get("prefix") or self.prefix(stage),
                       tasks=[e.task_id for e in entries], tokens=tokens, raw_tokens=raw_tokens,
                       requests=len(entries), cost=cost)
@@ -287,11 +304,35 @@ class FlexTail:
             self._flex_pool().forget(sub.id)
         return self._pair_result(stage, sub, backup, pair, results, info, running, finished, cancelled)
 
+    def _held_elsewhere(self, lane: dict[str, Any]) -> bool:
+        """Whether another controller of the run that is still running holds these flex requests
+        (a `corral tick` from cron beside a `corral run`): its answers come back to it, so this one
+        leaves them alone. A holder on this host is alive while its process is; one elsewhere, or
+        one that never ends, at most until every request could have timed out."""
+        holder = lane.get("holder") or {}
+        if not holder or holder.get("token") == this_controller()["token"]:
+            return False
+        hedge = self.settings.hedge
+        rounds = int(lane.get("requests") or 0) / hedge.flex_concurrency + 1
+        if self.now() - float(lane.get("submitted_at") or 0.0) > rounds * hedge.flex_timeout * FLEX_TRIES:
+            return False
+        if holder.get("host") != socket.gethostname():
+            return True
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, OSError, ValueError, KeyError):
+            return True
+        return True
+
     def _take_flex(self, stage: StageContext, sub: SubmissionRecord, backup: dict[str, Any],
                    pair: Any) -> list[TaskResult]:
         pool = self._flex_pool()
         if sub.id in self._flex_ready:
             pool.submit(sub.id, self._flex_ready.pop(sub.id))
+        elif not pool.knows(sub.id) and self._held_elsewhere(backup):
+            return []
         elif not pool.knows(sub.id):
             # Sent by a controller that stopped: never sent again, so billed at most twice.
             lost = len(set(backup.get("tasks") or []) - pair.answered)
@@ -453,7 +494,8 @@ class FlexTail:
             self.log(f"{self.name}: {len(entries)} requests of stage {stage.name} sent again in its tail go as "
                      "flex requests")
         info.update(tasks=[e.task_id for e in entries], requests=len(entries), raw_tokens=raw_tokens,
-                    tokens=sum(e.tokens for e in entries), cost=cost, submitted_at=self.now())
+                    tokens=sum(e.tokens for e in entries), cost=cost, submitted_at=self.now(),
+                    holder=this_controller())
         return Handle(f"flex:{submission.idempotency_key}", info)
 
     def _poll_flex_only(self, stage: StageContext, sub: SubmissionRecord) -> PollResult | None:
@@ -461,9 +503,11 @@ class FlexTail:
         info = dict(sub.info)
         if sub.id in self._flex_ready:
             pool.submit(sub.id, self._flex_ready.pop(sub.id), priority=1 if info.get("drain") else 0)
+        elif not pool.knows(sub.id) and self._held_elsewhere(info):
+            return PollResult(running=True)
         elif not pool.knows(sub.id):
             # Sent by a controller that stopped: the answers are lost; the requests go by batch.
-            lost = {int(t) for t in info.get("tasks") or []}
+            lost = {int(t) for t in info.get("tasks") or []} - {int(t) for t in info.get("answered") or []}
             self._no_flex(stage.name, lost)
             self._count_hedge(stage.name, flex_lost=len(lost))
             self.log(f"{self.name}: {len(lost)} flex requests were in flight when an earlier controller stopped: "
@@ -472,17 +516,21 @@ class FlexTail:
                                            "again in a batch")
         answers = pool.take(sub.id)
         results = self._flex_lines(stage, sub, info, answers) if answers else []
+        answered = sorted({int(t) for t in info.get("answered") or []} |
+                          {r.task_id for r in results if r.outcome == Outcome.DONE})
         finished = pool.pending(sub.id) == 0
         if finished:
             pool.forget(sub.id)
         if not (results or finished):
             return PollResult(running=True)
-        return PollResult(finished=finished, running=not finished, results=results,
-                          info={"raw_parts": info["raw_parts"]} if info.get("raw_parts") else None,
+        written = {"answered": answered} if results and not finished else {}
+        if info.get("raw_parts"):
+            written["raw_parts"] = info["raw_parts"]
+        return PollResult(finished=finished, running=not finished, results=results, info=written or None,
                           lost_message="the flex request ended without an answer")
 
     def _flex_failed(self, stage: str, sub: SubmissionRecord, answer: FlexAnswer) -> None:
-        if answer.outcome == FlexOutcome.REJECTED and not self.flex_refused_for(stage):
+        if answer.outcome == FlexOutcome.REJECTED and not self.memory.get("flex_off", {}).get(stage):
             why = f"HTTP {answer.status_code}: {answer.message}"
             self.memory.set("flex_off", {**self.memory.get("flex_off", {}), stage: why})
             self.log(f"{self.name}: the provider refused a flex request of stage {stage} ({why}); the stage's later "

@@ -206,7 +206,9 @@ class HedgedTail:
                     all_in_flight: list[SubmissionRecord]) -> dict[str, Any] | None:
         backup = dict(submission.info["backup"])
         if backup.get("lane") == "flex":
-            return self.send_flex(stage, submission, tasks)
+            if not self.flex_refused_for(stage.name):
+                return self.send_flex(stage, submission, tasks)
+            backup["lane"] = "batch"   # decided by a controller that kept running; this one makes one pass
         state = self.state(stage)
         lane = replace(submission, idempotency_key=backup["key"], created_at=backup["decided_at"], remote_id=None,
                        submitted_at=None, task_count=len(tasks), info={})

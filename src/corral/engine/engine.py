@@ -471,6 +471,11 @@ class Engine(Sending):
                         item_id=row.get("item_id") or "all", item_key=row.get("key") or "all", params=params,
                         attempt=row["attempts"] + 1, last_error=row.get("error_class"))
 
+    def keep_polling(self) -> None:
+        """This controller ticks until the run ends (``corral run``), not once (``corral tick``)."""
+        for backend in self.backends.values():
+            backend.polls_on = True
+
     def poll_interval(self) -> float:
         intervals = [b.poll_interval for b in self.backends.values()]
         return min(intervals) if intervals else 1.0
