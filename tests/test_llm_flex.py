@@ -289,13 +289,9 @@ def test_flex_for_a_provider_without_it_is_refused_naming_the_key(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_kill9_while_flex_requests_are_in_flight_records_once_and_bills_at_most_twice(tmp_path):
-    # Real time: batches of about two seconds; every other batch after the pilot runs until the kills
-    # are over. Flex answers take 60-90 s, so those sent before a kill are still waiting at the
-    # simulator through the kills (answered to nobody: billed, never recorded).
-    sim = make_sim(None, flex_latency_median_s=75.0, flex_latency_sigma=0.15)
-    sim.config.turnaround = even_turnaround(2.0)
-    rng = random.Random(7)
+def hold_even_batches(sim: SimServer) -> tuple[set[str], threading.Event, threading.Thread]:
+    """In real time: every even batch after the pilot runs for an hour (it shows no pace, so it
+    races flex requests), until the event is set; returns (batches seen, the event, the thread)."""
     slowed: set[str] = set()
     stop = threading.Event()
 
@@ -310,6 +306,17 @@ def test_kill9_while_flex_requests_are_in_flight_records_once_and_bills_at_most_
 
     shaper = threading.Thread(target=shape, daemon=True)
     shaper.start()
+    return slowed, stop, shaper
+
+
+def test_kill9_while_flex_requests_are_in_flight_records_once_and_bills_at_most_twice(tmp_path):
+    # Real time: batches of about two seconds; every other batch after the pilot runs until the kills
+    # are over. Flex answers take 60-90 s, so those sent before a kill are still waiting at the
+    # simulator through the kills (answered to nobody: billed, never recorded).
+    sim = make_sim(None, flex_latency_median_s=75.0, flex_latency_sigma=0.15)
+    sim.config.turnaround = even_turnaround(2.0)
+    rng = random.Random(7)
+    slowed, stop, shaper = hold_even_batches(sim)
     try:
         folder = tmp_path / "labels"
         path = campaign(folder, sim, "openai", items=44, backend={**FLEXED, "poll_interval": "0.3s",
@@ -404,20 +411,7 @@ def test_a_tick_beside_a_running_controller_leaves_its_flex_requests_alone(tmp_p
     # from cron meanwhile must not take them for lost: the run collects every answer itself.
     sim = make_sim(None, flex_latency_median_s=20.0, flex_latency_sigma=0.1)
     sim.config.turnaround = even_turnaround(2.0)
-    slowed: set[str] = set()
-    stop = threading.Event()
-
-    def shape() -> None:
-        while not stop.is_set():
-            for batch in list(sim.state.batches.values()):
-                if batch.id not in slowed:
-                    slowed.add(batch.id)
-                    if batch.seq > 1 and batch.seq % 2 == 0:
-                        batch.ip_duration = 3600.0
-            time.sleep(0.02)
-
-    shaper = threading.Thread(target=shape, daemon=True)
-    shaper.start()
+    slowed, stop, shaper = hold_even_batches(sim)
     try:
         folder = tmp_path / "labels"
         campaign(folder, sim, "openai", items=44, backend={**FLEXED, "poll_interval": "0.3s",
