@@ -257,7 +257,8 @@ def target_batch_requests(settings: Any, state: State, remaining: int) -> int:
 
 
 def budget_requests(settings: Any, state: State, spent: float, in_flight: list[InFlight],
-                     cost_per_request: float | None = None) -> int | None:
+                    cost_per_request: float | None = None) -> int | None:
+    """Requests the budget still allows, by the estimates (None without a budget or a cost)."""
     if settings.budget is None:
         return None
     per_cost = cost_per_request if cost_per_request is not None else state.cost_per_request
